@@ -1,0 +1,1 @@
+"""Evaluators (imported as visionstress.evaluators): per-task metrics over perturbed batches."""

@@ -1,0 +1,37 @@
+"""The perturbation library: registry plus one module per family.
+
+    from visionstress.perturbations import get_perturbation, list_perturbations
+    out = get_perturbation("motion_blur")(batch, severity=3, seed=0)
+"""
+
+from .registry import (
+    ALL_TARGETS,
+    KINDS,
+    BatchPerturbation,
+    GeometricPerturbation,
+    Perturbation,
+    PhotometricPerturbation,
+    get_perturbation,
+    list_perturbations,
+    register_perturbation,
+    unregister_perturbation,
+)
+from ._warp import Warp
+from . import rotation, lighting  # noqa: F401  (modules register their perturbations on import)
+
+IMAGENET_C = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+"""The 15 benchmark corruptions of ImageNet-C (Hendrycks & Dietterich, 2019), in the paper's order."""
+
+IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+"""The four held-out ImageNet-C corruptions."""
+
+__all__ = [
+    "ALL_TARGETS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "GeometricPerturbation",
+    "Perturbation", "PhotometricPerturbation", "Warp", "get_perturbation", "list_perturbations",
+    "register_perturbation", "unregister_perturbation",
+]

@@ -1,0 +1,191 @@
+"""Moving images and their targets with one geometric map.
+
+Coordinates are continuous pixel coordinates, as boxes use them: pixel (row i, column j) covers
+[j, j+1) x [i, i+1) and its centre is (j + 0.5, i + 0.5). A `Warp` gives, for every output pixel
+centre, the input location it samples (`grid`), and optionally the forward homography
+(`matrix`, input -> output) so boxes can be moved exactly by their corners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from visionstress.batch import Batch, ObjectTargets
+
+_BOX_CHUNK = 32  # objects moved at once through a dense warp (bounds memory at 32 x H x W bools)
+
+
+@dataclass
+class Warp:
+    """grid: `[B, H, W, 2]` input (x, y) sampled by each output pixel centre.
+
+    matrix: `[B, 3, 3]` forward homography in the same coordinates, when the warp is projective.
+    prefilter_sigma: Gaussian blur (pixels, `[B]` or float) applied to the input first, to avoid
+    aliasing when the warp shrinks the image.
+    """
+
+    grid: Tensor
+    matrix: Tensor | None = None
+    prefilter_sigma: Tensor | float | None = None
+
+
+def pixel_centres(size: tuple[int, int], device: torch.device) -> Tensor:
+    """`[H, W, 2]` (x, y) of every pixel centre."""
+    h, w = size
+    ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def apply_homography(matrix: Tensor, points: Tensor) -> Tensor:
+    """Map points `[B, ..., 2]` through `[B, 3, 3]` homographies."""
+    b = matrix.shape[0]
+    flat = points.reshape(b, -1, 2)
+    ones = torch.ones_like(flat[..., :1])
+    mapped = torch.cat([flat, ones], dim=-1) @ matrix.transpose(1, 2)
+    xy = mapped[..., :2] / mapped[..., 2:3].clamp_min(1e-8)
+    return xy.reshape(points.shape)
+
+
+def warp_from_matrix(matrix: Tensor, size: tuple[int, int], prefilter_sigma: Tensor | float | None = None) -> Warp:
+    """The Warp of forward homographies `matrix` `[B, 3, 3]` (input -> output, continuous coords)."""
+    matrix = matrix.to(torch.float32)
+    inverse = torch.linalg.inv(matrix)
+    centres = pixel_centres(size, matrix.device).expand(matrix.shape[0], -1, -1, -1)
+    return Warp(grid=apply_homography(inverse, centres), matrix=matrix, prefilter_sigma=prefilter_sigma)
+
+
+def centred(matrix: Tensor, size: tuple[int, int]) -> Tensor:
+    """Conjugate a transform about the origin so it acts about the image centre instead."""
+    h, w = size
+    shift = torch.eye(3, device=matrix.device).repeat(matrix.shape[0], 1, 1)
+    back = shift.clone()
+    shift[:, 0, 2], shift[:, 1, 2] = -w / 2.0, -h / 2.0
+    back[:, 0, 2], back[:, 1, 2] = w / 2.0, h / 2.0
+    return back @ matrix @ shift
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor | float) -> Tensor:
+    """Separable Gaussian blur with per-sample sigma (`[B]` or a float), reflect-padded."""
+    b, c, h, w = images.shape
+    sig = torch.as_tensor(sigma, dtype=torch.float32, device=images.device).reshape(-1).expand(b)
+    if float(sig.max()) <= 0:
+        return images
+    radius = max(1, int(torch.ceil(3 * sig.max()).item()))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets[None] / sig.clamp_min(1e-6)[:, None]) ** 2)
+    kernel = torch.where(sig[:, None] > 0, kernel, (offsets[None] == 0).float())
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
+    weight = kernel.repeat_interleave(c, dim=0)  # [B*C, K]
+    x = images.reshape(1, b * c, h, w)
+    pad_w, pad_h = min(radius, w - 1), min(radius, h - 1)
+    x = F.pad(x, (radius, radius, 0, 0), mode="reflect" if pad_w == radius else "replicate")
+    x = F.conv2d(x, weight[:, None, None, :], groups=b * c)
+    x = F.pad(x, (0, 0, radius, radius), mode="reflect" if pad_h == radius else "replicate")
+    x = F.conv2d(x, weight[:, None, :, None], groups=b * c)
+    return x.reshape(b, c, h, w)
+
+
+def _normalised(grid: Tensor, size: tuple[int, int]) -> Tensor:
+    h, w = size
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=grid.device)
+    return grid * scale - 1.0
+
+
+def _reflect(index: Tensor, n: int) -> Tensor:
+    """Reflect integer indices into [0, n), repeating the edge pixel (cv2's BORDER_REFLECT), which is
+    what grid_sample's 'reflection' padding does with align_corners=False."""
+    if n == 1:
+        return torch.zeros_like(index)
+    period = 2 * n
+    index = torch.remainder(index, period)
+    return torch.where(index >= n, period - 1 - index, index)
+
+
+def _nearest_index(grid: Tensor, size: tuple[int, int], padding: str) -> tuple[Tensor, Tensor]:
+    """Flat source index `[B, H*W]` of each output pixel (nearest) and whether it lies in the input."""
+    h, w = size
+    ix = torch.floor(grid[..., 0]).long()
+    iy = torch.floor(grid[..., 1]).long()
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    if padding == "reflection":
+        ix, iy = _reflect(ix, w), _reflect(iy, h)
+        inside = torch.ones_like(inside)
+    elif padding == "border":
+        inside = torch.ones_like(inside)
+    ix, iy = ix.clamp(0, w - 1), iy.clamp(0, h - 1)
+    b = grid.shape[0]
+    return (iy * w + ix).reshape(b, -1), inside.reshape(b, -1)
+
+
+def _move_boxes(targets: ObjectTargets, warp: Warp, index: int, size: tuple[int, int],
+                flat_index: Tensor, inside: Tensor) -> ObjectTargets:
+    h, w = size
+    boxes = targets.boxes
+    if len(targets) == 0:
+        moved = boxes
+    elif warp.matrix is not None:
+        x0, y0, x1, y1 = boxes.unbind(-1)
+        corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                               torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=1)
+        mapped = apply_homography(warp.matrix[index : index + 1], corners.unsqueeze(0))[0]
+        moved = torch.cat([mapped.amin(dim=1), mapped.amax(dim=1)], dim=-1)
+    else:
+        moved = _boxes_through_dense_warp(boxes, warp.grid[index], inside[index].reshape(h, w))
+    moved = torch.stack([moved[:, 0].clamp(0, w), moved[:, 1].clamp(0, h),
+                         moved[:, 2].clamp(0, w), moved[:, 3].clamp(0, h)], dim=-1)
+    keep = (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])
+    masks = targets.masks
+    if masks is not None:
+        flat = masks.reshape(masks.shape[0], -1)
+        masks = (flat.gather(1, flat_index[index].expand(flat.shape[0], -1)) & inside[index]).reshape(-1, h, w)
+    out = ObjectTargets(boxes=moved, labels=targets.labels, masks=masks, iscrowd=targets.iscrowd,
+                        ids=targets.ids, occluded=targets.occluded, dropped=targets.dropped)
+    return out.keep(keep, dropped=int((~keep).sum()))
+
+
+def _boxes_through_dense_warp(boxes: Tensor, grid: Tensor, inside: Tensor) -> Tensor:
+    """Enclosing box of the output pixels whose source lies inside each box (non-projective warps)."""
+    sx, sy = grid[..., 0], grid[..., 1]
+    out = []
+    for chunk in boxes.split(_BOX_CHUNK):
+        x0, y0, x1, y1 = (v[:, None, None] for v in chunk.unbind(-1))
+        hit = (sx >= x0) & (sx < x1) & (sy >= y0) & (sy < y1) & inside
+        rows, cols = hit.any(dim=2), hit.any(dim=1)
+        h, w = rows.shape[1], cols.shape[1]
+        r = torch.arange(h, device=boxes.device)
+        c = torch.arange(w, device=boxes.device)
+        top = torch.where(rows, r, h).amin(dim=1)
+        bottom = torch.where(rows, r + 1, 0).amax(dim=1)
+        left = torch.where(cols, c, w).amin(dim=1)
+        right = torch.where(cols, c + 1, 0).amax(dim=1)
+        out.append(torch.stack([left, top, right, bottom], dim=-1).float())
+    return torch.cat(out) if out else boxes
+
+
+def apply_warp(batch: Batch, warp: Warp, padding: str = "zeros") -> Batch:
+    """Resample a float batch and move all of its targets with the same map."""
+    size = batch.image_size
+    images = batch.images
+    if warp.prefilter_sigma is not None:
+        images = gaussian_blur(images, warp.prefilter_sigma)
+    images = F.grid_sample(images, _normalised(warp.grid, size), mode="bilinear",
+                           padding_mode=padding, align_corners=False)
+    need_index = batch.masks is not None or (batch.boxes is not None and (
+        warp.matrix is None or any(t.masks is not None for t in batch.boxes)))
+    flat_index = inside = None
+    if need_index:
+        flat_index, inside = _nearest_index(warp.grid, size, padding)
+    masks = batch.masks
+    if masks is not None:
+        moved = masks.reshape(masks.shape[0], -1).gather(1, flat_index)
+        masks = torch.where(inside, moved, batch.ignore_index).reshape(masks.shape)
+    boxes = batch.boxes
+    if boxes is not None:
+        boxes = [_move_boxes(t, warp, i, size, flat_index, inside) for i, t in enumerate(boxes)]
+    return batch.replace(images=images, masks=masks, boxes=boxes)

@@ -1,0 +1,308 @@
+"""Perturbations and their registry.
+
+A perturbation has two halves, as in kornia / torchvision v2: `sample_params` draws per-sample
+parameters from per-sample randomness (visionstress.rng), and `apply` is a pure function of the
+batch and those parameters. Calling `p(batch, severity, seed)` does both; `params=` replays a case.
+
+Kernels see float32 RGB images in [0, 1]. The base class converts whatever it is given (uint8,
+other float dtypes, grayscale, RGBA) into that form and back, so every kernel is written once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence, TypeVar, overload
+
+import torch
+from torch import Tensor
+
+from visionstress.batch import Batch
+from visionstress.rng import SampleRNG, sample_keys
+
+from ._warp import Warp, apply_warp
+
+KINDS = ("photometric", "geometric", "data-aware", "model-aware")
+ALL_TARGETS = frozenset({"labels", "boxes", "instance_masks", "masks"})
+MAX_SEVERITY = 5
+
+Params = dict[str, Tensor]
+SampleFn = Callable[[SampleRNG, Any, Batch], Params]
+
+
+def _no_params(rng: SampleRNG, level: Any, batch: Batch) -> Params:
+    return {}
+
+
+class Perturbation:
+    """A named, registered image perturbation with a five-level severity table.
+
+    Subclasses implement `apply(batch, params, level)` on a float32 RGB batch; `level` is the
+    severity table's entry for the requested severity. Override `sample_params` (or pass `sample=`)
+    to draw per-sample parameters.
+    """
+
+    kind: str = "photometric"
+
+    def __init__(
+        self,
+        name: str,
+        family: str,
+        severities: Sequence[Any],
+        description: str,
+        *,
+        sample: SampleFn | None = None,
+        targets: frozenset[str] = ALL_TARGETS,
+        kind: str | None = None,
+    ) -> None:
+        if kind is not None:
+            self.kind = kind
+        if self.kind not in KINDS:
+            raise ValueError(f"perturbation {name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if len(severities) != MAX_SEVERITY:
+            raise ValueError(f"perturbation {name!r}: needs exactly {MAX_SEVERITY} severity levels, got {len(severities)}")
+        unknown = set(targets) - ALL_TARGETS
+        if unknown:
+            raise ValueError(f"perturbation {name!r}: unknown target kinds {sorted(unknown)}")
+        self.name = name
+        self.family = family
+        self.severities = tuple(severities)
+        self.description = description
+        self.targets = frozenset(targets)
+        self._sample = sample or _no_params
+
+    def __repr__(self) -> str:
+        return f"<Perturbation {self.name} ({self.family}, {self.kind})>"
+
+    def level(self, severity: int) -> Any:
+        """The severity table's entry for `severity` (1..5)."""
+        return self.severities[_check_severity(self.name, severity) - 1]
+
+    def sample_params(self, batch: Batch, severity: int, seed: int = 0) -> Params:
+        """Per-sample parameters, each a tensor with leading dimension B, on the batch's device."""
+        keys = sample_keys(seed, self.name, severity, batch.sample_ids)
+        return self._sample(SampleRNG(keys), self.level(severity), batch)
+
+    def apply(self, batch: Batch, params: Params, level: Any) -> Batch:
+        raise NotImplementedError
+
+    @overload
+    def __call__(self, data: Batch, severity: int, seed: int = 0, params: Params | None = None) -> Batch: ...
+
+    @overload
+    def __call__(self, data: Tensor, severity: int, seed: int = 0, params: Params | None = None) -> Tensor: ...
+
+    def __call__(self, data: Batch | Tensor, severity: int, seed: int = 0, params: Params | None = None) -> Batch | Tensor:
+        """Perturb `data` (a Batch, or images `[B,C,H,W]` / `[C,H,W]`) at `severity` (0 = identity)."""
+        severity = _check_severity(self.name, severity, allow_zero=True)
+        batch, unwrap = _as_batch(data)
+        unsupported = batch.target_kinds - self.targets
+        if unsupported:
+            raise ValueError(
+                f"perturbation {self.name!r} cannot carry {', '.join(sorted(unsupported))} targets "
+                f"(it supports {', '.join(sorted(self.targets)) or 'no targets'}); remove them or pick "
+                f"another perturbation"
+            )
+        if severity == 0:
+            out = batch.replace(params={})
+            return unwrap(out)
+        work, restore = _to_working_form(batch, self.name)
+        if params is None:
+            params = self.sample_params(work, severity, seed)
+        else:
+            params = _check_params(self.name, params, len(batch), batch.images.device)
+        result = self.apply(work, params, self.level(severity))
+        return unwrap(restore(result).replace(params=params))
+
+
+def _check_severity(name: str, severity: Any, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(severity, bool) or not isinstance(severity, int) or not low <= severity <= MAX_SEVERITY:
+        raise ValueError(
+            f"perturbation {name!r}: severity must be an integer from {low} to {MAX_SEVERITY}"
+            f"{' (0 = unperturbed)' if allow_zero else ''}, got {severity!r}"
+        )
+    return severity
+
+
+def _check_params(name: str, params: Mapping[str, Tensor], batch_size: int, device: torch.device) -> Params:
+    checked = {}
+    for key, value in params.items():
+        value = torch.as_tensor(value, device=device)
+        if value.ndim == 0 or value.shape[0] != batch_size:
+            raise ValueError(
+                f"perturbation {name!r}: replayed param {key!r} must have leading dimension {batch_size}, "
+                f"got shape {tuple(value.shape)}"
+            )
+        checked[key] = value
+    return checked
+
+
+def _as_batch(data: Batch | Tensor) -> tuple[Batch, Callable[[Batch], Batch | Tensor]]:
+    if isinstance(data, Batch):
+        return data, lambda b: b
+    if isinstance(data, Tensor):
+        if data.ndim == 3:
+            return Batch(data.unsqueeze(0)), lambda b: b.images[0]
+        if data.ndim == 4:
+            return Batch(data), lambda b: b.images
+        raise ValueError(f"expected images [B, C, H, W] or [C, H, W], got shape {tuple(data.shape)}")
+    raise TypeError(f"expected a visionstress.Batch or an image tensor, got {type(data).__name__}")
+
+
+def _to_working_form(batch: Batch, name: str) -> tuple[Batch, Callable[[Batch], Batch]]:
+    """Float32 RGB in [0, 1], and the function that converts a result back to the input's form.
+
+    Grayscale is replicated to RGB and averaged back; an alpha channel is set aside, moved by
+    geometric kernels like any other channel, and reattached untouched by photometric ones.
+    """
+    images = batch.images
+    dtype = images.dtype
+    channels = images.shape[1]
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"perturbation {name!r}: images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, "
+            f"got {channels}; convert them to RGB first"
+        )
+    x = images.float() / 255.0 if dtype == torch.uint8 else images.float()
+    alpha = x[:, 3:4] if channels == 4 else None
+    rgb = x[:, :3] if channels >= 3 else x.expand(-1, 3, -1, -1)
+
+    def restore(result: Batch) -> Batch:
+        y = result.images
+        if channels == 1:
+            y = y.mean(dim=1, keepdim=True)
+        elif channels == 4:
+            y = torch.cat([y[:, :3], y[:, 3:4] if y.shape[1] == 4 else alpha], dim=1)
+        y = y.clamp(0.0, 1.0)
+        y = (y * 255.0).round().to(torch.uint8) if dtype == torch.uint8 else y.to(dtype)
+        return result.replace(images=y)
+
+    return batch.replace(images=rgb.contiguous(), params={}), restore
+
+
+class PhotometricPerturbation(Perturbation):
+    """Changes pixel values only; targets pass through. Kernel: `fn(images, params, level) -> images`."""
+
+    kind = "photometric"
+
+    def __init__(self, kernel: Callable[[Tensor, Params, Any], Tensor], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernel = kernel
+
+    def apply(self, batch: Batch, params: Params, level: Any) -> Batch:
+        return batch.replace(images=self.kernel(batch.images, params, level))
+
+
+class GeometricPerturbation(Perturbation):
+    """Moves pixels; boxes, instance masks and semantic masks move with them.
+
+    Kernel: `fn(params, level, size, device) -> Warp`; the shared `apply_warp` resamples images
+    (bilinear), masks (nearest; uncovered area becomes the ignore index) and boxes (enclosing box of
+    the moved corners, clipped; boxes left with no area are dropped and counted).
+    """
+
+    kind = "geometric"
+
+    def __init__(
+        self, kernel: Callable[[Params, Any, tuple[int, int], torch.device], Warp], padding: str = "zeros", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if padding not in ("zeros", "border", "reflection"):
+            raise ValueError(f"perturbation {kwargs.get('name')!r}: padding must be zeros, border or reflection")
+        self.kernel = kernel
+        self.padding = padding
+
+    def apply(self, batch: Batch, params: Params, level: Any) -> Batch:
+        warp = self.kernel(params, level, batch.image_size, batch.images.device)
+        return apply_warp(batch, warp, padding=self.padding)
+
+
+class BatchPerturbation(Perturbation):
+    """Sees the whole batch, targets included (data-aware, e.g. occluding each object's box).
+
+    Kernel: `fn(batch, params, level) -> Batch`.
+    """
+
+    kind = "data-aware"
+
+    def __init__(self, kernel: Callable[[Batch, Params, Any], Batch], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernel = kernel
+
+    def apply(self, batch: Batch, params: Params, level: Any) -> Batch:
+        return self.kernel(batch, params, level)
+
+
+_REGISTRY: dict[str, Perturbation] = {}
+
+P = TypeVar("P", bound=Perturbation)
+
+
+def register_perturbation(perturbation: P) -> P:
+    """Add `perturbation` to the registry under its name; a duplicate name raises."""
+    if not isinstance(perturbation, Perturbation):
+        raise TypeError(f"register_perturbation expects a Perturbation, got {type(perturbation).__name__}")
+    if perturbation.name in _REGISTRY:
+        raise ValueError(f"a perturbation named {perturbation.name!r} is already registered")
+    _REGISTRY[perturbation.name] = perturbation
+    return perturbation
+
+
+def unregister_perturbation(name: str) -> None:
+    """Remove a perturbation (for user code and tests that register temporary ones)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_perturbation(name: str) -> Perturbation:
+    """The registered perturbation called `name`; an unknown name suggests the closest ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `visionstress list` shows them all"
+        raise KeyError(f"unknown perturbation {name!r}{hint}") from None
+
+
+def list_perturbations(pattern: str | None = None, family: str | None = None, kind: str | None = None) -> list[str]:
+    """Registered names, sorted, filtered by glob `pattern` (e.g. "*blur"), family and kind."""
+    names = []
+    for name, p in _REGISTRY.items():
+        if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
+            continue
+        if family is not None and p.family != family:
+            continue
+        if kind is not None and p.kind != kind:
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def _decorator(cls: type[Perturbation], **meta: Any) -> Callable[[Callable], Callable]:
+    def wrap(kernel: Callable) -> Callable:
+        register_perturbation(cls(kernel, **meta))
+        return kernel
+
+    return wrap
+
+
+def photometric(*, name: str, family: str, severities: Sequence[Any], description: str,
+                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS) -> Callable[[Callable], Callable]:
+    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1])."""
+    return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities,
+                      description=description, sample=sample, targets=targets)
+
+
+def geometric(*, name: str, family: str, severities: Sequence[Any], description: str,
+              sample: SampleFn | None = None, padding: str = "zeros") -> Callable[[Callable], Callable]:
+    """Register a geometric kernel `fn(params, level, size, device) -> Warp`."""
+    return _decorator(GeometricPerturbation, name=name, family=family, severities=severities,
+                      description=description, sample=sample, padding=padding)
+
+
+def data_aware(*, name: str, family: str, severities: Sequence[Any], description: str,
+               sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS) -> Callable[[Callable], Callable]:
+    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes)."""
+    return _decorator(BatchPerturbation, name=name, family=family, severities=severities,
+                      description=description, sample=sample, targets=targets)
