@@ -17,7 +17,8 @@ from .registry import (
     unregister_perturbation,
 )
 from ._warp import Warp
-from . import rotation, lighting  # noqa: F401  (modules register their perturbations on import)
+# Each family module registers its perturbations on import.
+from . import occlusion, scale, rotation, lighting, blur, camera, weather, albumentations  # noqa: E402,F401
 
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise",
