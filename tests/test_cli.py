@@ -1,0 +1,58 @@
+"""The command line: list, show, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from visionstress.cli import app
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+runner = CliRunner()
+
+
+def test_list_shows_the_catalogue_and_filters_by_family():
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "motion_blur" in result.output and "rotation" in result.output
+    result = runner.invoke(app, ["list", "--family", "rotation"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "perspective" in result.output and "motion_blur" not in result.output
+    result = runner.invoke(app, ["list", "--family", "nope"])
+    assert result.exit_code == 2 and "no perturbation matches" in result.output
+
+
+def test_show_writes_a_labelled_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    result = runner.invoke(app, ["show", str(DEMO / "scene.png"), "-p", "rotation,brightness", "-s", "1,5",
+                                 "-a", str(DEMO / "scene.json"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    grid = Image.open(out)
+    # 2 rows (perturbations) x 3 columns (clean, s=1, s=5) of 256x192 tiles
+    assert grid.width > 3 * 256 and grid.height > 2 * 192 and grid.height < 3 * 192
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "motion_blurr"], "did you mean"),
+    (["-s", "0,7"], "from 1 to 5"),
+    (["-p", "zzz*"], "no perturbation matches"),
+])
+def test_show_bad_options_get_clear_errors(tmp_path, args, message):
+    result = runner.invoke(app, ["show", str(DEMO / "scene.png"), *args, "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_show_corrupt_image_and_bad_annotations_name_the_file(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = runner.invoke(app, ["show", str(broken), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "broken.png" in result.output and "not a readable image" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "scene.png"}],
+                               "annotations": [{"id": 9, "image_id": 1, "bbox": [0, 0, -3, 4], "category_id": 1}]}))
+    result = runner.invoke(app, ["show", str(DEMO / "scene.png"), "-p", "rotation", "-a", str(bad),
+                                 "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "bad.json" in result.output and "annotation 9" in result.output
