@@ -18,9 +18,12 @@ pytestmark = pytest.mark.cuda
 
 MEAN_TOLERANCE = 1e-3  # mean |cpu - cuda| over all pixels, images in [0, 1]
 OUTLIER_FRACTION = 0.002  # share of pixels allowed to differ by more than 2/255
-CODEC_EXCEPTIONS = {
-    "jpeg_compression": "nvJPEG and libjpeg are different encoders; outputs agree only approximately",
+LOOSER: dict[str, tuple[float, float, str]] = {
+    "jpeg_compression": (0.02, 1.0, "nvJPEG and libjpeg are different encoders; outputs agree only approximately"),
+    "spatter": (5e-3, 0.05, "drops are thresholded blurred noise: float rounding flips pixels at the threshold"),
+    "snow": (5e-3, 0.05, "flakes are thresholded noise: float rounding flips pixels at the threshold"),
 }
+"""name -> (mean tolerance, outlier fraction, why the default cannot hold)."""
 
 
 @pytest.mark.parametrize("name", list_perturbations())
@@ -33,12 +36,10 @@ def test_cpu_and_cuda_agree(name):
         gpu = p(batch.to("cuda"), severity=severity, seed=0).images
         assert gpu.device.type == "cuda"
         diff = (cpu - gpu.cpu()).abs()
-        if name in CODEC_EXCEPTIONS:
-            assert diff.mean() < 0.02, f"{name} s={severity}: mean diff {diff.mean():.4f}"
-            continue
-        assert diff.mean() <= MEAN_TOLERANCE, f"{name} s={severity}: mean |cpu-cuda| = {diff.mean():.2e}"
+        mean_tolerance, outlier_fraction, _ = LOOSER.get(name, (MEAN_TOLERANCE, OUTLIER_FRACTION, ""))
+        assert diff.mean() <= mean_tolerance, f"{name} s={severity}: mean |cpu-cuda| = {diff.mean():.2e}"
         outliers = (diff > 2 / 255).float().mean()
-        assert outliers <= OUTLIER_FRACTION, f"{name} s={severity}: {outliers:.3%} of pixels differ by > 2/255"
+        assert outliers <= outlier_fraction, f"{name} s={severity}: {outliers:.3%} of pixels differ by > 2/255"
 
 
 @pytest.mark.parametrize("name", list_perturbations(kind="geometric"))

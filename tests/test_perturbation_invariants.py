@@ -17,6 +17,7 @@ NAMES = list_perturbations()
 NON_MONOTONE: dict[str, str] = {
     "saturate": "ImageNet-C's table desaturates at severities 1-2 (x0.3, x0.1) and oversaturates at 3-5 (x2..x20)",
     "spatter": "ImageNet-C switches from water (severities 1-3) to mud (4-5), a different kind of damage",
+    "glass_blur": "ImageNet-C gives severity 3 three shuffling rounds and severity 4 two (the reference falls too)",
 }
 """Perturbations whose distortion legitimately does not grow with severity, and why."""
 

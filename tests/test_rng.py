@@ -63,3 +63,23 @@ def test_cuda_draws_equal_cpu_bit_for_bit():
     cpu = uniform_field(sample_keys(5, "fog", 2, ids), (3, 8, 8))
     gpu = uniform_field(sample_keys(5, "fog", 2, ids.cuda()), (3, 8, 8))
     assert torch.equal(cpu, gpu.cpu())
+
+
+def test_fused_cpu_path_is_bit_identical_to_the_torch_path():
+    from visionstress import rng
+
+    keys = sample_keys(3, "glass_blur", 5, torch.arange(5, 12))
+    shape = (3, 61, 67)  # large enough for the fused path
+    assert keys.shape[0] * 3 * 61 * 67 >= rng._FUSED_MIN_ELEMENTS
+    fused = uniform_field(keys, shape, counter=4)
+    plain = rng._to_unit(rng._bits(keys, 4, 3 * 61 * 67)).reshape(7, *shape)
+    assert torch.equal(fused, plain)
+
+
+def test_fused_cpu_normals_match_ndtri():
+    from visionstress import rng
+
+    keys = sample_keys(3, "gaussian_noise", 2, torch.arange(4))
+    fused = normal_field(keys, (3, 64, 64), counter=1)
+    exact = torch.special.ndtri(rng._to_unit(rng._bits(keys, 1, 3 * 64 * 64))).reshape(4, 3, 64, 64)
+    torch.testing.assert_close(fused, exact, atol=2e-6, rtol=2e-6)
