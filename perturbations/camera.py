@@ -11,6 +11,7 @@ import functools
 import math
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,14 +87,22 @@ def _poisson_tables(photons: float, device: torch.device) -> tuple[Tensor, Tenso
 
 def _poisson(images: Tensor, u: Tensor, photons: float) -> Tensor:
     """Poisson(photons * x) counts by exact inverse CDF of the uniforms `u` (no generator): the
-    smallest k with CDF(k) >= u, found from a guide-table start by stepping up. Values leave the
-    search independently, so the loop's length never changes a result (batch independence)."""
+    smallest k with CDF(k) >= u, found from a guide-table start by stepping up. Each value's search is
+    independent of the others, so results do not depend on the batch."""
     cdf, guide, width = _poisson_tables(float(photons), images.device)
-    level = (images.clamp(0.0, 1.0) * (_LEVELS - 1)).round_().to(torch.int64).reshape(-1)
     u = u.reshape(-1)
+    if images.device.type == "cpu" and _numba_available():
+        flat = images.contiguous().reshape(-1).numpy()
+        counts = _poisson_search_cpu()(flat, u.numpy(), cdf.numpy(), guide.numpy(), width, _GUIDE)
+        return torch.from_numpy(counts).reshape(images.shape)
+    level = (images.clamp(0.0, 1.0) * (_LEVELS - 1)).round_().to(torch.int64).reshape(-1)
+    return _poisson_search_torch(level, u, cdf, guide, width).reshape(images.shape)
+
+
+def _poisson_search_torch(level: Tensor, u: Tensor, cdf: Tensor, guide: Tensor, width: int) -> Tensor:
     bucket = (u * _GUIDE).to(torch.int64).clamp_(max=_GUIDE - 1)
     k = guide.gather(0, level * _GUIDE + bucket)  # gather: far faster than advanced indexing on CPU
-    base = level.mul_(width)
+    base = level * width
     step = u > cdf.gather(0, base + k)
     k += step
     # the few values whose guide bucket straddles several counts (the far tail) keep stepping
@@ -105,7 +114,40 @@ def _poisson(images: Tensor, u: Tensor, photons: float) -> Tensor:
         step = u.gather(0, todo) > cdf.gather(0, base.gather(0, todo) + kt)
         k.scatter_(0, todo, kt + step)
         todo = todo[step]
-    return k.reshape(images.shape).to(torch.float32)
+    return k.to(torch.float32)
+
+
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _poisson_search_cpu():
+    """The same search as `_poisson_search_torch`, as one parallel loop (the torch version makes ~10
+    passes over the batch; on the CPU those dominate)."""
+    from numba import njit, prange
+
+    top = np.float32(_LEVELS - 1)
+
+    @njit(parallel=True)
+    def search(x, u, cdf, guide, width, buckets):  # pragma: no cover - compiled
+        out = np.empty(x.shape[0], np.float32)
+        for i in prange(x.shape[0]):
+            # float32 clamp, scale and round-half-even, exactly as the torch path computes the level
+            level = np.int64(np.rint(np.float32(min(max(x[i], np.float32(0.0)), np.float32(1.0))) * top))
+            bucket = min(np.int64(u[i] * np.float32(buckets)), buckets - 1)
+            k = guide[level * buckets + bucket]
+            base = level * width
+            while u[i] > cdf[base + k]:
+                k += 1
+            out[i] = k
+        return out
+
+    return search
 
 
 @photometric(name="shot_noise", family="camera", severities=SHOT_NOISE, sample=_sample_key,

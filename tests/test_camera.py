@@ -218,3 +218,20 @@ def test_lens_distortion_replays_its_k1():
     assert ((out.params["k1"] >= 0.8 * 0.08) & (out.params["k1"] <= 0.08)).all()
     again = p(first, severity=2, seed=5, params={"k1": out.params["k1"]})
     assert torch.equal(out.images, again.images)
+
+
+def test_poisson_cpu_loop_equals_the_device_generic_search():
+    """The numba CPU search and the torch search (used on CUDA) give identical counts."""
+    from visionstress.perturbations import camera
+    from visionstress.rng import sample_keys, uniform_field
+
+    images = torch.rand(4, 3, 40, 56)
+    images[0, 0, 0, :20] = (torch.arange(20) + 0.5) / 255  # exact rounding ties
+    images[0, 0, 1, :2] = torch.tensor([-0.1, 1.2])
+    u = uniform_field(sample_keys(0, "shot_noise", 1, torch.arange(4)), (3, 40, 56))
+    for photons in (60.0, 3.0):
+        cdf, guide, width = camera._poisson_tables(photons, images.device)
+        level = (images.clamp(0, 1) * 255).round().to(torch.int64).reshape(-1)
+        generic = camera._poisson_search_torch(level, u.reshape(-1), cdf, guide, width)
+        fused = camera._poisson(images, u, photons).reshape(-1)
+        assert torch.equal(generic, fused)
