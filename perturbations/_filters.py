@@ -9,7 +9,10 @@ use separable depthwise convolutions.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -73,8 +76,88 @@ def filter_matrix(n: int, kernel: Tensor, mode: str = "replicate") -> Tensor:
     return matrix.scatter_add_(1, index, kernel.expand(n, -1).contiguous())
 
 
+USE_NUMBA = True
+"""Use the compiled CPU loops (numba) where they apply; tests switch it off to compare with the torch path."""
+
+
+def _numba_ok(images: Tensor) -> bool:
+    """Whether the compiled CPU loops apply: float32 CPU tensors without autograd, numba installed."""
+    if not (USE_NUMBA and images.device.type == "cpu" and images.dtype == torch.float32
+            and not images.requires_grad and images.numel() > 0):
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=None)
+def _separable_kernel() -> Callable[..., np.ndarray]:
+    """Compile (once per process) a direct separable correlation over `[N, H, W]` planes."""
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def separable(x, ky, kx, iy, ix):  # pragma: no cover - compiled
+        # x [N, H, W]; iy / ix map padded row / column positions to source indices (borders folded in).
+        n, h, w = x.shape
+        ny, nx = ky.shape[0], kx.shape[0]
+        out = np.empty_like(x)
+        for p in prange(n):
+            tmp = np.empty((h, w), np.float32)
+            row = np.empty(w + nx - 1, np.float32)
+            for y in range(h):
+                for j in range(w + nx - 1):
+                    row[j] = x[p, y, ix[j]]
+                t_row = tmp[y]
+                k0 = kx[0]
+                for i in range(w):
+                    t_row[i] = k0 * row[i]
+                for t in range(1, nx):
+                    kt = kx[t]
+                    for i in range(w):
+                        t_row[i] += kt * row[i + t]
+            for y in range(h):
+                o = out[p, y]
+                src = tmp[iy[y]]
+                k0 = ky[0]
+                for i in range(w):
+                    o[i] = k0 * src[i]
+                for t in range(1, ny):
+                    src = tmp[iy[y + t]]
+                    kt = ky[t]
+                    for i in range(w):
+                        o[i] += kt * src[i]
+        return out
+
+    return separable
+
+
+def _border_index(n: int, r: int, mode: str) -> np.ndarray:
+    """Source index of each of the `n + 2 r` positions of a `mode`-padded axis (as `_pad_1d` pads)."""
+    index = _pad_1d(torch.arange(n).view(1, 1, 1, n), r, r, 3, mode).view(-1)
+    return index.numpy().astype(np.int64)
+
+
+def _separable_numba(images: Tensor, kernel_y: Tensor, kernel_x: Tensor, mode: str) -> Tensor:
+    b, c, h, w = images.shape
+    ky = kernel_y.detach().to("cpu", torch.float32).contiguous().numpy()
+    kx = kernel_x.detach().to("cpu", torch.float32).contiguous().numpy()
+    iy = _border_index(h, (ky.shape[0] - 1) // 2, mode)
+    ix = _border_index(w, (kx.shape[0] - 1) // 2, mode)
+    x = images.detach().contiguous().view(b * c, h, w).numpy()
+    return torch.from_numpy(_separable_kernel()(x, ky, kx, iy, ix)).view(b, c, h, w)
+
+
 def separable_filter(images: Tensor, kernel_y: Tensor, kernel_x: Tensor, mode: str = "replicate") -> Tensor:
-    """Correlate `[B, C, H, W]` with `kernel_y` down the columns and `kernel_x` along the rows."""
+    """Correlate `[B, C, H, W]` with `kernel_y` down the columns and `kernel_x` along the rows.
+
+    On CPU (float32) a compiled direct loop (cost proportional to the taps, a few ms for a 224x224
+    batch of 32 at small sigma); elsewhere two matmuls with banded matrices (fast on GPUs whatever
+    the kernel's length). Both give the same result up to float32 rounding.
+    """
+    if _numba_ok(images):
+        return _separable_numba(images, kernel_y, kernel_x, mode)
     _, _, h, w = images.shape
     my = filter_matrix(h, kernel_y.to(images.device, images.dtype), mode)
     mx = filter_matrix(w, kernel_x.to(images.device, images.dtype), mode)
@@ -86,8 +169,7 @@ def gaussian_blur(images: Tensor, sigma: float, truncate: float = 4.0, mode: str
 
     Defaults match `skimage.filters.gaussian` (scipy.ndimage: radius `int(4 sigma + 0.5)`, 'nearest'
     borders = 'replicate'), which is what ImageNet-C uses. Works for images smaller than the kernel.
-    Evaluated as two matmuls with banded matrices (faster on CPU than depthwise convolution, and
-    independent of sigma).
+    See `separable_filter` for how it is evaluated.
     """
     if sigma <= 0:
         return images
@@ -122,9 +204,12 @@ def fft_correlate(images: Tensor, taps_y: Tensor, taps_x: Tensor, weights: Tenso
     """
     b, c, h, w = images.shape
     device = images.device
-    taps_y = torch.as_tensor(taps_y, device=device).long().expand(b, -1)
-    taps_x = torch.as_tensor(taps_x, device=device).long().expand(b, -1)
-    weights = torch.as_tensor(weights, device=device, dtype=torch.float32).expand(b, -1)
+    taps_y = torch.as_tensor(taps_y, device=device).long()
+    taps_x = torch.as_tensor(taps_x, device=device).long()
+    weights = torch.as_tensor(weights, device=device, dtype=torch.float32)
+    # A kernel shared by the batch (1-D taps and weights) is transformed once and broadcast.
+    kb = 1 if taps_y.ndim == 1 and taps_x.ndim == 1 and weights.ndim == 1 else b
+    taps_y, taps_x, weights = taps_y.expand(kb, -1), taps_x.expand(kb, -1), weights.expand(kb, -1)
     top, bottom = max(0, -int(taps_y.min())), max(0, int(taps_y.max()))
     left, right = max(0, -int(taps_x.min())), max(0, int(taps_x.max()))
     hp, wp = _good_size(h + top + bottom), _good_size(w + left + right)
@@ -132,17 +217,73 @@ def fft_correlate(images: Tensor, taps_y: Tensor, taps_x: Tensor, weights: Tenso
     x = _pad_1d(_pad_1d(images.float(), top, bottom, 2, mode), left, right, 3, mode)
     # Circular correlation: kernel value k at offset (u, v) sits at ((u mod Hp), (v mod Wp)).
     flat = torch.remainder(taps_y, hp) * wp + torch.remainder(taps_x, wp)
-    kernel = torch.zeros(b, hp * wp, device=device, dtype=torch.float32)
+    kernel = torch.zeros(kb, hp * wp, device=device, dtype=torch.float32)
     kernel.scatter_add_(1, flat, weights)
-    spectrum = torch.fft.rfft2(x) * torch.fft.rfft2(kernel.view(b, 1, hp, wp)).conj()
+    spectrum = torch.fft.rfft2(x) * torch.fft.rfft2(kernel.view(kb, 1, hp, wp)).conj()
     out = torch.fft.irfft2(spectrum, s=(hp, wp))
     return out[:, :, top : top + h, left : left + w].to(images.dtype)
 
 
+_DIRECT_MAX_TAPS = 500
+"""On CPU, `filter2d` correlates directly (compiled loop, cost proportional to the nonzero taps, halved
+for vertically mirrored kernels) up to this many taps and by FFT beyond: measured on 32 x 3 x 224 x 224,
+the direct loop takes ~12 ms for ImageNet-C's radius-3 disk (61 taps), ~26 ms at radius 8 (257) and
+~43 ms at radius 10 (429), the FFT ~35-65 ms whatever the kernel."""
+
+
+@lru_cache(maxsize=None)
+def _direct_kernel() -> Callable[..., np.ndarray]:
+    """Compile (once per process) a direct 2-D correlation of `[N, H, W]` planes with one kernel."""
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def correlate(x, k, iy, ix, mirrored):  # pragma: no cover - compiled
+        # mirrored: k's rows a and kh - 1 - a are equal, so their source rows are summed first.
+        n, h, w = x.shape
+        kh, kw = k.shape
+        wp = w + kw - 1
+        out = np.empty_like(x)
+        for p in prange(n):
+            pad = np.empty((h + kh - 1, wp), np.float32)
+            for y in range(h + kh - 1):
+                for j in range(wp):
+                    pad[y, j] = x[p, iy[y], ix[j]]
+            pair = np.empty(wp, np.float32)
+            for y in range(h):
+                o = out[p, y]
+                o[:] = 0
+                for a in range((kh + 1) // 2 if mirrored else kh):
+                    if mirrored and a != kh - 1 - a:
+                        top, bottom = pad[y + a], pad[y + kh - 1 - a]
+                        for j in range(wp):
+                            pair[j] = top[j] + bottom[j]
+                        src = pair
+                    else:
+                        src = pad[y + a]
+                    for b in range(kw):
+                        kv = k[a, b]
+                        if kv != 0:
+                            for i in range(w):
+                                o[i] += kv * src[i + b]
+        return out
+
+    return correlate
+
+
 def filter2d(images: Tensor, kernel: Tensor, mode: str = "reflect") -> Tensor:
     """Correlate every channel with one 2-D `kernel` `[kh, kw]` (odd sides, anchored at its centre), as
-    `cv2.filter2D` does; default borders are cv2's BORDER_REFLECT_101 ('reflect')."""
+    `cv2.filter2D` does; default borders are cv2's BORDER_REFLECT_101 ('reflect').
+
+    On CPU a direct compiled loop for kernels of at most `_DIRECT_MAX_TAPS` nonzero taps, otherwise
+    (and on other devices) an FFT correlation; the same result up to float32 rounding."""
     kh, kw = kernel.shape
+    if _numba_ok(images) and int((kernel != 0).sum()) <= _DIRECT_MAX_TAPS:
+        b, c, h, w = images.shape
+        k = kernel.detach().to("cpu", torch.float32).contiguous().numpy()
+        x = images.detach().contiguous().view(b * c, h, w).numpy()
+        mirrored = bool(np.array_equal(k, k[::-1]))
+        out = _direct_kernel()(x, k, _border_index(h, kh // 2, mode), _border_index(w, kw // 2, mode), mirrored)
+        return torch.from_numpy(out).view(b, c, h, w)
     ys, xs = torch.meshgrid(torch.arange(kh, device=images.device) - kh // 2,
                             torch.arange(kw, device=images.device) - kw // 2, indexing="ij")
     keep = kernel.reshape(-1) != 0
@@ -214,13 +355,16 @@ def motion_blur(images: Tensor, radius: float, sigma: float, angle_degrees: Tens
 
     On CUDA this is one FFT correlation over the batch. On CPU, where FFTs of the padded batch cost
     more than the taps themselves, the taps are accumulated as shifted views of one replicate-padded
-    copy (a loop over samples and taps of whole-image adds: B x (2 radius + 1) vectorised ops).
+    copy: a compiled loop (numba), or without it a loop over samples and taps of whole-image adds
+    (B x (2 radius + 1) vectorised ops); both add the taps in the same order.
     """
     b, c, h, w = images.shape
     angle = torch.as_tensor(angle_degrees, device=images.device, dtype=torch.float64).reshape(-1).expand(b)
     taps_y, taps_x, weights = motion_blur_taps(int(radius), sigma, angle, (h, w))
     if images.is_cuda:
         return fft_correlate(images, taps_y, taps_x, weights, mode="replicate")
+    if _numba_ok(images):
+        return _taps_numba(images, taps_y, taps_x, weights)
     top, bottom = max(0, -int(taps_y.min())), max(0, int(taps_y.max()))
     left, right = max(0, -int(taps_x.min())), max(0, int(taps_x.max()))
     padded = _pad_1d(_pad_1d(images, top, bottom, 2, "replicate"), left, right, 3, "replicate")
@@ -231,3 +375,52 @@ def motion_blur(images: Tensor, radius: float, sigma: float, angle_degrees: Tens
             if wt != 0.0:
                 acc.add_(src[:, top + dy : top + dy + h, left + dx : left + dx + w], alpha=wt)
     return out
+
+
+@lru_cache(maxsize=None)
+def _taps_kernel() -> Callable[..., np.ndarray]:
+    """Compile (once per process) a sparse correlation with per-sample taps, replicated borders."""
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def correlate(x, ty, tx, wt, top, left, iy, ix):  # pragma: no cover - compiled
+        # iy / ix: source row / column of each position of the replicate-padded plane.
+        b, c, h, w = x.shape
+        hp, wp = iy.shape[0], ix.shape[0]
+        out = np.empty_like(x)
+        for job in prange(b * c):
+            i, ch = job // c, job % c
+            pad = np.empty((hp, wp), np.float32)
+            for y in range(hp):
+                for j in range(wp):
+                    pad[y, j] = x[i, ch, iy[y], ix[j]]
+            o = np.empty(w, np.float32)
+            for y in range(h):  # row by row, all taps, so the accumulator stays in L1
+                o[:] = 0.0
+                for t in range(ty.shape[1]):
+                    wv = wt[i, t]
+                    if wv == 0.0:
+                        continue
+                    ox = left + tx[i, t]
+                    src = pad[top + ty[i, t] + y, ox : ox + w]  # a slice: range indices vectorise
+                    for xx in range(w):
+                        o[xx] += wv * src[xx]
+                out[i, ch, y] = o
+        return out
+
+    return correlate
+
+
+def _taps_numba(images: Tensor, taps_y: Tensor, taps_x: Tensor, weights: Tensor) -> Tensor:
+    """`out[b, :, y, x] = sum_i weights[b, i] * images[b, :, y + taps_y[b, i], x + taps_x[b, i]]`, reads
+    clamped to the image (replicated borders), taps added in order."""
+    b, _, h, w = images.shape
+    ty = taps_y.to("cpu", torch.int64).expand(b, -1).contiguous()
+    tx = taps_x.to("cpu", torch.int64).expand(b, -1).contiguous()
+    wt = weights.to("cpu", torch.float32).expand(b, -1).contiguous().numpy()
+    top, bottom = max(0, -int(ty.min())), max(0, int(ty.max()))
+    left, right = max(0, -int(tx.min())), max(0, int(tx.max()))
+    iy = torch.arange(-top, h + bottom).clamp(0, h - 1).numpy()
+    ix = torch.arange(-left, w + right).clamp(0, w - 1).numpy()
+    out = _taps_kernel()(images.detach().contiguous().numpy(), ty.numpy(), tx.numpy(), wt, top, left, iy, ix)
+    return torch.from_numpy(out)

@@ -7,12 +7,14 @@ are batched torch re-implementations of its algorithms, with the deviations note
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visionstress.rng import SampleRNG, uniform_field
+from visionstress.rng import SampleRNG, _stream_seed, uniform_field
 
 from . import _filters
 from .registry import photometric
@@ -85,11 +87,82 @@ def _zoom_layer(images: Tensor, factor: float) -> Tensor:
     return F.interpolate(crop, size=(out_h, out_w), mode="bilinear", align_corners=True)[:, :, :h, :w]
 
 
+def _zoom_axis(n: int, factor: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """One axis of `_zoom_layer` as a table: the crop's start, and for each of the `n` kept output
+    positions the two source indices (relative to the crop) and the second one's weight, computed as
+    torch's corner-aligned bilinear interpolation computes them (float32)."""
+    crop = max(1, math.ceil(n / factor))
+    start = (n - crop) // 2
+    out = max(n, round(crop * factor))
+    scale = np.float32(crop - 1) / np.float32(out - 1) if out > 1 else np.float32(0.0)
+    src = scale * np.arange(n, dtype=np.float32)
+    i0 = np.minimum(src.astype(np.int64), crop - 1)
+    i1 = np.minimum(i0 + 1, crop - 1)
+    return start, i0, i1, (src - i0.astype(np.float32)).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def _zoom_kernel():
+    """Compile (once per process) the CPU zoom blur: every layer interpolated and summed row by row
+    in one pass over each image plane (no zoomed copies are materialised)."""
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def zoom(x, top, y0, y1, wy, left, width, x0, x1, wx):  # pragma: no cover - compiled
+        n, h, w = x.shape
+        layers = top.shape[0]
+        out = np.empty_like(x)
+        inv = np.float32(1.0) / np.float32(layers + 1)
+        for p in prange(n):
+            img = x[p]
+            acc = np.empty(w, np.float32)
+            row = np.empty(w, np.float32)
+            for y in range(h):
+                acc[:] = img[y]
+                for f in range(layers):
+                    cw = width[f]
+                    r0 = img[top[f] + y0[f, y], left[f] : left[f] + cw]
+                    r1 = img[top[f] + y1[f, y], left[f] : left[f] + cw]
+                    b = wy[f, y]
+                    a = np.float32(1.0) - b
+                    for j in range(cw):
+                        row[j] = a * r0[j] + b * r1[j]
+                    for xx in range(w):
+                        c = wx[f, xx]
+                        acc[xx] += (np.float32(1.0) - c) * row[x0[f, xx]] + c * row[x1[f, xx]]
+                o = out[p, y]
+                for xx in range(w):
+                    o[xx] = acc[xx] / np.float32(layers + 1)
+        return out
+
+    return zoom
+
+
+def _zoom_numba(images: Tensor, level: tuple[float, ...]) -> Tensor:
+    b, c, h, w = images.shape
+    rows = [_zoom_axis(h, f) for f in level]
+    cols = [_zoom_axis(w, f) for f in level]
+    top = np.array([r[0] for r in rows], np.int64)
+    left = np.array([r[0] for r in cols], np.int64)
+    width = np.array([max(1, math.ceil(w / f)) for f in level], np.int64)
+    y0, y1, wy = (np.stack([r[k] for r in rows]) for k in (1, 2, 3))
+    x0, x1, wx = (np.stack([r[k] for r in cols]) for k in (1, 2, 3))
+    x0, x1 = x0.astype(np.uint64), x1.astype(np.uint64)  # unsigned: no negative-index check, gathers vectorise
+    x = images.detach().contiguous().view(b * c, h, w).numpy()
+    out = _zoom_kernel()(x, top, y0, y1, wy, left, width, x0, x1, wx)
+    return torch.from_numpy(out).view(b, c, h, w)
+
+
 @photometric(name="zoom_blur", family=FAMILY, severities=ZOOM_BLUR,
              description="ImageNet-C zoom blur: the average of progressively zoomed copies (camera moving forward).")
 def zoom_blur(images: Tensor, params: dict[str, Tensor], level: tuple[float, ...]) -> Tensor:
     """Deviation: where rounding makes a zoomed layer smaller than the image (tiny images only), the
-    reference adds it into the top-left corner only; here the layer is interpolated up to the image size."""
+    reference adds it into the top-left corner only; here the layer is interpolated up to the image size.
+
+    On CPU the layers are interpolated and summed in one compiled pass (numba, same interpolation
+    weights); elsewhere with `F.interpolate` per layer."""
+    if _filters._numba_ok(images):
+        return _zoom_numba(images, level)
     out = images.clone()
     for factor in level:
         out += _zoom_layer(images, factor)
@@ -108,48 +181,131 @@ def _sample_glass(rng: SampleRNG, level: tuple[float, int, int], batch) -> dict[
     return {"key": rng.key()}
 
 
+_EXTRA_LEVELS = 16
+"""Resolution of the partial step's coin: taken where the top 4 bits of the step's 24-bit draw are
+below `_EXTRA_LEVELS * _GLASS_EXTRA_STEP`."""
+
+
+def _glass_steps(rounds: int, delta: int) -> list[bool]:
+    """The shuffle steps in order, True for a partial one: each round is one full gather step plus,
+    for max_delta >= 2, a second step taken by a random half of the pixels (the reference's sequential
+    swaps carry a pixel on along the scan about that often: measured on its swap loop, a mean
+    displacement of ~1.5 uniform steps per round)."""
+    partial = delta >= 2 and _GLASS_EXTRA_STEP > 0
+    return [p for _ in range(rounds) for p in ((False, True) if partial else (False,))]
+
+
+@lru_cache(maxsize=None)
+def _glass_shuffle_kernel():
+    """Compile (once per process) the CPU shuffle. It evaluates the same integer hash as
+    `visionstress.rng.uniform_field` inline (no noise fields are materialised), composes all steps'
+    source maps per sample and gathers every channel once; tests check it equals the torch path."""
+    from numba import njit, prange
+
+    c1, c2 = np.uint64(0x7FEB352D), np.uint64(0x846CA68B)  # rng's lowbias32 constants
+    mask = np.uint64(0xFFFFFFFF)
+
+    @njit(inline="always")
+    def lowbias32(x):  # pragma: no cover - compiled
+        x = np.uint32(x ^ (x >> np.uint32(16)))
+        x = np.uint32((np.uint64(x) * c1) & mask)
+        x = np.uint32(x ^ (x >> np.uint32(15)))
+        x = np.uint32((np.uint64(x) * c2) & mask)
+        return np.uint32(x ^ (x >> np.uint32(16)))
+
+    @njit(parallel=True, cache=False)
+    def shuffle(x, seeds, partial, delta, threshold):  # pragma: no cover - compiled
+        b, c, h, w = x.shape
+        steps = seeds.shape[1]
+        span = 2 * delta
+        lo, hi_y, hi_x = delta + 1, h - delta, w - delta
+        out = np.empty_like(x)
+        for i in prange(b):
+            ys = np.empty(h * w, np.int32)
+            xs = np.empty(h * w, np.int32)
+            for y in range(h):
+                for xx in range(w):
+                    ys[y * w + xx] = y
+                    xs[y * w + xx] = xx
+            # out_S[p] = x[src_1(src_2(... src_S(p)))]: apply the last step's map first, branch-free.
+            for st in range(steps - 1, -1, -1):
+                seed = seeds[i, st]
+                always = partial[st] == 0
+                for p in range(h * w):
+                    yy = ys[p]
+                    xc = xs[p]
+                    # uniform_field(key, (h, w), counter=st)[yy, xc] * 2**24, as rng computes it.
+                    bits = lowbias32(np.uint32(lowbias32(np.uint32(yy * w + xc)) ^ seed))
+                    q = np.int32(np.float32(np.float32(bits >> np.uint32(8)) + np.float32(0.5)))
+                    take = (yy >= lo) & (yy <= hi_y) & (xc >= lo) & (xc <= hi_x) & (always | ((q >> 20) < threshold))
+                    t = np.int32(take)
+                    ys[p] = yy + t * ((((q & 1023) * span) >> 10) - delta)
+                    xs[p] = xc + t * (((((q >> 10) & 1023) * span) >> 10) - delta)
+            for ch in range(c):
+                src = x[i, ch]
+                dst = out[i, ch]
+                for y in range(h):
+                    for xx in range(w):
+                        p = y * w + xx
+                        dst[y, xx] = src[ys[p], xs[p]]
+        return out
+
+    return shuffle
+
+
+def _glass_shuffle(x: Tensor, keys: Tensor, partial: list[bool], delta: int, use_numba: bool) -> Tensor:
+    """Apply the shuffle steps to `x` `[B, C, H, W]` (`keys` `[B]`: the per-sample glass keys).
+
+    Step i (synchronous: every pixel reads the previous step's image) moves each interior pixel
+    (rows and columns `delta + 1 .. side - delta`, as in the reference) to the value at offset
+    `(dy, dx)` in `[-delta, delta)^2`, from the 24-bit integer `q = u * 2**24` of its draw
+    `u = uniform_field(keys, (H, W), counter=i)`, by multiply-shift (bits 0-9 for dy, 10-19 for dx:
+    `(bits * 2 delta) >> 10`, uniform up to 1/1024 for delta 3); a partial step moves only pixels
+    whose bits 20-23 are below the threshold. Pure data movement, so the CPU loop and the torch ops
+    agree exactly.
+    """
+    b, c, h, w = x.shape
+    threshold = int(_EXTRA_LEVELS * _GLASS_EXTRA_STEP)
+    if use_numba:
+        seeds = torch.stack([_stream_seed(keys, i) for i in range(len(partial))], dim=1).numpy().astype(np.uint32)
+        flags = np.asarray(partial, dtype=np.uint8)
+        return torch.from_numpy(_glass_shuffle_kernel()(x.contiguous().numpy(), seeds, flags, int(delta), threshold))
+    span = 2 * delta
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    interior = ((rows >= delta + 1) & (rows <= h - delta))[:, None] & ((cols >= delta + 1) & (cols <= w - delta))[None]
+    base = (rows[:, None] * w + cols[None]).expand(b, h, w)
+    x = x.reshape(b, c, h * w)
+    for i, is_partial in enumerate(partial):
+        q = (uniform_field(keys, (h, w), counter=i) * 16777216.0).to(torch.int64)
+        dy = (((q & 1023) * span) >> 10) - delta
+        dx = ((((q >> 10) & 1023) * span) >> 10) - delta
+        take = interior & ((q >> 20) < threshold) if is_partial else interior
+        source = torch.where(take, base + dy * w + dx, base).reshape(b, 1, h * w)
+        x = x.gather(2, source.expand(b, c, h * w))
+    return x.reshape(b, c, h, w)
+
+
 @photometric(name="glass_blur", family=FAMILY, severities=GLASS_BLUR, sample=_sample_glass,
              description="ImageNet-C glass blur: blur, local pixel shuffling, blur again (frosted glass).")
 def glass_blur(images: Tensor, params: dict[str, Tensor], level: tuple[float, int, int]) -> Tensor:
     """Deviations from the reference, for speed and batch independence:
 
     * the reference swaps pixels one at a time in a sequential (numba) loop, so a pixel can be carried
-      several times along the scan; here each round is one gather in which every interior pixel takes the
-      value of a neighbour at a random offset in [-max_delta, max_delta) per axis (the reference's range),
-      from a per-sample counter-based noise field. That is a local resampling, not a permutation: values
-      can repeat or vanish, but none is created, and the final blur hides the difference (mean SSIM is
-      checked against the reference).
+      several times along the scan; here each round is one synchronous step in which every interior
+      pixel takes the value of a neighbour at a random offset in [-max_delta, max_delta) per axis (the
+      reference's range), drawn from a per-sample counter-based noise field (one uniform per pixel and
+      step, see `_glass_shuffle`), plus (max_delta >= 2) a partial step taken by half of the pixels. That is a local
+      resampling, not a permutation: values can repeat or vanish, but none is created, and the final
+      blur hides the difference (mean SSIM is checked against the reference).
     * the reference truncates to uint8 after the first blur; here the image stays float.
+
+    On CPU the steps run as one compiled loop (numba); on other devices as torch gathers (identical).
     """
     sigma, delta, rounds = level
     b, c, h, w = images.shape
     x = _filters.gaussian_blur(images, sigma)
-    # The reference shuffles rows/columns delta+1 .. side-delta (inclusive), reading offsets in [-delta, delta).
-    rows = torch.arange(h, device=images.device)
-    cols = torch.arange(w, device=images.device)
-    interior = ((rows >= delta + 1) & (rows <= h - delta))[:, None] & ((cols >= delta + 1) & (cols <= w - delta))[None]
-    if bool(interior.any()):
-        # Each round is one full gather step plus, for max_delta >= 2, a second step taken by a random
-        # half of the pixels: the reference's sequential swaps carry a pixel on along the scan about
-        # that often (measured on its swap loop: a mean displacement of ~1.5 uniform steps per round).
-        extra = _GLASS_EXTRA_STEP if delta >= 2 else 0.0
-        steps = [(r, False) for r in range(rounds)] + ([(r, True) for r in range(rounds)] if extra > 0 else [])
-        steps.sort()
-        span = 2 * delta
-        # 12 random bits per step (4 for dy, 4 for dx, 4 for the partial step), two steps per 24-bit
-        # uniform: the counter-based hash is the costly part, so it is used sparingly. Offsets are
-        # (4 bits * span) >> 4: exact for max_delta 1, 2, 4; within 3/16 vs 2/16 per value for 3.
-        n_fields = (len(steps) + 1) // 2
-        words = (uniform_field(params["key"], (n_fields, h, w)) * 16777216.0).to(torch.int32)
-        bits = torch.cat([words & 4095, words >> 12], dim=1)[:, : len(steps)]
-        dy = ((bits >> 8) * span >> 4) - delta
-        dx = (((bits >> 4) & 15) * span >> 4) - delta
-        base = (rows[:, None] * w + cols[None]).int().expand(b, len(steps), h, w)
-        moved = base + dy * w + dx
-        x = x.reshape(b, c, h * w)
-        for i, (_, partial) in enumerate(steps):
-            take = interior & ((bits[:, i] & 15) < int(16 * extra)) if partial else interior
-            source = torch.where(take, moved[:, i], base[:, i]).reshape(b, 1, h * w).long()
-            x = x.gather(2, source.expand(b, c, h * w))
-        x = x.reshape(b, c, h, w)
+    if h >= 2 * delta + 1 and w >= 2 * delta + 1:  # some interior pixel exists
+        partial = _glass_steps(rounds, delta)
+        x = _glass_shuffle(x, params["key"], partial, delta, _filters._numba_ok(x))
     return _filters.gaussian_blur(x, sigma)

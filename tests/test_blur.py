@@ -159,3 +159,103 @@ def test_tiny_and_batch_independent(name):
     alone = p(Batch(x[2:3], sample_ids=ids[2:3]), severity=5, seed=1).images
     torch.testing.assert_close(full[2:3], alone, atol=1e-5, rtol=0)
     assert torch.isfinite(full).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU fast paths (numba) against the plain torch paths used on other devices
+
+
+def _both_paths(monkeypatch, fn):
+    pytest.importorskip("numba")
+    monkeypatch.setattr(_filters, "USE_NUMBA", True)
+    fast = fn()
+    monkeypatch.setattr(_filters, "USE_NUMBA", False)
+    slow = fn()
+    return fast, slow
+
+
+@pytest.mark.parametrize("size", [(40, 56), (7, 5), (1, 9)])
+@pytest.mark.parametrize("mode", ["replicate", "reflect", "symmetric"])
+def test_separable_numba_equals_matmul(monkeypatch, size, mode):
+    x = _rand(2, *size, seed=7)
+    for sigma in (0.7, 3.0):
+        fast, slow = _both_paths(monkeypatch, lambda: _filters.gaussian_blur(x, sigma, mode=mode))
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    ky, kx = torch.tensor([0.1, 0.5, 0.2]), torch.tensor([0.3, -0.2, 0.4, 0.1, 0.4])  # asymmetric
+    fast, slow = _both_paths(monkeypatch, lambda: _filters.separable_filter(x, ky, kx, mode))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(33, 47), (7, 5)])
+def test_filter2d_direct_equals_fft(monkeypatch, size):
+    x = _rand(2, *size, seed=8)
+    for radius, alias in [(3, 0.1), (6, 0.5), (10, 0.5)]:  # vertically mirrored: paired rows
+        kernel = _filters.disk_kernel(radius, alias)
+        fast, slow = _both_paths(monkeypatch, lambda: _filters.filter2d(x, kernel))
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    asym = torch.zeros(5, 3)
+    asym[0, 0], asym[4, 2], asym[2, 1] = 0.5, 0.3, 0.2  # not mirrored: row by row
+    fast, slow = _both_paths(monkeypatch, lambda: _filters.filter2d(x, asym))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(33, 47), (7, 5)])
+def test_motion_blur_numba_equals_torch_loop(monkeypatch, size):
+    x = _rand(3, *size, seed=9)
+    angle = torch.tensor([-40.0, 5.0, 170.0])
+    fast, slow = _both_paths(monkeypatch, lambda: _filters.motion_blur(x, 15, 8.0, angle))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(45, 61), (16, 16), (7, 5), (1, 3)])
+def test_zoom_blur_numba_equals_interpolate(monkeypatch, size):
+    from visionstress.perturbations import blur
+
+    x = _rand(2, *size, seed=10)
+    for level in blur.ZOOM_BLUR:
+        fast, slow = _both_paths(monkeypatch, lambda: blur.zoom_blur(x, {}, level))
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (16, 16), (5, 9)])
+def test_glass_shuffle_numba_equals_torch_exactly(monkeypatch, size):
+    pytest.importorskip("numba")
+    from visionstress.perturbations import blur
+
+    x = _rand(3, *size, seed=11)
+    keys = torch.tensor([12345, 2**61 + 17, 99])
+    for _, delta, rounds in blur.GLASS_BLUR:
+        partial = blur._glass_steps(rounds, delta)
+        fast = blur._glass_shuffle(x, keys, partial, delta, use_numba=True)
+        slow = blur._glass_shuffle(x, keys, partial, delta, use_numba=False)
+        assert torch.equal(fast, slow)
+    p = get_perturbation("glass_blur")
+    fast, slow = _both_paths(monkeypatch, lambda: p(x, severity=3, seed=4))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_glass_step_offsets_are_uniform_and_partial_step_takes_half(use_numba):
+    if use_numba:
+        pytest.importorskip("numba")
+    from visionstress.perturbations import blur
+
+    h, w = 64, 80
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.float32)[None].expand(h, w)
+    coords = torch.stack([rows, cols, rows])[None].repeat(2, 1, 1, 1)  # pixel values = their own coordinates
+    keys = torch.tensor([5, 6])
+    for delta in (1, 3):
+        out = blur._glass_shuffle(coords, keys, [False], delta, use_numba)
+        dy, dx = out[:, 0] - rows, out[:, 1] - cols
+        inner = (slice(None), slice(delta + 1, h - delta + 1), slice(delta + 1, w - delta + 1))
+        for d in (dy[inner], dx[inner]):
+            counts = torch.stack([(d == v).float().mean() for v in range(-delta, delta)])
+            assert abs(float(counts.sum()) - 1.0) < 1e-6  # every offset in [-delta, delta)
+            assert float((counts - 1 / (2 * delta)).abs().max()) < 0.02
+        border = torch.ones(h, w, dtype=torch.bool)
+        border[delta + 1 : h - delta + 1, delta + 1 : w - delta + 1] = False
+        assert float(dy[:, border].abs().max()) == 0 and float(dx[:, border].abs().max()) == 0
+    # A partial step alone moves about half of the interior pixels (zero offsets stay put: 1/4 of them).
+    moved = (blur._glass_shuffle(coords, keys, [True], 1, use_numba) != coords).any(dim=1)[:, 2:h, 2:w]
+    assert abs(float(moved.float().mean()) - 0.5 * 0.75) < 0.03
