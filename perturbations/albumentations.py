@@ -12,6 +12,7 @@ identically alone or in any batch. Boxes (pascal_voc), instance masks (`masks`) 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,6 +28,9 @@ _SEED_HIGH = 2**31 - 1
 
 
 def _require_albumentations() -> Any:
+    # albumentations asks the network for a newer release on import; a test harness must not phone
+    # home (and CI machines have no network), so opt out unless the user has decided otherwise.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         import albumentations
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -166,7 +170,7 @@ def albumentations_perturbation(name: str, family: str, transforms: Sequence[Any
 
 def _register_builtin() -> None:
     try:
-        import albumentations as A
+        A = _require_albumentations()
     except ImportError:  # optional dependency: the built-ins are simply absent
         return
 

@@ -135,3 +135,22 @@ def test_kind_must_be_photometric_or_geometric():
     with pytest.raises(ValueError, match="photometric or geometric"):
         albumentations_perturbation("_test_bad", "test", [A.HorizontalFlip(p=1.0)] * 5, "bad", kind="data-aware",
                                     register=False)
+
+
+def test_importing_the_library_does_not_touch_the_network():
+    """albumentations checks for updates online on import unless told not to; we tell it not to."""
+    import subprocess
+    import sys
+
+    code = ("import socket\n"
+            "attempts = []\n"
+            "def refuse(*args, **kwargs):\n"
+            "    attempts.append(args)\n"
+            "    raise OSError('network refused by test')\n"
+            "socket.getaddrinfo = refuse\n"
+            "socket.socket.connect = refuse\n"
+            "import visionstress.perturbations\n"
+            "assert not attempts, f'network access during import: {attempts}'\n")
+    env = {k: v for k, v in __import__('os').environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
