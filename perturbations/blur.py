@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visionstress.rng import SampleRNG, _stream_seed, uniform_field
+from visionstress.rng import SampleRNG, numba_hash, stream_seed, uniform_field
 
 from . import _filters
 from .registry import photometric
@@ -202,16 +202,7 @@ def _glass_shuffle_kernel():
     source maps per sample and gathers every channel once; tests check it equals the torch path."""
     from numba import njit, prange
 
-    c1, c2 = np.uint64(0x7FEB352D), np.uint64(0x846CA68B)  # rng's lowbias32 constants
-    mask = np.uint64(0xFFFFFFFF)
-
-    @njit(inline="always")
-    def lowbias32(x):  # pragma: no cover - compiled
-        x = np.uint32(x ^ (x >> np.uint32(16)))
-        x = np.uint32((np.uint64(x) * c1) & mask)
-        x = np.uint32(x ^ (x >> np.uint32(15)))
-        x = np.uint32((np.uint64(x) * c2) & mask)
-        return np.uint32(x ^ (x >> np.uint32(16)))
+    lowbias32, _ = numba_hash()
 
     @njit(parallel=True, cache=False)
     def shuffle(x, seeds, partial, delta, threshold):  # pragma: no cover - compiled
@@ -267,7 +258,7 @@ def _glass_shuffle(x: Tensor, keys: Tensor, partial: list[bool], delta: int, use
     b, c, h, w = x.shape
     threshold = int(_EXTRA_LEVELS * _GLASS_EXTRA_STEP)
     if use_numba:
-        seeds = torch.stack([_stream_seed(keys, i) for i in range(len(partial))], dim=1).numpy().astype(np.uint32)
+        seeds = torch.stack([stream_seed(keys, i) for i in range(len(partial))], dim=1).numpy().astype(np.uint32)
         flags = np.asarray(partial, dtype=np.uint8)
         return torch.from_numpy(_glass_shuffle_kernel()(x.contiguous().numpy(), seeds, flags, int(delta), threshold))
     span = 2 * delta

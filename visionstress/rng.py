@@ -70,7 +70,7 @@ def sample_keys(seed: int, name: str, severity: int, sample_ids: Tensor) -> Tens
     return (lanes[0] << 31) | lanes[1]
 
 
-def _stream_seed(keys: Tensor, counter: int) -> Tensor:
+def stream_seed(keys: Tensor, counter: int) -> Tensor:
     """A 32-bit seed per sample for draw number `counter` of that sample's stream."""
     hi = (keys >> 31) & _MASK31
     lo = keys & _MASK31
@@ -79,7 +79,7 @@ def _stream_seed(keys: Tensor, counter: int) -> Tensor:
 
 def _bits(keys: Tensor, counter: int, n: int) -> Tensor:
     """32-bit hashes `[B, n]`: element j of row i depends only on (keys[i], counter, j)."""
-    seeds = _stream_seed(keys, counter)
+    seeds = stream_seed(keys, counter)
     index = hash32(torch.arange(n, device=keys.device, dtype=torch.int64))
     return hash32(index.unsqueeze(0) ^ seeds.unsqueeze(1))
 
@@ -104,12 +104,15 @@ _ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00,
 
 
 @lru_cache(maxsize=None)
-def _fused_kernels() -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[[np.ndarray, int], np.ndarray]]:
-    """Compile (once per process) CPU loops equal to the torch path for given stream seeds."""
-    from numba import njit, prange
+def numba_hash() -> tuple[Callable, Callable]:
+    """numba twins of the torch hash, `(lowbias32(x), unit(seed, j))`, for CPU kernels that draw inline.
+
+    `unit(stream_seed(keys, counter)[i], j)` equals `uniform_field(keys, shape, counter)[i].flatten()[j]`
+    bit for bit; call them from `@njit` code only.
+    """
+    from numba import njit
 
     mask = np.uint64(0xFFFFFFFF)
-    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
 
     @njit(inline="always")
     def lowbias32(x):  # pragma: no cover - compiled
@@ -123,6 +126,17 @@ def _fused_kernels() -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[
     def unit(seed, j):  # pragma: no cover - compiled
         h = lowbias32(np.uint32(lowbias32(np.uint32(j)) ^ seed))
         return (np.float32(h >> np.uint32(8)) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
+
+    return lowbias32, unit
+
+
+@lru_cache(maxsize=None)
+def _fused_kernels() -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[[np.ndarray, int], np.ndarray]]:
+    """Compile (once per process) CPU loops equal to the torch path for given stream seeds."""
+    from numba import njit, prange
+
+    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
+    _, unit = numba_hash()
 
     @njit(inline="always")
     def inverse_normal(p):  # pragma: no cover - compiled
@@ -188,7 +202,7 @@ def _use_fused(keys: Tensor, n: int) -> bool:
 
 
 def _fused(which: int, keys: Tensor, counter: int, n: int) -> Tensor:
-    seeds = _stream_seed(keys, counter).numpy().astype(np.uint32)
+    seeds = stream_seed(keys, counter).numpy().astype(np.uint32)
     return torch.from_numpy(_fused_kernels()[which](seeds, n))
 
 
@@ -230,6 +244,6 @@ class SampleRNG:
     def key(self) -> Tensor:
         """A fresh 62-bit sub-key per sample, for kernels that generate noise fields in `apply`."""
         counter = self._next()
-        hi = _stream_seed(self.keys, counter) & _MASK31
-        lo = hash32(_stream_seed(self.keys, counter) ^ _GOLDEN) & _MASK31
+        hi = stream_seed(self.keys, counter) & _MASK31
+        lo = hash32(stream_seed(self.keys, counter) ^ _GOLDEN) & _MASK31
         return (hi << 31) | lo
