@@ -1,0 +1,498 @@
+"""Turn a `--model` spec (and optional `--weights`) into a runnable model, without running untrusted code.
+
+A model file is code more often than users think: TorchScript and torch.export archives carry
+programs, and a pickled `nn.Module` runs arbitrary Python when unpickled. Those are loaded only
+when the caller says `trust_model=True` (`--trust-model`); weights travel as state dicts read with
+`torch.load(weights_only=True)` or as safetensors, which cannot execute anything. Every file read is
+hashed so the scorecard can say exactly which model produced it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import inspect
+import os
+import pickle
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from visionstress.models.data_config import INTERPOLATIONS, DataConfig, DataConfigError
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_MODEL_SUFFIXES = (".pt2", ".pt", ".pth", ".ts", ".jit", ".onnx", ".safetensors", ".bin", ".ckpt")
+_SPEC_FORMS = (
+    "torchvision:NAME or timm:NAME (with --weights FILE), package.module:function, "
+    "or a model file (.pt2, TorchScript .pt, .onnx)"
+)
+_OPT_IN = "pass --trust-model (trust_model=True) only if you trust where the file came from"
+
+
+class ModelLoadError(ValueError):
+    """The model cannot be loaded; the message names the spec or file and what to do."""
+
+
+class UntrustedModelError(ModelLoadError):
+    """The file would execute code when loaded and the caller has not opted in with `trust_model`."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for an adapter, with the identity the scorecard records.
+
+    `module` is an `nn.Module` in eval mode (torch.export modules are fixed to the mode they were
+    exported in) or, for ONNX, a callable from a float tensor to logits. `path`/`sha256` identify the
+    file the parameters came from (the weights file, or the model file itself); `format` says how it
+    was read: safetensors, state_dict, random-init, python (a factory without weights),
+    torch.export, torchscript, pickle or onnx.
+    """
+
+    module: nn.Module | Callable[[Tensor], Tensor]
+    spec: str
+    path: str | None
+    sha256: str | None
+    format: str
+    data_config: DataConfig | None
+    num_classes: int | None
+
+
+def load_model(
+    spec: str, weights: str | None = None, trust_model: bool = False, num_classes: int | None = None
+) -> LoadedModel:
+    """Load `spec`: `torchvision:NAME`, `timm:NAME`, `package.module:function`, or a model file path.
+
+    `weights` (a state dict in .pth/.pt or .safetensors) applies to architectures and factories;
+    `num_classes` rebuilds the architecture's head for a fine-tuned checkpoint.
+    """
+    spec = spec.strip()
+    if spec.startswith("torchvision:"):
+        return _load_torchvision(spec, weights, trust_model, num_classes)
+    if spec.startswith("timm:"):
+        return _load_timm(spec, weights, trust_model, num_classes)
+    path = Path(spec).expanduser()
+    if _FACTORY.match(spec) and not path.exists():
+        return _load_factory(spec, weights, trust_model, num_classes)
+    if path.suffix.lower() in _MODEL_SUFFIXES or path.exists() or os.sep in spec or "/" in spec:
+        if weights is not None:
+            raise ModelLoadError(
+                f"{spec}: --weights applies to an architecture or a factory, not to a model file"
+            )
+        return _load_file(spec, path, trust_model, num_classes)
+    raise ModelLoadError(f"{spec!r}: not a model spec; expected {_SPEC_FORMS}")
+
+
+# --- architectures -------------------------------------------------------------------------------
+
+
+def _load_torchvision(spec: str, weights: str | None, trust: bool, num_classes: int | None) -> LoadedModel:
+    import torchvision.models as tvm
+
+    name = spec.split(":", 1)[1]
+    classifiers = tvm.list_models(module=tvm)
+    if name not in classifiers:
+        if name in tvm.list_models():
+            raise ModelLoadError(f"{spec}: {name} is not an image classification model in torchvision")
+        hint = _did_you_mean(name, classifiers)
+        raise ModelLoadError(f"{spec}: unknown torchvision classification model {name!r}{hint}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    module = tvm.get_model(name, weights=None, **kwargs)
+    default = tvm.get_model_weights(name).DEFAULT
+    data_config = _torchvision_data_config(default.transforms)
+    if num_classes is None:
+        num_classes = len(default.meta["categories"])
+    return _finish_architecture(spec, module, weights, trust, data_config, num_classes)
+
+
+def _torchvision_data_config(transforms: Any) -> DataConfig | None:
+    """The eval transform torchvision's weights were published with (`ImageClassification` preset),
+    read from the `functools.partial` in the weights enum, so nothing is downloaded."""
+    if not isinstance(transforms, functools.partial):
+        return None
+    params = {
+        key: p.default
+        for key, p in inspect.signature(transforms.func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    params.update(transforms.keywords)
+    if "crop_size" not in params or "resize_size" not in params:
+        return None
+    interpolation = params.get("interpolation")
+    resize = params["resize_size"]
+    return DataConfig(
+        input_size=_pair(params["crop_size"]),
+        resize=min(resize) if isinstance(resize, (list, tuple)) else int(resize),
+        interpolation=getattr(interpolation, "value", interpolation or "bilinear"),
+        mean=tuple(params["mean"]),
+        std=tuple(params["std"]),
+    )
+
+
+def _pair(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    if isinstance(size, (list, tuple)):
+        return (int(size[0]), int(size[-1]))
+    return (int(size), int(size))
+
+
+def _load_timm(spec: str, weights: str | None, trust: bool, num_classes: int | None) -> LoadedModel:
+    name = spec.split(":", 1)[1]
+    try:
+        import timm
+        from timm.data import resolve_model_data_config
+    except ImportError:
+        raise ModelLoadError(f"{spec}: timm is not installed; pip install timm") from None
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        module = timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
+        raise ModelLoadError(f"{spec}: timm cannot build {name!r} ({exc})") from exc
+    data_config = _timm_data_config(spec, resolve_model_data_config(module))
+    if num_classes is None:
+        num_classes = getattr(module, "num_classes", None)
+    return _finish_architecture(spec, module, weights, trust, data_config, num_classes)
+
+
+def _timm_data_config(spec: str, cfg: Mapping[str, Any]) -> DataConfig:
+    """timm's pretrained_cfg as a DataConfig. timm's crop_pct (crop / resize) becomes `resize`; its
+    'squash' and 'border' crop modes are approximated by the centre crop, and interpolations this
+    harness does not implement (random, lanczos, ...) fall back to bicubic with a warning."""
+    interpolation = str(cfg.get("interpolation", "bicubic"))
+    if interpolation not in INTERPOLATIONS:
+        warnings.warn(f"{spec}: timm interpolation {interpolation!r} is not supported; using bicubic", stacklevel=3)
+        interpolation = "bicubic"
+    mapping = {
+        "input_size": list(cfg["input_size"]),
+        "crop_pct": cfg.get("crop_pct", 0.875),
+        "interpolation": interpolation,
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+    }
+    try:
+        return DataConfig.from_mapping(mapping, f"{spec} pretrained_cfg")
+    except DataConfigError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def _finish_architecture(
+    spec: str,
+    module: nn.Module,
+    weights: str | None,
+    trust: bool,
+    data_config: DataConfig | None,
+    num_classes: int | None,
+) -> LoadedModel:
+    if weights is None:
+        warnings.warn(
+            f"{spec}: no --weights given, so the model has random weights and its scores mean nothing",
+            stacklevel=3,
+        )
+        return LoadedModel(module.eval(), spec, None, None, "random-init", data_config, num_classes)
+    state_dict, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
+    _apply_state_dict(module, state_dict, spec, weights)
+    return LoadedModel(module.eval(), spec, str(weights), sha, fmt, data_config, num_classes)
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+# --- factories -----------------------------------------------------------------------------------
+
+
+def _load_factory(spec: str, weights: str | None, trust: bool, num_classes: int | None) -> LoadedModel:
+    """`package.module:function` (the function may be a dotted attribute, e.g. `Class.build`).
+
+    The current directory is importable for the import, as with `python -m` or uvicorn, so a factory
+    in a local `models.py` works from the console script too. A returned module that carries a
+    `data_config` attribute (a DataConfig) supplies the preprocessing, like timm's pretrained_cfg.
+    """
+    module_name, attr = spec.split(":", 1)
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        py_module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ModelLoadError(
+                f"{spec}: cannot import {module_name!r}; install the package or add its folder to PYTHONPATH"
+            ) from exc
+        raise ModelLoadError(f"{spec}: importing {module_name} failed: {exc}") from exc
+    except Exception as exc:  # the user's module raised while importing
+        raise ModelLoadError(f"{spec}: importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    factory: Any = py_module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ModelLoadError(f"{spec}: {module_name} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ModelLoadError(f"{spec}: {attr} is not callable")
+    kwargs = {}
+    if num_classes is not None:
+        if not _accepts(factory, "num_classes"):
+            raise ModelLoadError(f"{spec}: num_classes was given but {attr}() takes no num_classes argument")
+        kwargs["num_classes"] = num_classes
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: {attr}() raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{spec}: {attr}() returned {type(model).__name__}, expected a torch.nn.Module")
+    data_config = model.data_config if isinstance(getattr(model, "data_config", None), DataConfig) else None
+    if num_classes is None and isinstance(getattr(model, "num_classes", None), int):
+        num_classes = model.num_classes
+    if weights is None:
+        return LoadedModel(model.eval(), spec, None, None, "python", data_config, num_classes)
+    state_dict, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
+    _apply_state_dict(model, state_dict, spec, weights)
+    return LoadedModel(model.eval(), spec, str(weights), sha, fmt, data_config, num_classes)
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True  # builtins without a signature: let the call decide
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+# --- state dicts ---------------------------------------------------------------------------------
+
+
+def _read_state_dict(path: Path, trust: bool) -> tuple[dict[str, Tensor], str, str]:
+    """(state dict, format, sha256) from a .safetensors file or a torch.save'd dict."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: weights file not found")
+    sha = _sha256(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu"), "safetensors", sha
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
+    kind = _sniff(path)
+    if kind in ("torch.export", "torchscript"):
+        raise ModelLoadError(
+            f"{path}: is a {kind} archive, a whole model rather than weights; pass it as the model "
+            "(--model FILE --trust-model) without --weights"
+        )
+    obj = _torch_load(path, trust)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    return _unwrap_state_dict(obj, path), "state_dict", sha
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """Accept the shapes training scripts save: a bare state dict, or one nested under a common key
+    ('state_dict', 'model_state_dict', 'model', 'module'), with a DataParallel 'module.' prefix."""
+    if isinstance(obj, Mapping) and not _all_tensors(obj):
+        for key in ("state_dict", "model_state_dict", "model", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, Mapping) and inner and _all_tensors(inner):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj or not _all_tensors(obj):
+        raise ModelLoadError(
+            f"{path}: expected a state dict (parameter name -> tensor), got {_describe(obj)}"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _all_tensors(d: Mapping[Any, Any]) -> bool:
+    return all(isinstance(v, Tensor) for v in d.values())
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        return f"a {type(obj).__name__} with keys {', '.join(map(str, list(obj)[:5]))}"
+    return f"a {type(obj).__name__}"
+
+
+def _apply_state_dict(module: nn.Module, state: dict[str, Tensor], spec: str, path: str) -> None:
+    """Load strictly, but explain a mismatch in terms a user can act on instead of torch's wall of keys.
+
+    BatchNorm's `num_batches_tracked` counters are allowed to be absent: they do not affect eval.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if not (missing or unexpected or mismatched):
+        module.load_state_dict(state, strict=False)
+        return
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+            problems.append(f"{len(keys)} {label} keys ({', '.join(keys[:4])}{more})")
+    if mismatched:
+        shapes = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched[:4]]
+        problems.append(f"{len(mismatched)} shape mismatches ({'; '.join(shapes)})")
+    message = f"{path}: state dict does not fit {spec}: " + ", ".join(problems)
+    head = list(own)[-2:]  # the classifier's weight and bias come last in every torchvision/timm model
+    first = mismatched[0] if mismatched else None
+    if first and all(k in head for k in mismatched) and state[first].shape[1:] == own[first].shape[1:]:
+        n = state[first].shape[0]
+        message += f". The classifier head has {n} outputs in the file: pass num_classes={n} (--num-classes {n})"
+    raise ModelLoadError(message)
+
+
+# --- model files ---------------------------------------------------------------------------------
+
+
+def _load_file(spec: str, path: Path, trust: bool, num_classes: int | None) -> LoadedModel:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _load_onnx(spec, path, num_classes)
+    if suffix == ".safetensors":
+        raise _weights_only_error(path)
+    kind = _sniff(path)
+    sha = _sha256(path)
+    if kind in ("torch.export", "torchscript"):
+        if not trust:
+            raise UntrustedModelError(
+                f"{path}: is a {kind} archive, which runs the program stored in the file; it is not loaded "
+                f"by default: {_OPT_IN}"
+            )
+        try:
+            if kind == "torch.export":
+                # torch.export modules keep the train/eval mode they were exported in; .eval() is unsupported.
+                module: nn.Module = torch.export.load(str(path)).module()
+            else:
+                module = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # any corruption surfaces as a variety of torch errors
+            raise ModelLoadError(f"{path}: could not load the {kind} archive ({_first_line(exc)})") from exc
+        return LoadedModel(module, spec, str(path), sha, kind, None, num_classes)
+    obj = _torch_load(path, trust)
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj.eval(), spec, str(path), sha, "pickle", None, num_classes)
+    if isinstance(obj, Mapping):
+        raise _weights_only_error(path)
+    raise ModelLoadError(f"{path}: holds {_describe(obj)}, not a model")
+
+
+def _weights_only_error(path: Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path}: holds weights only (a state dict); name the architecture too, e.g. "
+        f"--model torchvision:resnet50 --weights {path.name}"
+    )
+
+
+def _sniff(path: Path) -> str:
+    """'torch.export', 'torchscript' or 'torch.save', from the archive's members rather than its name,
+    so a TorchScript file saved as .pth is still recognised as code."""
+    if not zipfile.is_zipfile(path):
+        return "torch.save"  # the legacy pickle format, or not a checkpoint at all: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{path}: damaged archive ({exc})") from exc
+    if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
+        return "torch.export"
+    if any("/code/__torch__" in n or n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    return "torch.save"
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    """`torch.load(weights_only=True)`; a pickle that needs more is refused, naming the globals it
+    references, unless `trust` (then it is unpickled with a warning)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path, exc)
+        listed = ", ".join(unsafe[:8]) + (f" and {len(unsafe) - 8} more" if len(unsafe) > 8 else "")
+        if not trust:
+            raise UntrustedModelError(
+                f"{path}: is a pickle that references Python objects beyond tensors ({listed}); unpickling "
+                "it can execute arbitrary code, so it is not loaded. Save a state dict instead "
+                "(torch.save(model.state_dict(), ...)) and pass --model ARCH --weights FILE, or "
+                f"{_OPT_IN}"
+            ) from None
+        warnings.warn(f"{path}: unpickling with weights_only=False because trust_model=True ({listed})", stacklevel=3)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as full_exc:  # e.g. the module's class is not importable here
+            raise ModelLoadError(f"{path}: could not be unpickled ({_first_line(full_exc)})") from full_exc
+    except Exception as exc:  # torch reports corruption as RuntimeError, KeyError, EOFError, ...
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
+
+
+def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy (non-zip) files: fall back to the one global torch names in its error
+        found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    return sorted(set(found)) or ["unknown globals"]
+
+
+def _load_onnx(spec: str, path: Path, num_classes: int | None) -> LoadedModel:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelLoadError(
+            f"{path}: ONNX models run through onnxruntime, which is not installed: pip install visionstress[onnx]"
+        ) from None
+    sha = _sha256(path)
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception classes for bad graphs
+        raise ModelLoadError(f"{path}: onnxruntime could not load it ({_first_line(exc)})") from exc
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{path}: expected one image input, the graph has {len(inputs)}")
+    width = session.get_outputs()[0].shape[-1]
+    if num_classes is None and isinstance(width, int):
+        num_classes = width
+    return LoadedModel(_OnnxModel(session, inputs[0].name), spec, str(path), sha, "onnx", None, num_classes)
+
+
+class _OnnxModel:
+    """An onnxruntime session as a tensor -> tensor callable; runs on CPU numpy, returns on the input's device."""
+
+    def __init__(self, session: Any, input_name: str) -> None:
+        self.session = session
+        self.input_name = input_name
+
+    def __call__(self, images: Tensor) -> Tensor:
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        logits = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(logits).to(images.device)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
