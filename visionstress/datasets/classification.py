@@ -1,0 +1,410 @@
+"""Labelled image datasets for classification: discovery, label mapping, decoding and batching.
+
+A dataset is either an ImageFolder tree (`root/<class>/<image>`) or a list file (`.csv` / `.json`
+with `path,label`). Labels end up as indices in the *model's* class order: with `class_names`
+(one name per model output, e.g. the 1000 ImageNet names), folder names and name labels are looked
+up in it, so a dataset that holds a subset of the model's classes is scored against the right logits.
+
+Images are decoded once per run (DESIGN §1) and brought to the model's input size with the
+ImageNet-C protocol (shorter side to `resize`, centre crop to `input_size`) *before* any
+perturbation, so perturbations act on exactly the pixels the model sees. Unreadable files are
+skipped and reported, never fatal unless `strict`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from visionstress.batch import Batch
+from visionstress.images import ImageReadError, read_image
+
+if TYPE_CHECKING:  # only annotated here: keeps datasets importable without loading the model stack
+    from visionstress.models.data_config import DataConfig
+
+# torchvision's ImageFolder extensions, matched case-insensitively (ImageNet ships `.JPEG`).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+_INDEX_LABEL = re.compile(r"[+-]?\d+")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image; `label` is an index in the returned class-name list (the model's order)."""
+
+    path: str
+    label: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of the run because it could not be decoded; reported in the scorecard."""
+
+    path: str
+    reason: str
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message names the file or key and the problem."""
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names in model index order, one per line (line *i* is output *i*).
+
+    Blank lines inside the list are rejected because they would silently shift every later index;
+    trailing blank lines are ignored. Duplicate names are allowed (the ImageNet list has two
+    "crane"s) and only become an error if a dataset refers to one by name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: class-names file not found")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read class names ({exc})") from exc
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise DatasetError(f"{path}: class-names file is empty (expected one class name per line)")
+    for lineno, name in enumerate(names, start=1):
+        if not name:
+            raise DatasetError(f"{path}:{lineno}: blank line in the class list would shift every later class index")
+    return names
+
+
+def load_classification_samples(
+    data: str | Path, class_names: Sequence[str] | None = None
+) -> tuple[list[Sample], list[str]]:
+    """Discover the labelled images of `data` and return `(samples, class_names)`.
+
+    `data` is an ImageFolder directory (one sub-folder per class, classes in sorted folder order,
+    hidden folders and files ignored, images found recursively by extension) or a `.csv` / `.json`
+    list of `path,label` (paths relative to the list file). A label that is an integer (or a string
+    of digits) is a class index; any other label is a class name.
+
+    With `class_names` (the model's classes in index order), folder names and name labels are mapped
+    to those indices and the returned names are `class_names`; a name not in it, or an index outside
+    it, is a `DatasetError` naming the offenders. Without it, the classes are the sorted folder / label
+    names, or `"0".."max label"` for index labels: the caller may widen that list to the model's
+    output width, since a dataset need not contain every class.
+    """
+    path = Path(data)
+    if class_names is not None:
+        class_names = [str(name) for name in class_names]
+        if not class_names:
+            raise DatasetError("class_names is empty: give one name per model output")
+    if path.is_dir():
+        samples, names = _image_folder(path, class_names)
+        if not samples:
+            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise DatasetError(f"{path}: dataset is empty (no {extensions} files in its class folders)")
+        return samples, names
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            rows = _csv_rows(path)
+        elif suffix == ".json":
+            rows = _json_rows(path)
+        else:
+            raise DatasetError(
+                f"{path}: unsupported dataset file (expected an ImageFolder directory, a .csv or a .json list)"
+            )
+        if not rows:
+            raise DatasetError(f"{path}: dataset is empty (the list has no entries)")
+        return _list_samples(path, rows, class_names)
+    raise DatasetError(f"{path}: dataset not found")
+
+
+def dataset_fingerprint(samples: Sequence[Sample], root: str | Path) -> str:
+    """SHA-256 (hex) of the sorted (path relative to `root`, label) pairs.
+
+    Identifies *which* images with *which* labels were scored, independent of where the dataset lives
+    and of listing order; it does not hash pixel content, which would mean reading every file twice.
+    `root` may be the dataset directory or the list file itself (its folder is then the root).
+    """
+    root = Path(root)
+    if root.is_file():
+        root = root.parent
+    entries = []
+    for sample in samples:
+        p = Path(sample.path)
+        try:
+            rel = p.relative_to(root).as_posix()
+        except ValueError:
+            rel = p.as_posix()
+        entries.append(json.dumps([rel, int(sample.label)]))
+    digest = hashlib.sha256()
+    for entry in sorted(entries):
+        digest.update(entry.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+class ClassificationImages(Dataset):
+    """Decoded images at the model's input size, as `(uint8 [3, H, W], label, index)`.
+
+    Resizing follows the ImageNet-C protocol with the model's `DataConfig`: the shorter side goes to
+    `resize` and the centre `input_size` is cropped (or, with `resize=None`, the image is resized
+    straight to `input_size`), antialiased, on uint8 tensors with torchvision's v2 kernels; mean/std
+    normalisation is left to the adapter, after perturbation. An unreadable file yields `None`
+    (`strict=False`) so the run goes on and reports it, or raises `DatasetError` (`strict=True`).
+    """
+
+    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False) -> None:
+        self.samples = list(samples)
+        self.data_config = data_config
+        self.strict = strict
+        self._interpolation = InterpolationMode(data_config.interpolation)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        item = self._load(index)
+        if isinstance(item, SkippedFile):
+            if self.strict:
+                raise DatasetError(f"{item.path}: {item.reason}")
+            return None
+        return item
+
+    def _load(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
+        """The decoded sample, or why it could not be decoded: workers hand the reason back, and a strict
+        run raises in the main process, where the message is not buried under a worker traceback."""
+        sample = self.samples[index]
+        try:
+            image = read_image(sample.path)
+        except (ImageReadError, Image.DecompressionBombError) as exc:
+            return SkippedFile(path=sample.path, reason=str(exc).removeprefix(f"{sample.path}: "))
+        return self._resize_crop(image), sample.label, index
+
+    def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
+        size = [int(s) for s in self.data_config.input_size]
+        if self.data_config.resize is None:
+            return TF.resize(image, size, interpolation=self._interpolation, antialias=True)
+        image = TF.resize(image, [int(self.data_config.resize)], interpolation=self._interpolation, antialias=True)
+        return TF.center_crop(image, size)
+
+
+def iterate_batches(
+    dataset: ClassificationImages, batch_size: int, num_workers: int = 0, *, pin_memory: bool = False
+) -> Iterator[tuple[Batch, list[SkippedFile]]]:
+    """Batches of decoded images (uint8, `sample_ids` = dataset indices) with the files skipped in them.
+
+    Order is the dataset order whatever `num_workers` is, so sample ids and records are reproducible.
+    Decoding happens in the workers; skip reasons travel back with the batch. A batch whose files were
+    all unreadable is not yielded: its skips are reported with the next batch, and only when the
+    trailing files are all unreadable is a final empty batch yielded, to carry their skips.
+    `pin_memory` speeds up the single host-to-device copy when the run is on CUDA.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise DatasetError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    height, width = (int(s) for s in dataset.data_config.input_size)
+    loader = DataLoader(
+        _WithSkipReasons(dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=functools.partial(_collate, size=(height, width)),
+        pin_memory=pin_memory,
+    )
+    pending: list[SkippedFile] = []
+    for images, labels, ids, skipped in loader:
+        if skipped and dataset.strict:
+            raise DatasetError(f"{skipped[0].path}: {skipped[0].reason}")
+        pending.extend(skipped)
+        if images.shape[0] == 0:
+            continue
+        yield Batch(images=images, sample_ids=ids, labels=labels), pending
+        pending = []
+    if pending:
+        none = torch.empty(0, dtype=torch.int64)
+        yield Batch(images=torch.empty((0, 3, height, width), dtype=torch.uint8), sample_ids=none, labels=none), pending
+
+
+class _WithSkipReasons(Dataset):
+    """Exposes `ClassificationImages._load` so that a worker returns the skip reason, not a bare None."""
+
+    def __init__(self, dataset: ClassificationImages) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
+        return self.dataset._load(index)
+
+
+def _collate(
+    items: list[tuple[torch.Tensor, int, int] | SkippedFile], size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SkippedFile]]:
+    good = [item for item in items if not isinstance(item, SkippedFile)]
+    skipped = [item for item in items if isinstance(item, SkippedFile)]
+    if good:
+        images = torch.stack([item[0] for item in good])
+    else:
+        images = torch.empty((0, 3, *size), dtype=torch.uint8)
+    labels = torch.tensor([item[1] for item in good], dtype=torch.int64)
+    ids = torch.tensor([item[2] for item in good], dtype=torch.int64)
+    return images, labels, ids, skipped
+
+
+def _image_folder(root: Path, class_names: list[str] | None) -> tuple[list[Sample], list[str]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        hint = f" (found {len(loose)} images directly in it, e.g. {loose[0]!r})" if loose else ""
+        raise DatasetError(
+            f"{root}: no class folders{hint}; expected the ImageFolder layout {root}/<class name>/<image>"
+        )
+    folder_names = [p.name for p in folders]
+    if class_names is None:
+        names = folder_names
+        index_of = {name: i for i, name in enumerate(names)}
+    else:
+        names = class_names
+        found_at = {name: str(root / name) for name in folder_names}
+        index_of = _name_index(class_names, found_at, what=f"{root}: class folders")
+    samples = []
+    for folder in folders:
+        label = index_of[folder.name]
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+        samples.extend(Sample(path=str(p), label=label) for p in files)
+    return samples, names
+
+
+def _csv_rows(path: Path) -> list[tuple[str, str | int, str]]:
+    """(path, raw label, location for messages) per data row."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [key for key in ("path", "label") if key not in header]
+            if missing:
+                raise DatasetError(
+                    f"{path}: CSV header {header} lacks column(s) {missing}; expected a header row 'path,label'"
+                )
+            reader.fieldnames = header
+            rows = []
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                file, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if not file or not label:
+                    raise DatasetError(f"{where}: empty {'path' if not file else 'label'} (row {dict(row)})")
+                rows.append((file, label, where))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read the CSV list ({exc})") from exc
+    return rows
+
+
+def _json_rows(path: Path) -> list[tuple[str, str | int, str]]:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read the JSON list ({exc})") from exc
+    if not isinstance(entries, list):
+        raise DatasetError(
+            f"{path}: expected a JSON list of {{\"path\": ..., \"label\": ...}} objects, got {type(entries).__name__}"
+        )
+    rows = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: entry [{i}]"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{where}: expected an object with keys 'path' and 'label', got {entry!r}")
+        missing = [key for key in ("path", "label") if key not in entry]
+        if missing:
+            raise DatasetError(f"{where}: missing key(s) {missing}")
+        file, label = entry["path"], entry["label"]
+        if not isinstance(file, str) or not file.strip():
+            raise DatasetError(f"{where}: 'path' must be a non-empty string, got {file!r}")
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or label == "":
+            raise DatasetError(f"{where}: 'label' must be a class index or a class name, got {label!r}")
+        rows.append((file.strip(), label.strip() if isinstance(label, str) else label, where))
+    return rows
+
+
+def _list_samples(
+    list_file: Path, rows: list[tuple[str, str | int, str]], class_names: list[str] | None
+) -> tuple[list[Sample], list[str]]:
+    base = list_file.parent
+    parsed = [(file, _as_index(label), label, where) for file, label, where in rows]
+    by_name = [(label, where) for _, index, label, where in parsed if index is None]
+    by_index = [(index, where) for _, index, _, where in parsed if index is not None]
+    for index, where in by_index:
+        if index < 0:
+            raise DatasetError(f"{where}: label {index} is negative; class indices start at 0")
+    if class_names is not None:
+        names = class_names
+        for index, where in by_index:
+            if index >= len(names):
+                raise DatasetError(
+                    f"{where}: label {index} is outside the model's {len(names)} classes (indices 0..{len(names) - 1})"
+                )
+        first_use: dict[str, str] = {}
+        for label, where in by_name:
+            first_use.setdefault(str(label), where)
+        index_of = _name_index(names, first_use, what=f"{list_file}: labels")
+    elif by_name and by_index:
+        raise DatasetError(
+            f"{list_file}: labels mix class indices ({by_index[0][1]}) and class names ({by_name[0][1]}); "
+            "use one kind, or give the class names (--class-names) so names can be mapped to indices"
+        )
+    elif by_name:
+        names = sorted({str(label) for label, _ in by_name})
+        index_of = {name: i for i, name in enumerate(names)}
+    else:
+        names = [str(i) for i in range(max(index for index, _ in by_index) + 1)]
+        index_of = {}
+    samples = [
+        Sample(path=str(base / file), label=index if index is not None else index_of[str(label)])
+        for file, index, label, _ in parsed
+    ]
+    return samples, names
+
+
+def _as_index(label: str | int) -> int | None:
+    if isinstance(label, int):
+        return label
+    return int(label) if _INDEX_LABEL.fullmatch(label) else None
+
+
+def _name_index(class_names: list[str], used: dict[str, str], what: str) -> dict[str, int]:
+    """Model index of each name in `used` (name -> where it was found); unknown or ambiguous names are an error."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(class_names):
+        positions.setdefault(name, []).append(i)
+    unknown = [name for name in used if name not in positions]
+    if unknown:
+        shown = "; ".join(f"{_with_suggestion(name, positions)} at {used[name]}" for name in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise DatasetError(f"{what}: {len(unknown)} name(s) not among the model's class names: {shown}{more}")
+    ambiguous = {name: positions[name] for name in used if len(positions[name]) > 1}
+    if ambiguous:
+        shown = ", ".join(f"{name!r} (indices {idx})" for name, idx in ambiguous.items())
+        raise DatasetError(f"{what}: class name(s) appear more than once in the class names: {shown}; use index labels")
+    return {name: positions[name][0] for name in used}
+
+
+def _with_suggestion(name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
