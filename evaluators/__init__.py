@@ -1,1 +1,26 @@
-"""Evaluators (imported as visionstress.evaluators): per-task metrics over perturbed batches."""
+"""Evaluators (imported as visionstress.evaluators): per-task metrics over perturbed batches.
+
+Classification: `ClassificationEvaluator` streams per-sample records and finalizes to metric rows
+with bootstrap intervals; the metric parts (calibration, confusion, robustness summaries, bootstrap)
+are plain functions that can be used on their own.
+"""
+
+from .bootstrap import bootstrap_ci
+from .calibration import (brier_score, expected_calibration_error, negative_log_likelihood, per_sample_brier,
+                          per_sample_nll, reliability_bins)
+from .classification import (METRICS, ClassificationEvaluator, ClassificationResults, ConfusedPair, MetricRow,
+                             result_key)
+from .confusion import (PerClassMetrics, balanced_accuracy, confusion_matrix, macro_f1, most_confused_pairs,
+                        per_class_metrics, top_confusions)
+from .robustness import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ALEXNET_SEVERITY_ERRORS, corruption_errors,
+                         mean_corruption_error, mean_performance_under_corruption, relative_mce,
+                         relative_performance, robustness_summary)
+
+__all__ = [
+    "ALEXNET_CLEAN_ERROR", "ALEXNET_ERRORS", "ALEXNET_SEVERITY_ERRORS", "METRICS", "ClassificationEvaluator",
+    "ClassificationResults", "ConfusedPair", "MetricRow", "PerClassMetrics", "balanced_accuracy", "bootstrap_ci",
+    "brier_score", "confusion_matrix", "corruption_errors", "expected_calibration_error", "macro_f1",
+    "mean_corruption_error", "mean_performance_under_corruption", "most_confused_pairs", "negative_log_likelihood",
+    "per_class_metrics", "per_sample_brier", "per_sample_nll", "relative_mce", "relative_performance",
+    "reliability_bins", "result_key", "robustness_summary", "top_confusions",
+]
