@@ -34,7 +34,7 @@ def read_image(path: str | Path) -> torch.Tensor:
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(background, rgba)
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: image has zero size")
