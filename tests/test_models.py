@@ -95,10 +95,17 @@ def test_unknown_and_non_classification_torchvision_names():
         load_model("torchvision:fasterrcnn_resnet50_fpn")
 
 
-def test_head_size_mismatch_suggests_num_classes(resnet18_10):
+def test_fine_tuned_head_is_sized_from_the_checkpoint(resnet18_10):
+    """A checkpoint whose classifier head alone differs (fine-tuned) rebuilds the head at its width."""
     _, root, _ = resnet18_10
-    with pytest.raises(ModelLoadError, match=r"fc\.weight: file \[10, 512\] vs model \[1000, 512\].*--num-classes 10"):
-        load_model("torchvision:resnet18", weights=str(root / "r18.pth"))
+    loaded = load_model("torchvision:resnet18", weights=str(root / "r18.pth"))
+    assert loaded.num_classes == 10 and loaded.module.fc.out_features == 10
+
+
+def test_explicit_num_classes_that_contradicts_the_checkpoint_is_explained(resnet18_10):
+    _, root, _ = resnet18_10
+    with pytest.raises(ModelLoadError, match=r"fc\.weight: file \[10, 512\] vs model \[7, 512\].*--num-classes 10"):
+        load_model("torchvision:resnet18", weights=str(root / "r18.pth"), num_classes=7)
 
 
 def test_wrong_state_dict_lists_missing_and_unexpected_keys(tmp_path):

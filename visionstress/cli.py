@@ -108,5 +108,118 @@ def show_command(
     console.print(f"wrote {output} ({len(names)} perturbations x severities {','.join(map(str, levels))})")
 
 
+def _floats(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        _fail(f"{option} must be three comma-separated numbers, got {text!r}")
+    if len(values) != 3:
+        _fail(f"{option} must be three comma-separated numbers, got {text!r}")
+    return values
+
+
+@app.command("run")
+def run_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="torchvision:NAME, timm:NAME, package.module:function, "
+                                        "or a .pt2 / TorchScript / .onnx file. Omit with --data to run the bundled demo."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="ImageFolder directory, or a .csv/.json list of path,label."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="State dict (.pth/.pt/.safetensors), loaded with weights_only."),
+    task: str = typer.Option("classification", help="classification (detection and segmentation come next)."),
+    suite: str = typer.Option("default", "--suite", "-s", help="Preset (quick, default, imagenet-c) or a YAML/TOML suite file."),
+    class_names: Optional[Path] = typer.Option(None, "--class-names", help="One class name per line, in model index order."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Build the architecture with this many outputs."),
+    data_config: Optional[Path] = typer.Option(None, "--data-config", help="YAML/JSON preprocessing: input_size, resize, "
+                                               "interpolation, mean, std, channel_order."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Model input side in pixels."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Shorter side before the centre crop."),
+    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="bilinear, bicubic or nearest."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 0.485,0.456,0.406"),
+    std: Optional[str] = typer.Option(None, "--std", help="e.g. 0.229,0.224,0.225"),
+    channel_order: Optional[str] = typer.Option(None, "--channel-order", help="RGB or BGR."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    workers: int = typer.Option(2, help="DataLoader workers decoding images."),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the model."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images (a quick look)."),
+    seed: Optional[int] = typer.Option(None, help="Overrides the suite's seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: reports/<name>)."),
+    strict: bool = typer.Option(False, "--strict", help="A corrupt image is an error instead of a recorded skip."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow model files that execute code (.pt2, TorchScript)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A scorecard to normalise corruption errors by (mCE)."),
+) -> None:
+    """Stress a saved model on a dataset and write its robustness scorecard (no arguments: the bundled demo)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from visionstress.runner import run
+
+    overrides = {"input_size": input_size, "resize": resize, "interpolation": interpolation,
+                 "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"), "channel_order": channel_order}
+    columns = (TextColumn("[bold]stressing"), BarColumn(), MofNCompleteColumn(), TextColumn("predictions"),
+               TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task_id = bar.add_task("run", total=None, rate="-")
+        start = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            import time
+
+            now = time.perf_counter()
+            start[0] = start[0] or now
+            elapsed = max(now - start[0], 1e-9)
+            bar.update(task_id, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
+
+        try:
+            card = run(model=model, data=data, task=task, suite=suite, weights=weights, trust_model=trust_model,
+                       num_classes=num_classes,
+                       data_config=data_config, data_config_overrides=overrides, class_names=class_names,
+                       device=device, batch_size=batch_size, workers=workers, amp=amp, limit=limit, seed=seed,
+                       out=out, strict=strict, baseline=baseline, progress=progress)
+        except KeyboardInterrupt:
+            _fail("interrupted; the records written so far are in the output directory's records.parquet")
+        except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+            _fail(str(exc))
+    _print_summary(card)
+
+
+def _print_summary(card) -> None:
+    """Headline, then top-1 per perturbation x severity (one row per perturbation), then the worst cells."""
+    clean = next(r for r in card.results if r["perturbation"] == "clean")
+    low, high = clean["ci"].get("top1", (float("nan"), float("nan")))
+    summary = card.summaries or {}
+    console.print(f"[bold]{card.model['spec']}[/] on {card.dataset['path']} ({card.dataset['num_samples']} images, "
+                  f"suite {card.suite['name']})", highlight=False)
+    line = f"clean top-1 {clean['metrics']['top1']:.3f} [{low:.3f}, {high:.3f}]"
+    for key, label in (("mean_accuracy_under_perturbation", "mean under perturbation"),
+                       ("relative_robustness", "relative robustness"), ("mce", "mCE")):
+        value = summary.get(key)
+        if isinstance(value, (int, float)):
+            line += f" · {label} {value:.3f}"
+    console.print(line, highlight=False)
+    severities = sorted({r["severity"] for r in card.results if r["severity"] > 0})
+    table = Table(title="top-1 by perturbation and severity")
+    table.add_column("perturbation")
+    table.add_column("family")
+    for severity in severities:
+        table.add_column(f"s{severity}", justify="right")
+    table.add_column("flip rate (mean)", justify="right")
+    by_name: dict[str, dict[int, dict]] = {}
+    for row in card.results:
+        if row["perturbation"] != "clean":
+            by_name.setdefault(row["perturbation"], {})[row["severity"]] = row
+    for name, rows in by_name.items():
+        family = next(iter(rows.values()))["family"]
+        cells = [f"{rows[s]['metrics']['top1']:.3f}" if s in rows else "" for s in severities]
+        flips = [r["metrics"].get("flip_rate") for r in rows.values()]
+        flips = [f for f in flips if isinstance(f, float) and f == f]
+        table.add_row(name, family, *cells, f"{sum(flips) / len(flips):.3f}" if flips else "-")
+    console.print(table)
+    skipped = card.dataset.get("skipped") or []
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} unreadable file(s) skipped[/] (listed in the scorecard)")
+    console.print(f"scorecard: {Path(card.records_path).parent / 'scorecard.json'}", highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -105,13 +105,11 @@ def _load_torchvision(spec: str, weights: str | None, trust: bool, num_classes: 
             raise ModelLoadError(f"{spec}: {name} is not an image classification model in torchvision")
         hint = _did_you_mean(name, classifiers)
         raise ModelLoadError(f"{spec}: unknown torchvision classification model {name!r}{hint}")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    module = tvm.get_model(name, weights=None, **kwargs)
     default = tvm.get_model_weights(name).DEFAULT
     data_config = _torchvision_data_config(default.transforms)
-    if num_classes is None:
-        num_classes = len(default.meta["categories"])
-    return _finish_architecture(spec, module, weights, trust, data_config, num_classes)
+    build = lambda n: tvm.get_model(name, weights=None, **({} if n is None else {"num_classes": n}))  # noqa: E731
+    return _finish_architecture(spec, build, weights, trust, data_config, num_classes,
+                                default_classes=len(default.meta["categories"]))
 
 
 def _torchvision_data_config(transforms: Any) -> DataConfig | None:
@@ -157,9 +155,14 @@ def _load_timm(spec: str, weights: str | None, trust: bool, num_classes: int | N
     except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
         raise ModelLoadError(f"{spec}: timm cannot build {name!r} ({exc})") from exc
     data_config = _timm_data_config(spec, resolve_model_data_config(module))
-    if num_classes is None:
-        num_classes = getattr(module, "num_classes", None)
-    return _finish_architecture(spec, module, weights, trust, data_config, num_classes)
+
+    def build(n: int | None) -> nn.Module:
+        if n is None or n == getattr(module, "num_classes", None):
+            return module
+        return timm.create_model(name, pretrained=False, num_classes=n)
+
+    return _finish_architecture(spec, build, weights, trust, data_config, num_classes,
+                                default_classes=getattr(module, "num_classes", None))
 
 
 def _timm_data_config(spec: str, cfg: Mapping[str, Any]) -> DataConfig:
@@ -185,21 +188,43 @@ def _timm_data_config(spec: str, cfg: Mapping[str, Any]) -> DataConfig:
 
 def _finish_architecture(
     spec: str,
-    module: nn.Module,
+    build: Callable[[int | None], nn.Module],
     weights: str | None,
     trust: bool,
     data_config: DataConfig | None,
     num_classes: int | None,
+    default_classes: int | None = None,
 ) -> LoadedModel:
+    """Build the architecture and load `weights`. Without an explicit `num_classes`, a fine-tuned
+    checkpoint whose classifier head alone differs from the default (the common case) rebuilds the
+    head at the checkpoint's width instead of failing."""
+    module = build(num_classes)
     if weights is None:
         warnings.warn(
             f"{spec}: no --weights given, so the model has random weights and its scores mean nothing",
             stacklevel=3,
         )
-        return LoadedModel(module.eval(), spec, None, None, "random-init", data_config, num_classes)
+        width = num_classes if num_classes is not None else default_classes
+        return LoadedModel(module.eval(), spec, None, None, "random-init", data_config, width)
     state_dict, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
+    head = _head_width_if_only_head_differs(module, state_dict) if num_classes is None else None
+    if head is not None:
+        module, num_classes = build(head), head
     _apply_state_dict(module, state_dict, spec, weights)
+    if num_classes is None:
+        num_classes = default_classes
     return LoadedModel(module.eval(), spec, str(weights), sha, fmt, data_config, num_classes)
+
+
+def _head_width_if_only_head_differs(module: nn.Module, state: dict[str, Tensor]) -> int | None:
+    own = module.state_dict()
+    head = list(own)[-2:]  # the classifier's weight and bias come last in torchvision and timm models
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if not mismatched or any(k not in head for k in mismatched) or set(own) - set(state) - {
+            k for k in own if k.endswith("num_batches_tracked")}:
+        return None
+    first = state[mismatched[0]]
+    return int(first.shape[0]) if first.shape[1:] == own[mismatched[0]].shape[1:] else None
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:

@@ -1,0 +1,112 @@
+"""Harness overhead of a classification run: end-to-end predictions/s beside model-only forward/s.
+
+Both sides see the same batches on the same device: the model-only side runs the adapter on the
+resident clean batch as many times as the suite has passes, so the ratio is what decoding,
+perturbing, scoring and record writing cost on top of the model.
+
+    python benchmarks/run_classification.py                       # the bundled demo model, CPU
+    python benchmarks/run_classification.py --model torchvision:resnet50 --images 512 \\
+        --batch-size 256 --amp --device cuda                      # random weights, synthetic images
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+
+def synthetic_folder(root: Path, images: int, classes: int, size: int) -> Path:
+    """An ImageFolder of smooth random images (decoding cost like real photographs of that size)."""
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        folder = root / f"class{i % classes:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
+        Image.fromarray(base).resize((size, size), Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def model_only(adapter, batch_images: torch.Tensor, passes: int, device: torch.device, amp: bool) -> float:
+    """Seconds for `passes` forward calls on one resident batch (after one warm-up call)."""
+    from visionstress.engine import autocast_context
+
+    with autocast_context(device, amp):
+        adapter.predict(batch_images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(passes):
+            adapter.predict(batch_images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model spec (default: the bundled demo classifier)")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--images", type=int, default=256, help="synthetic images when --model is given")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--suite", default="default")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true")
+    args = parser.parse_args()
+
+    import visionstress as vs
+    from visionstress.datasets import ClassificationImages, load_classification_samples
+    from visionstress.engine import demo_arguments, suite_passes
+    from visionstress.models import ClassifierAdapter, load_model, resolve_data_config
+    from visionstress.suite import load_suite
+
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None:
+            demo = demo_arguments()
+            spec, weights, data, base = demo["model"], demo["weights"], Path(demo["data"]), demo["base_data_config"]
+        else:
+            spec, weights, base = args.model, args.weights, None
+            data = synthetic_folder(Path(tmp) / "data", args.images, args.classes, args.image_size)
+        loaded = load_model(spec, weights=weights)
+        config, _ = resolve_data_config(loaded.data_config or base, None, {})
+        samples, _ = load_classification_samples(data)
+        passes = len(suite_passes(load_suite(args.suite)))
+
+        start = time.perf_counter()
+        card = vs.run(spec, data, weights=weights, suite=args.suite, batch_size=args.batch_size,
+                      workers=args.workers, device=device, amp=args.amp, out=Path(tmp) / "out")
+        end_to_end = time.perf_counter() - start
+        predictions = card.timing["predictions"]
+
+        adapter = ClassifierAdapter(loaded, config, device=device, amp=args.amp)
+        dataset = ClassificationImages(samples[: args.batch_size], config)
+        batch = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
+        seconds = model_only(adapter, batch, passes, device, args.amp)
+        model_rate = passes * len(batch) / seconds
+
+    table = Table(title=f"{spec} · suite {args.suite} ({passes} passes) · {len(samples)} images · "
+                        f"batch {args.batch_size} · {device}{' · bf16' if args.amp else ''}")
+    for column in ("", "predictions/s", "share of end-to-end time"):
+        table.add_column(column)
+    rate = predictions / end_to_end
+    table.add_row("end to end (vs.run)", f"{rate:,.0f}", "100%")
+    for part in ("data", "perturb", "model"):
+        table.add_row(f"  of which {part}", "", f"{100 * card.timing[f'{part}_seconds'] / end_to_end:.0f}%")
+    table.add_row("model only (same batches)", f"{model_rate:,.0f}", "")
+    table.add_row("harness overhead (model only / end to end)", f"{model_rate / rate:.2f}x", "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

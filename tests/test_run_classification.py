@@ -1,0 +1,156 @@
+"""Classification end to end: a saved model, a dataset, a suite -> a scorecard that can be trusted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import visionstress as vs
+from visionstress.cli import app
+from visionstress.records import read_records
+from visionstress.scorecard import Scorecard
+
+QUICK_LIMIT = 24
+
+
+@pytest.fixture(scope="module")
+def demo_card(tmp_path_factory) -> Scorecard:
+    out = tmp_path_factory.mktemp("demo")
+    return vs.run(suite="quick", out=out, limit=QUICK_LIMIT, workers=0, batch_size=16, device="cpu")
+
+
+def _suite_passes(card: Scorecard) -> int:
+    return 1 + sum(len(item["severities"]) for item in card.suite["perturbations"])
+
+
+def test_demo_run_writes_a_valid_scorecard_and_records(demo_card, tmp_path):
+    out = Path(demo_card.records_path).parent
+    loaded = Scorecard.load(out / "scorecard.json")
+    assert loaded.task == "classification" and loaded.dataset["num_samples"] == QUICK_LIMIT
+    assert (out / "summary.md").is_file()
+    records = read_records(out / "records.parquet")
+    assert len(records) == QUICK_LIMIT * _suite_passes(demo_card)
+    assert set(records.columns) >= {"sample_id", "path", "perturbation", "severity", "label", "prediction",
+                                    "confidence", "correct", "top5"}
+    assert (records[records.perturbation == "clean"].severity == 0).all()
+
+
+def test_reported_metrics_equal_an_independent_computation_from_the_records(demo_card):
+    records = read_records(Path(demo_card.records_path).parent / "records.parquet")
+    for row in demo_card.results:
+        part = records[(records.perturbation == row["perturbation"]) & (records.severity == row["severity"])]
+        assert len(part) == QUICK_LIMIT
+        assert row["metrics"]["top1"] == pytest.approx(float((part.prediction == part.label).mean()), abs=1e-9)
+        top5 = np.mean([label in list(top) for label, top in zip(part.label, part.top5)])
+        assert row["metrics"]["top5"] == pytest.approx(top5, abs=1e-9)
+        low, high = row["ci"]["top1"]
+        assert low <= row["metrics"]["top1"] <= high
+        if row["perturbation"] != "clean":
+            clean = records[records.perturbation == "clean"].set_index("sample_id").prediction
+            flips = (part.set_index("sample_id").prediction != clean.loc[part.sample_id].values).mean()
+            assert row["metrics"]["flip_rate"] == pytest.approx(float(flips), abs=1e-9)
+
+
+def test_same_seed_same_scorecard_metrics(demo_card, tmp_path):
+    again = vs.run(suite="quick", out=tmp_path, limit=QUICK_LIMIT, workers=0, batch_size=7, device="cpu")
+    assert [r["metrics"]["top1"] for r in again.results] == [r["metrics"]["top1"] for r in demo_card.results]
+
+
+def _image_folder(root: Path, classes: int = 3, per_class: int = 2, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def _tiny_suite(tmp_path: Path) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: tiny\nseed: 3\nperturbations:\n  - {name: brightness, severities: [2]}\n  - rotation\n")
+    return path
+
+
+def test_torchvision_state_dict_runs(tmp_path):
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet18(num_classes=3).state_dict(), weights)
+    data = _image_folder(tmp_path / "data")
+    card = vs.run("torchvision:resnet18", data, weights=weights, suite=str(_tiny_suite(tmp_path)), workers=0,
+                  data_config_overrides={"input_size": 32, "resize": 36}, out=tmp_path / "out", device="cpu")
+    assert len(card.results) == 1 + 1 + 5
+    assert card.model["sha256"] and card.data_config["input_size"] == [32, 32]
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_exported_archive_runs_only_when_trusted(tmp_path):
+    archive = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(_Tiny().eval(), (torch.rand(2, 3, 32, 32),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), archive)
+    data = _image_folder(tmp_path / "data")
+    overrides = {"input_size": 32, "resize": 32}
+    with pytest.raises(ValueError, match="trust"):
+        vs.run(str(archive), data, suite=str(_tiny_suite(tmp_path)), workers=0, data_config_overrides=overrides,
+               out=tmp_path / "refused", device="cpu")
+    card = vs.run(str(archive), data, suite=str(_tiny_suite(tmp_path)), trust_model=True, workers=0,
+                  data_config_overrides=overrides, out=tmp_path / "out", device="cpu", batch_size=2)
+    assert card.model["format"]
+
+
+def test_output_width_mismatch_is_refused_before_work(tmp_path):
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet18(num_classes=5).state_dict(), weights)
+    data = _image_folder(tmp_path / "data")
+    with pytest.raises(ValueError, match="outputs 5 classes but the dataset has 3"):
+        vs.run("torchvision:resnet18", data, weights=weights, workers=0, out=tmp_path / "out",
+               data_config_overrides={"input_size": 32, "resize": 32}, device="cpu")
+    assert not (tmp_path / "out" / "records.parquet").exists()
+
+
+def test_corrupt_image_is_skipped_and_recorded(tmp_path):
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet18(num_classes=3).state_dict(), weights)
+    data = _image_folder(tmp_path / "data")
+    (data / "class1" / "broken.png").write_bytes(b"not a png")
+    card = vs.run("torchvision:resnet18", data, weights=weights, suite=str(_tiny_suite(tmp_path)), workers=0,
+                  data_config_overrides={"input_size": 32, "resize": 32}, out=tmp_path / "out", device="cpu")
+    assert [Path(s["path"]).name for s in card.dataset["skipped"]] == ["broken.png"]
+    records = read_records(tmp_path / "out" / "records.parquet")
+    assert len(records) == 6 * (1 + 1 + 5)
+
+
+def test_cli_run_on_the_demo(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--suite", "quick", "--limit", "8", "--workers", "0",
+                                      "--device", "cpu", "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "clean" in result.output and (tmp_path / "scorecard.json").is_file()
+    card = json.loads((tmp_path / "scorecard.json").read_text())
+    assert card["dataset"]["num_samples"] == 8
+
+
+def test_cli_run_bad_inputs_get_clear_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--model", "torchvision:resnet18"])
+    assert result.exit_code == 2 and "--data" in result.output
+    result = runner.invoke(app, ["run", "--model", "nope.module:factory", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "error" in result.output

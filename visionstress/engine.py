@@ -1,0 +1,153 @@
+"""One stress run: the image-major loop of DESIGN §1.
+
+Each batch is decoded once, moved to the device once, and every perturbation x severity of the suite
+runs on it while it is resident; the clean pass of a sample always comes first, so flip rates can
+be computed as the perturbed passes stream by. Per-sample records go to Parquet as they are
+produced; only compact per-sample arrays and confusion matrices stay in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from visionstress.batch import Batch
+from visionstress.perturbations import get_perturbation
+
+CLEAN = "clean"
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+DEMO_DIR = REPO_DATA / "demo" / "shapes"
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One perturbation x severity of the suite (or the clean pass)."""
+
+    perturbation: str
+    family: str
+    severity: int
+
+
+def suite_passes(suite: Any) -> list[Pass]:
+    """The clean pass followed by every (perturbation, severity) of `suite`, in suite order."""
+    passes = [Pass(CLEAN, CLEAN, 0)]
+    for item in suite.items:
+        family = get_perturbation(item.perturbation).family
+        passes.extend(Pass(item.perturbation, family, s) for s in item.severities)
+    return passes
+
+
+@dataclass
+class RunTiming:
+    """Where the time went, in seconds: reading+decoding, perturbing, model forward."""
+
+    data: float = 0.0
+    perturb: float = 0.0
+    model: float = 0.0
+    total: float = 0.0
+    images: int = 0
+    predictions: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "total_seconds": round(self.total, 4),
+            "data_seconds": round(self.data, 4),
+            "perturb_seconds": round(self.perturb, 4),
+            "model_seconds": round(self.model, 4),
+            "images": self.images,
+            "predictions": self.predictions,
+            "predictions_per_second": round(self.predictions / self.total, 2) if self.total > 0 else 0.0,
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stream_passes(
+    batches: Iterator[tuple[Batch, Any]],
+    passes: Sequence[Pass],
+    predict: Callable[[torch.Tensor], Any],
+    consume: Callable[[Pass, Batch, Any], None],
+    device: torch.device,
+    seed: int,
+    timing: RunTiming,
+    on_batch: Callable[[Batch, Any], None] | None = None,
+    on_pass: Callable[[int], None] | None = None,
+) -> None:
+    """Run every pass on every batch, image-major: each batch goes to the device once.
+
+    `consume(pass, batch, prediction)` receives the (moved) targets with each prediction, so
+    geometric perturbations are scored against the targets they produced.
+    """
+    perturbations = {p.perturbation: get_perturbation(p.perturbation) for p in passes if p.perturbation != CLEAN}
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch, extra = next(batches)
+        except StopIteration:
+            break
+        batch = batch.to(device)
+        t1 = time.perf_counter()
+        timing.data += t1 - t0
+        if on_batch is not None:
+            on_batch(batch, extra)
+        if len(batch) == 0:  # every file of this batch was unreadable; its skips are recorded above
+            continue
+        timing.images += len(batch)
+        for p in passes:
+            t2 = time.perf_counter()
+            view = batch if p.perturbation == CLEAN else perturbations[p.perturbation](batch, severity=p.severity, seed=seed)
+            _sync(device)
+            t3 = time.perf_counter()
+            prediction = predict(view.images)
+            _sync(device)
+            t4 = time.perf_counter()
+            timing.perturb += t3 - t2
+            timing.model += t4 - t3
+            timing.predictions += len(batch)
+            consume(p, view, prediction)
+            if on_pass is not None:
+                on_pass(len(batch))
+    timing.total += time.perf_counter() - start
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """bf16 autocast when asked for (CUDA, or CPU where bf16 is supported); otherwise a no-op."""
+    if not amp:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def demo_arguments() -> dict[str, Any]:
+    """What `visionstress run` with no model and no data evaluates: the bundled demo."""
+    from visionstress.models.demo import DEMO_DATA_CONFIG
+
+    weights = DEMO_DIR / "classifier.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{weights}: the bundled demo model is missing; regenerate it with `python data/train_demo.py`"
+        )
+    return {
+        "model": "visionstress.models.demo:tiny_classifier",
+        "weights": str(weights),
+        "data": str(DEMO_DIR / "val"),
+        "base_data_config": DEMO_DATA_CONFIG,
+        "name": "demo",
+    }
+
+
+def merge_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (overrides or {}).items() if v is not None}
