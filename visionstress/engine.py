@@ -20,8 +20,21 @@ from visionstress.batch import Batch
 from visionstress.perturbations import get_perturbation
 
 CLEAN = "clean"
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-DEMO_DIR = REPO_DATA / "demo" / "shapes"
+DEMO_SUBDIR = Path("data") / "demo" / "shapes"
+
+
+def demo_dir() -> Path:
+    """Where the bundled demo lives: beside the package in a source checkout (editable install),
+    else under the current directory (a wheel install run from a clone of the repository)."""
+    candidates = [Path(__file__).resolve().parents[1] / DEMO_SUBDIR, Path.cwd() / DEMO_SUBDIR]
+    for candidate in candidates:
+        if (candidate / "classifier.safetensors").is_file():
+            return candidate
+    raise FileNotFoundError(
+        "the bundled demo (data/demo/shapes) was not found beside the package or in the current directory; "
+        "run from a clone of the visionstress repository, or regenerate it with `python data/make_demo_dataset.py "
+        "&& python data/train_demo.py`"
+    )
 
 
 @dataclass(frozen=True)
@@ -135,15 +148,11 @@ def demo_arguments() -> dict[str, Any]:
     """What `visionstress run` with no model and no data evaluates: the bundled demo."""
     from visionstress.models.demo import DEMO_DATA_CONFIG
 
-    weights = DEMO_DIR / "classifier.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"{weights}: the bundled demo model is missing; regenerate it with `python data/train_demo.py`"
-        )
+    root = demo_dir()
     return {
         "model": "visionstress.models.demo:tiny_classifier",
-        "weights": str(weights),
-        "data": str(DEMO_DIR / "val"),
+        "weights": str(root / "classifier.safetensors"),
+        "data": str(root / "val"),
         "base_data_config": DEMO_DATA_CONFIG,
         "name": "demo",
     }
