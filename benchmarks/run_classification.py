@@ -74,12 +74,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
             demo = demo_arguments()
-            spec, weights, data, base = demo["model"], demo["weights"], Path(demo["data"]), demo["base_data_config"]
+            spec, weights, data = demo["model"], demo["weights"], Path(demo["data"])
         else:
-            spec, weights, base = args.model, args.weights, None
+            spec, weights = args.model, args.weights
             data = synthetic_folder(Path(tmp) / "data", args.images, args.classes, args.image_size)
         loaded = load_model(spec, weights=weights)
-        config, _ = resolve_data_config(loaded.data_config or base, None, {})
+        config, _ = resolve_data_config(loaded.data_config, None, {})
         samples, _ = load_classification_samples(data)
         passes = len(suite_passes(load_suite(args.suite)))
 

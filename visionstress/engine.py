@@ -146,14 +146,11 @@ def autocast_context(device: torch.device, amp: bool):
 
 def demo_arguments() -> dict[str, Any]:
     """What `visionstress run` with no model and no data evaluates: the bundled demo."""
-    from visionstress.models.demo import DEMO_DATA_CONFIG
-
     root = demo_dir()
     return {
         "model": "visionstress.models.demo:tiny_classifier",
         "weights": str(root / "classifier.safetensors"),
         "data": str(root / "val"),
-        "base_data_config": DEMO_DATA_CONFIG,
         "name": "demo",
     }
 

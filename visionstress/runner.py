@@ -58,12 +58,10 @@ def run(
     """
     if task not in TASKS:
         raise RunError(f"task {task!r} is not supported yet; supported: {', '.join(TASKS)}")
-    base_config = None
     name = None
     if model is None and data is None:
         demo = demo_arguments()
-        model, weights, data, base_config, name = (demo["model"], demo["weights"], demo["data"],
-                                                   demo["base_data_config"], demo["name"])
+        model, weights, data, name = demo["model"], demo["weights"], demo["data"], demo["name"]
     elif model is None or data is None:
         raise RunError("give both --model and --data, or neither to run the bundled demo")
     if batch_size < 1:
@@ -75,8 +73,7 @@ def run(
         num_classes=num_classes,
         data_config=data_config, overrides=merge_overrides(data_config_overrides), class_names=class_names,
         device=torch.device(device or default_device()), batch_size=batch_size, workers=workers, amp=amp,
-        limit=limit, seed=seed, out=out, strict=strict, baseline=baseline, progress=progress,
-        base_config=base_config, name=name,
+        limit=limit, seed=seed, out=out, strict=strict, baseline=baseline, progress=progress, name=name,
     )
 
 
@@ -86,9 +83,8 @@ def _report_name(model: str, data: Path) -> str:
 
 
 def _run_classification(*, model, data, suite_name, weights, trust_model, num_classes, data_config, overrides,
-                        class_names,
-                        device, batch_size, workers, amp, limit, seed, out, strict, baseline, progress,
-                        base_config, name):
+                        class_names, device, batch_size, workers, amp, limit, seed, out, strict, baseline,
+                        progress, name):
     from visionstress.datasets import (ClassificationImages, dataset_fingerprint, iterate_batches,
                                        load_classification_samples, read_class_names)
     from visionstress.evaluators import ClassificationEvaluator, robustness_summary
@@ -103,7 +99,7 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
 
     loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
                         num_classes=num_classes)
-    config, config_source = resolve_data_config(loaded.data_config or base_config,
+    config, config_source = resolve_data_config(loaded.data_config,
                                                 None if data_config is None else str(data_config), overrides)
     names = read_class_names(class_names) if class_names is not None else None
     samples, class_list = load_classification_samples(data, names)

@@ -38,8 +38,11 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
 
 def tiny_classifier(num_classes: int = 6) -> nn.Module:
     """A four-stage CNN (16-32-64-128 channels, ~99k parameters) ending in global average + max
-    pooling, so it accepts any input size; returns logits [B, num_classes] for normalised images."""
-    return nn.Sequential(
+    pooling, so it accepts any input size; returns logits [B, num_classes] for normalised images.
+
+    The module carries `data_config = DEMO_DATA_CONFIG`, the convention by which a factory tells the
+    loader its preprocessing, so `--model visionstress.models.demo:tiny_classifier` needs no flags."""
+    model = nn.Sequential(
         *_block(3, 16), nn.MaxPool2d(2),
         *_block(16, 32), nn.MaxPool2d(2),
         *_block(32, 64), nn.MaxPool2d(2),
@@ -47,3 +50,5 @@ def tiny_classifier(num_classes: int = 6) -> nn.Module:
         _AvgMaxPool(),
         nn.Linear(256, num_classes),
     )
+    model.data_config = DEMO_DATA_CONFIG
+    return model
