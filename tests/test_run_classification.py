@@ -73,7 +73,8 @@ def _image_folder(root: Path, classes: int = 3, per_class: int = 2, size: int = 
 
 def _tiny_suite(tmp_path: Path) -> Path:
     path = tmp_path / "suite.yaml"
-    path.write_text("name: tiny\nseed: 3\nperturbations:\n  - {name: brightness, severities: [2]}\n  - rotation\n")
+    path.write_text("name: tiny\nseed: 3\nperturbations:\n"
+                    "  - {name: brightness, severities: [2], table: [0.1, 0.9, 0.3, 0.4, 0.5]}\n  - rotation\n")
     return path
 
 
@@ -87,6 +88,7 @@ def test_torchvision_state_dict_runs(tmp_path):
                   data_config_overrides={"input_size": 32, "resize": 36}, out=tmp_path / "out", device="cpu")
     assert len(card.results) == 1 + 1 + 5
     assert card.model["sha256"] and card.data_config["input_size"] == [32, 32]
+    assert Scorecard.load(tmp_path / "out").suite["perturbations"][0]["table"][1] == 0.9
 
 
 class _Tiny(torch.nn.Module):

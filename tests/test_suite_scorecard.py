@@ -306,3 +306,32 @@ def test_record_writer_rejects_bad_columns(tmp_path):
         writer.write({}, perturbation="clean", family="clean", severity=0, paths=[])
     with pytest.raises(FileNotFoundError, match=r"gone\.parquet: records file not found"):
         read_records(tmp_path / "gone.parquet")
+
+
+def test_custom_severity_table_is_validated_and_used(tmp_path):
+    from visionstress.engine import perturbation_for, suite_passes
+    from visionstress.suite import load_suite
+
+    path = tmp_path / "custom.yaml"
+    path.write_text("perturbations:\n  - {name: gaussian_noise, severities: [2], table: [0.0, 0.5, 0.0, 0.0, 0.0]}\n"
+                    "  - {name: motion_blur, severities: [1], table: [[3, 1], [4, 1], [5, 2], [6, 2], [7, 3]]}\n")
+    suite = load_suite(path)
+    assert suite.items[0].table == (0.0, 0.5, 0.0, 0.0, 0.0) and suite.items[1].table[0] == (3, 1)
+    assert suite.to_dict()["perturbations"][1]["table"][0] == [3, 1]
+    noise = next(p for p in suite_passes(suite) if p.perturbation == "gaussian_noise")
+    images = torch.full((2, 3, 16, 16), 0.5)
+    strong = perturbation_for(noise)(images, severity=2)
+    assert (strong - images).std() > 0.3  # the custom level (0.5), not the built-in 0.12
+    from visionstress.perturbations import get_perturbation
+
+    assert get_perturbation("gaussian_noise").severities[1] == 0.12  # the registry is untouched
+    for text, message in [
+        ("{name: gaussian_noise, table: [0.1, 0.2]}", r"table: must be a list of 5 levels"),
+        ("{name: gaussian_noise, table: [0.1, 0.2, x, 0.4, 0.5]}", r"table\[2\]: must be a number"),
+        ("{name: motion_blur, table: [1, 2, 3, 4, 5]}", r"table\[0\]: must be a list of 2 numbers"),
+        ("{name: '*_noise', table: [1, 2, 3, 4, 5]}", r"needs one perturbation name"),
+    ]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"perturbations:\n  - {text}\n")
+        with pytest.raises(SuiteError, match=message):
+            load_suite(bad)

@@ -8,6 +8,7 @@ produced; only compact per-sample arrays and confusion matrices stay in memory.
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from visionstress.batch import Batch
-from visionstress.perturbations import get_perturbation
+from visionstress.perturbations import Perturbation, get_perturbation
 
 CLEAN = "clean"
 DEMO_SUBDIR = Path("data") / "demo" / "shapes"
@@ -39,11 +40,13 @@ def demo_dir() -> Path:
 
 @dataclass(frozen=True)
 class Pass:
-    """One perturbation x severity of the suite (or the clean pass)."""
+    """One perturbation x severity of the suite (or the clean pass); `table` overrides the
+    perturbation's severity table when the suite gives its own."""
 
     perturbation: str
     family: str
     severity: int
+    table: tuple[Any, ...] | None = None
 
 
 def suite_passes(suite: Any) -> list[Pass]:
@@ -51,8 +54,18 @@ def suite_passes(suite: Any) -> list[Pass]:
     passes = [Pass(CLEAN, CLEAN, 0)]
     for item in suite.items:
         family = get_perturbation(item.perturbation).family
-        passes.extend(Pass(item.perturbation, family, s) for s in item.severities)
+        passes.extend(Pass(item.perturbation, family, s, item.table) for s in item.severities)
     return passes
+
+
+def perturbation_for(p: Pass) -> Perturbation:
+    """The registered perturbation, or a copy of it carrying the suite's own severity table."""
+    perturbation = get_perturbation(p.perturbation)
+    if p.table is None:
+        return perturbation
+    custom = copy.copy(perturbation)
+    custom.severities = tuple(p.table)
+    return custom
 
 
 @dataclass
@@ -100,7 +113,7 @@ def stream_passes(
     `consume(pass, batch, prediction)` receives the (moved) targets with each prediction, so
     geometric perturbations are scored against the targets they produced.
     """
-    perturbations = {p.perturbation: get_perturbation(p.perturbation) for p in passes if p.perturbation != CLEAN}
+    perturbations = {p.perturbation: perturbation_for(p) for p in passes if p.perturbation != CLEAN}
     start = time.perf_counter()
     while True:
         t0 = time.perf_counter()

@@ -9,6 +9,7 @@ A suite is a preset (`quick`, `default`, `imagenet-c`) or a user file in YAML or
       - fog
       - "*_noise"                  # a glob over the registry
       - {name: rotation, severities: [1, 3]}
+      - {name: gaussian_noise, table: [0.02, 0.04, 0.06, 0.08, 0.1]}   # your own five levels
 
 The file is validated completely before any work starts, and every error names the file and the
 offending key (`perturbations[2].severities[0]`), because a typo found after an hour-long run is an
@@ -30,7 +31,7 @@ MAX_SEVERITY = 5
 ALL_SEVERITIES = tuple(range(1, MAX_SEVERITY + 1))
 SUITE_EXTENSIONS = (".yaml", ".yml", ".toml", ".json")
 _TOP_KEYS = ("name", "seed", "severities", "perturbations")
-_ITEM_KEYS = ("name", "severities")
+_ITEM_KEYS = ("name", "severities", "table")
 
 
 class SuiteError(ValueError):
@@ -39,10 +40,15 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class SuiteItem:
-    """One perturbation and the severities (1..5, ascending, no repeats) it runs at."""
+    """One perturbation and the severities (1..5, ascending, no repeats) it runs at.
+
+    `table`, when given, replaces the perturbation's five-level parameter table (the suite's
+    "parameters"): same shape as the built-in one, e.g. five noise standard deviations.
+    """
 
     perturbation: str
     severities: tuple[int, ...]
+    table: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,11 @@ class Suite:
         return {
             "name": self.name,
             "seed": self.seed,
-            "perturbations": [{"name": i.perturbation, "severities": list(i.severities)} for i in self.items],
+            "perturbations": [
+                {"name": i.perturbation, "severities": list(i.severities),
+                 **({} if i.table is None else {"table": _plain(i.table)})}
+                for i in self.items
+            ],
         }
 
     @classmethod
@@ -173,6 +183,7 @@ def _parse(data: Any, source: str, default_name: str) -> Suite:
     seen: dict[str, str] = {}
     for index, entry in enumerate(entries):
         key = f"perturbations[{index}]"
+        table = None
         if isinstance(entry, str):
             names, severities = _names(entry, key, fail), default_severities
         elif isinstance(entry, Mapping):
@@ -184,6 +195,10 @@ def _parse(data: Any, source: str, default_name: str) -> Suite:
             names = _names(entry["name"], f"{key}.name", fail)
             severities = (_severities(entry["severities"], f"{key}.severities", fail) if "severities" in entry
                           else default_severities)
+            if "table" in entry:
+                if len(names) != 1:
+                    raise fail(f"{key}.table", "a custom table needs one perturbation name, not a pattern")
+                table = _table(entry["table"], names[0], f"{key}.table", fail)
         else:
             raise fail(key, f"must be a perturbation name or a mapping {{name, severities}}, got {_type_name(entry)}")
         for perturbation in names:
@@ -191,7 +206,7 @@ def _parse(data: Any, source: str, default_name: str) -> Suite:
                 raise fail(key, f"perturbation {perturbation!r} is already listed at {seen[perturbation]}; "
                                 f"list each once with all its severities")
             seen[perturbation] = key
-            items.append(SuiteItem(perturbation, severities))
+            items.append(SuiteItem(perturbation, severities, table))
     return Suite(name=name, items=tuple(items), seed=seed)
 
 
@@ -216,6 +231,31 @@ def _names(text: str, key: str, fail: Any) -> list[str]:
     except KeyError as exc:
         raise fail(key, str(exc.args[0])) from None
     return [text]
+
+
+def _table(value: Any, name: str, key: str, fail: Any) -> tuple[Any, ...]:
+    """Five levels shaped like the built-in table's: numbers for numbers, equal-length lists for tuples."""
+    builtin = get_perturbation(name).severities
+    if not isinstance(value, list) or len(value) != len(builtin):
+        raise fail(key, f"must be a list of {len(builtin)} levels like the built-in {list(_plain(builtin))}, "
+                        f"got {_type_name(value)}{'' if not isinstance(value, list) else f' of {len(value)}'}")
+    levels = []
+    for i, (level, reference) in enumerate(zip(value, builtin)):
+        if isinstance(reference, (tuple, list)):
+            if (not isinstance(level, list) or len(level) != len(reference)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in level)):
+                raise fail(f"{key}[{i}]", f"must be a list of {len(reference)} numbers like {list(reference)}, "
+                                          f"got {level!r}")
+            levels.append(tuple(level))
+        else:
+            if isinstance(level, bool) or not isinstance(level, (int, float)):
+                raise fail(f"{key}[{i}]", f"must be a number like {reference!r}, got {level!r}")
+            levels.append(level)
+    return tuple(levels)
+
+
+def _plain(table: tuple[Any, ...]) -> list[Any]:
+    return [list(level) if isinstance(level, tuple) else level for level in table]
 
 
 def _severities(value: Any, key: str, fail: Any) -> tuple[int, ...]:
