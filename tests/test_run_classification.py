@@ -156,3 +156,27 @@ def test_cli_run_bad_inputs_get_clear_errors(tmp_path):
     assert result.exit_code == 2 and "--data" in result.output
     result = runner.invoke(app, ["run", "--model", "nope.module:factory", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "error" in result.output
+
+
+def nan_after_two_calls():
+    """A factory whose model turns to NaN on its third forward pass (a diverged checkpoint)."""
+
+    class Diverging(_Tiny):
+        calls = 0
+
+        def forward(self, x):
+            Diverging.calls += 1
+            out = super().forward(x)
+            return out * float("nan") if Diverging.calls > 2 else out
+
+    return Diverging()
+
+
+def test_model_returning_nan_is_a_clear_error_and_keeps_the_records(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = _image_folder(tmp_path / "data")
+    with pytest.raises(RuntimeError, match="NaN"):
+        vs.run("test_run_classification:nan_after_two_calls", data, suite=str(_tiny_suite(tmp_path)), workers=0,
+               data_config_overrides={"input_size": 32, "resize": 32}, out=tmp_path / "out", device="cpu")
+    records = read_records(tmp_path / "out" / "records.parquet")  # what ran before the failure is kept, readable
+    assert len(records) == 6  # the probe call, then the clean pass of all six images, then the NaN
