@@ -150,6 +150,14 @@ def test_cli_run_on_the_demo(tmp_path):
     assert card["dataset"]["num_samples"] == 8
 
 
+def test_cli_run_without_bootstrap_has_no_intervals(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--suite", "quick", "--limit", "8", "--workers", "0", "--device", "cpu",
+                                      "--bootstrap", "0", "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "scorecard.json").read_text())
+    assert all(row["ci"] == {} for row in card["results"]) and "nan" not in result.output
+
+
 def test_cli_run_bad_inputs_get_clear_errors(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["run", "--model", "torchvision:resnet18"])

@@ -148,6 +148,7 @@ def run_command(
     strict: bool = typer.Option(False, "--strict", help="A corrupt image is an error instead of a recorded skip."),
     trust_model: bool = typer.Option(False, "--trust-model", help="Allow model files that execute code (.pt2, TorchScript)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A scorecard to normalise corruption errors by (mCE)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
 ) -> None:
     """Stress a saved model on a dataset and write its robustness scorecard (no arguments: the bundled demo)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -175,7 +176,7 @@ def run_command(
                        num_classes=num_classes,
                        data_config=data_config, data_config_overrides=overrides, class_names=class_names,
                        device=device, batch_size=batch_size, workers=workers, amp=amp, limit=limit, seed=seed,
-                       out=out, strict=strict, baseline=baseline, progress=progress)
+                       out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, progress=progress)
         except KeyboardInterrupt:
             _fail("interrupted; the records written so far are in the output directory's records.parquet")
         except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
@@ -186,11 +187,13 @@ def run_command(
 def _print_summary(card) -> None:
     """Headline, then top-1 per perturbation x severity (one row per perturbation), then the worst cells."""
     clean = next(r for r in card.results if r["perturbation"] == "clean")
-    low, high = clean["ci"].get("top1", (float("nan"), float("nan")))
+    interval = clean["ci"].get("top1")
     summary = card.summaries or {}
     console.print(f"[bold]{card.model['spec']}[/] on {card.dataset['path']} ({card.dataset['num_samples']} images, "
                   f"suite {card.suite['name']})", highlight=False)
-    line = f"clean top-1 {clean['metrics']['top1']:.3f} [{low:.3f}, {high:.3f}]"
+    line = f"clean top-1 {clean['metrics']['top1']:.3f}"
+    if interval:
+        line += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
     for key, label in (("mean_accuracy_under_perturbation", "mean under perturbation"),
                        ("relative_robustness", "relative robustness"), ("mce", "mCE")):
         value = summary.get(key)

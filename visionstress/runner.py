@@ -49,6 +49,7 @@ def run(
     out: str | Path | None = None,
     strict: bool = False,
     baseline: str | Path | None = None,
+    bootstrap: int = 1000,
     progress: Callable[[int, int], None] | None = None,
 ):
     """Stress `model` on `data` with `suite`; returns the Scorecard and writes it under `out`.
@@ -68,12 +69,15 @@ def run(
         raise RunError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be at least 1, got {limit}")
+    if bootstrap < 0:
+        raise RunError(f"--bootstrap must be 0 (no intervals) or more resamples, got {bootstrap}")
     return _run_classification(
         model=str(model), data=Path(data), suite_name=suite, weights=weights, trust_model=trust_model,
         num_classes=num_classes,
         data_config=data_config, overrides=merge_overrides(data_config_overrides), class_names=class_names,
         device=torch.device(device or default_device()), batch_size=batch_size, workers=workers, amp=amp,
-        limit=limit, seed=seed, out=out, strict=strict, baseline=baseline, progress=progress, name=name,
+        limit=limit, seed=seed, out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, progress=progress,
+        name=name,
     )
 
 
@@ -84,7 +88,7 @@ def _report_name(model: str, data: Path) -> str:
 
 def _run_classification(*, model, data, suite_name, weights, trust_model, num_classes, data_config, overrides,
                         class_names, device, batch_size, workers, amp, limit, seed, out, strict, baseline,
-                        progress, name):
+                        bootstrap, progress, name):
     from visionstress.datasets import (ClassificationImages, dataset_fingerprint, iterate_batches,
                                        load_classification_samples, read_class_names)
     from visionstress.evaluators import ClassificationEvaluator, robustness_summary
@@ -121,7 +125,7 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "records.parquet"
     dataset = ClassificationImages(samples, config, strict=strict)
-    evaluator = ClassificationEvaluator(len(class_list), class_list, seed=run_seed)
+    evaluator = ClassificationEvaluator(len(class_list), class_list, bootstrap=bootstrap, seed=run_seed)
     timing = RunTiming()
     skipped: list[Any] = []
     total = len(samples) * len(passes)
