@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visionstress.rng import numba_available
+
 __all__ = [
     "disk_kernel",
     "fft_correlate",
@@ -82,14 +84,8 @@ USE_NUMBA = True
 
 def _numba_ok(images: Tensor) -> bool:
     """Whether the compiled CPU loops apply: float32 CPU tensors without autograd, numba installed."""
-    if not (USE_NUMBA and images.device.type == "cpu" and images.dtype == torch.float32
-            and not images.requires_grad and images.numel() > 0):
-        return False
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return (USE_NUMBA and images.device.type == "cpu" and images.dtype == torch.float32
+            and not images.requires_grad and images.numel() > 0 and numba_available())
 
 
 @lru_cache(maxsize=None)

@@ -8,6 +8,7 @@ centre, the input location it samples (`grid`), and optionally the forward homog
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from visionstress.batch import Batch, ObjectTargets
+
+from ._filters import separable_filter
 
 _BOX_CHUNK = 32  # objects moved at once through a dense warp (bounds memory at 32 x H x W bools)
 
@@ -24,13 +27,13 @@ class Warp:
     """grid: `[B, H, W, 2]` input (x, y) sampled by each output pixel centre.
 
     matrix: `[B, 3, 3]` forward homography in the same coordinates, when the warp is projective.
-    prefilter_sigma: Gaussian blur (pixels, `[B]` or float) applied to the input first, to avoid
-    aliasing when the warp shrinks the image.
+    prefilter_sigma: Gaussian blur (input pixels) applied first, to avoid aliasing when the warp
+    shrinks the image; one value for the batch, so a sample's blur never depends on its neighbours.
     """
 
     grid: Tensor
     matrix: Tensor | None = None
-    prefilter_sigma: Tensor | float | None = None
+    prefilter_sigma: float | None = None
 
 
 def pixel_centres(size: tuple[int, int], device: torch.device) -> Tensor:
@@ -52,7 +55,7 @@ def apply_homography(matrix: Tensor, points: Tensor) -> Tensor:
     return xy.reshape(points.shape)
 
 
-def warp_from_matrix(matrix: Tensor, size: tuple[int, int], prefilter_sigma: Tensor | float | None = None) -> Warp:
+def warp_from_matrix(matrix: Tensor, size: tuple[int, int], prefilter_sigma: float | None = None) -> Warp:
     """The Warp of forward homographies `matrix` `[B, 3, 3]` (input -> output, continuous coords)."""
     matrix = matrix.to(torch.float32)
     inverse = torch.linalg.inv(matrix)
@@ -70,25 +73,14 @@ def centred(matrix: Tensor, size: tuple[int, int]) -> Tensor:
     return back @ matrix @ shift
 
 
-def gaussian_blur(images: Tensor, sigma: Tensor | float) -> Tensor:
-    """Separable Gaussian blur with per-sample sigma (`[B]` or a float), reflect-padded."""
-    b, c, h, w = images.shape
-    sig = torch.as_tensor(sigma, dtype=torch.float32, device=images.device).reshape(-1).expand(b)
-    if float(sig.max()) <= 0:
-        return images
-    radius = max(1, int(torch.ceil(3 * sig.max()).item()))
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets[None] / sig.clamp_min(1e-6)[:, None]) ** 2)
-    kernel = torch.where(sig[:, None] > 0, kernel, (offsets[None] == 0).float())
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
-    weight = kernel.repeat_interleave(c, dim=0)  # [B*C, K]
-    x = images.reshape(1, b * c, h, w)
-    pad_w, pad_h = min(radius, w - 1), min(radius, h - 1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect" if pad_w == radius else "replicate")
-    x = F.conv2d(x, weight[:, None, None, :], groups=b * c)
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect" if pad_h == radius else "replicate")
-    x = F.conv2d(x, weight[:, None, :, None], groups=b * c)
-    return x.reshape(b, c, h, w)
+def _prefilter(images: Tensor, sigma: float) -> Tensor:
+    """Gaussian low-pass before a shrinking warp: radius ceil(3 sigma), reflect borders (what
+    torchvision's gaussian_blur does), through the shared separable filter."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    return separable_filter(images, kernel, kernel, mode="reflect")
 
 
 def _normalised(grid: Tensor, size: tuple[int, int]) -> Tensor:
@@ -172,8 +164,8 @@ def apply_warp(batch: Batch, warp: Warp, padding: str = "zeros") -> Batch:
     """Resample a float batch and move all of its targets with the same map."""
     size = batch.image_size
     images = batch.images
-    if warp.prefilter_sigma is not None:
-        images = gaussian_blur(images, warp.prefilter_sigma)
+    if warp.prefilter_sigma:
+        images = _prefilter(images, float(warp.prefilter_sigma))
     images = F.grid_sample(images, _normalised(warp.grid, size), mode="bilinear",
                            padding_mode=padding, align_corners=False)
     need_index = batch.masks is not None or (batch.boxes is not None and (

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visionstress.rng import SampleRNG, normal_field, uniform_field
+from visionstress.rng import SampleRNG, normal_field, numba_available, uniform_field
 
 from ._warp import Warp, pixel_centres
 from .registry import geometric, photometric
@@ -91,7 +91,7 @@ def _poisson(images: Tensor, u: Tensor, photons: float) -> Tensor:
     independent of the others, so results do not depend on the batch."""
     cdf, guide, width = _poisson_tables(float(photons), images.device)
     u = u.reshape(-1)
-    if images.device.type == "cpu" and _numba_available():
+    if images.device.type == "cpu" and numba_available():
         flat = images.contiguous().reshape(-1).numpy()
         counts = _poisson_search_cpu()(flat, u.numpy(), cdf.numpy(), guide.numpy(), width, _GUIDE)
         return torch.from_numpy(counts).reshape(images.shape)
@@ -115,14 +115,6 @@ def _poisson_search_torch(level: Tensor, u: Tensor, cdf: Tensor, guide: Tensor, 
         k.scatter_(0, todo, kt + step)
         todo = todo[step]
     return k.to(torch.float32)
-
-
-def _numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @functools.lru_cache(maxsize=None)

@@ -188,3 +188,16 @@ def test_model_returning_nan_is_a_clear_error_and_keeps_the_records(tmp_path, mo
                data_config_overrides={"input_size": 32, "resize": 32}, out=tmp_path / "out", device="cpu")
     records = read_records(tmp_path / "out" / "records.parquet")  # what ran before the failure is kept, readable
     assert len(records) == 6  # the probe call, then the clean pass of all six images, then the NaN
+
+
+def test_cli_preprocessing_flags_reach_the_data_config(tmp_path):
+    """--mean/--std strings go to DataConfig, which parses and validates them (errors name the flag)."""
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--suite", "quick", "--limit", "4", "--workers", "0", "--device", "cpu",
+                                 "--mean", "0.4,0.4,0.4", "--std", "0.6,0.6,0.6", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "scorecard.json").read_text())["data_config"]
+    assert config["mean"] == [0.4, 0.4, 0.4] and config["std"] == [0.6, 0.6, 0.6] and "flags" in config["source"]
+    result = runner.invoke(app, ["run", "--suite", "quick", "--limit", "4", "--mean", "0.5,x",
+                                 "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "flags: mean" in result.output

@@ -108,18 +108,6 @@ def show_command(
     console.print(f"wrote {output} ({len(names)} perturbations x severities {','.join(map(str, levels))})")
 
 
-def _floats(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        _fail(f"{option} must be three comma-separated numbers, got {text!r}")
-    if len(values) != 3:
-        _fail(f"{option} must be three comma-separated numbers, got {text!r}")
-    return values
-
-
 @app.command("run")
 def run_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="torchvision:NAME, timm:NAME, package.module:function, "
@@ -156,7 +144,7 @@ def run_command(
     from visionstress.runner import run
 
     overrides = {"input_size": input_size, "resize": resize, "interpolation": interpolation,
-                 "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"), "channel_order": channel_order}
+                 "mean": mean, "std": std, "channel_order": channel_order}
     columns = (TextColumn("[bold]stressing"), BarColumn(), MofNCompleteColumn(), TextColumn("predictions"),
                TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:

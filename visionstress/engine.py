@@ -13,7 +13,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -109,8 +109,9 @@ def stream_passes(
 ) -> None:
     """Run every pass on every batch, image-major: each batch goes to the device once.
 
-    `consume(pass, batch, prediction)` receives the (moved) targets with each prediction, so
-    geometric perturbations are scored against the targets they produced.
+    `on_batch(batch, extra)` sees each batch as loaded (on the host); `consume(pass, batch,
+    prediction)` receives the (moved) targets with each prediction, so geometric perturbations are
+    scored against the targets they produced.
     """
     perturbations = {p.perturbation: perturbation_for(p) for p in passes if p.perturbation != CLEAN}
     start = time.perf_counter()
@@ -120,11 +121,10 @@ def stream_passes(
             batch, extra = next(batches)
         except StopIteration:
             break
-        batch = batch.to(device)
-        t1 = time.perf_counter()
-        timing.data += t1 - t0
-        if on_batch is not None:
+        if on_batch is not None:  # before the move: what it reads stays on the host
             on_batch(batch, extra)
+        batch = batch.to(device)
+        timing.data += time.perf_counter() - t0
         if len(batch) == 0:  # every file of this batch was unreadable; its skips are recorded above
             continue
         timing.images += len(batch)
@@ -165,7 +165,3 @@ def demo_arguments() -> dict[str, Any]:
         "data": str(root / "val"),
         "name": "demo",
     }
-
-
-def merge_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -169,7 +169,9 @@ def _fused_kernels() -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[
     return uniform_rows, normal_rows
 
 
-def _fused_available() -> bool:
+@lru_cache(maxsize=1)
+def numba_available() -> bool:
+    """Whether the compiled CPU loops can be used (numba is a dependency, but may be absent)."""
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -198,7 +200,7 @@ def normal_field(keys: Tensor, shape: tuple[int, ...], counter: int = 0) -> Tens
 
 
 def _use_fused(keys: Tensor, n: int) -> bool:
-    return keys.device.type == "cpu" and keys.shape[0] * n >= _FUSED_MIN_ELEMENTS and _fused_available()
+    return keys.device.type == "cpu" and keys.shape[0] * n >= _FUSED_MIN_ELEMENTS and numba_available()
 
 
 def _fused(which: int, keys: Tensor, counter: int, n: int) -> Tensor:

@@ -16,7 +16,6 @@ from visionstress.engine import (
     autocast_context,
     default_device,
     demo_arguments,
-    merge_overrides,
     stream_passes,
     suite_passes,
 )
@@ -74,7 +73,7 @@ def run(
     return _run_classification(
         model=str(model), data=Path(data), suite_name=suite, weights=weights, trust_model=trust_model,
         num_classes=num_classes,
-        data_config=data_config, overrides=merge_overrides(data_config_overrides), class_names=class_names,
+        data_config=data_config, overrides=dict(data_config_overrides or {}), class_names=class_names,
         device=torch.device(device or default_device()), batch_size=batch_size, workers=workers, amp=amp,
         limit=limit, seed=seed, out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, progress=progress,
         name=name,
@@ -135,16 +134,20 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
         with autocast_context(device, amp):
             return adapter.predict(images)
 
+    host: dict[str, Any] = {}  # the current batch's ids, labels and paths, copied to the host once
+
     def on_batch(batch, batch_skipped) -> None:
         skipped.extend(batch_skipped)
+        host["ids"], host["labels"] = batch.sample_ids.cpu(), batch.labels.cpu()
+        host["paths"] = [samples[i].path for i in host["ids"].tolist()]
 
     with RecordWriter(records_path) as writer:
         def consume(p: Pass, batch, prediction) -> None:
             nonlocal done
-            columns = evaluator.update(p.perturbation, p.severity, batch.sample_ids.cpu(), batch.labels.cpu(),
+            columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["labels"],
                                        prediction.logits.float().cpu())
-            paths = [samples[int(i)].path for i in batch.sample_ids.cpu()]
-            writer.write(columns, perturbation=p.perturbation, family=p.family, severity=p.severity, paths=paths)
+            writer.write(columns, perturbation=p.perturbation, family=p.family, severity=p.severity,
+                         paths=host["paths"])
             done += len(batch)
             if progress is not None:
                 progress(done, total)
@@ -197,15 +200,8 @@ hundreds of MB of JSON); the most-confused pairs are kept always."""
 
 
 def _breakdowns(results) -> dict[str, Any]:
-    def plain(value):
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
+    """Per-class metrics, confusion (clean and the worst cell), most-confused pairs and reliability
+    bins; the scorecard converts numpy values when it saves."""
     from visionstress.evaluators import result_key
 
     perturbed = [r for r in results.rows if r.severity > 0]
@@ -214,10 +210,10 @@ def _breakdowns(results) -> dict[str, Any]:
     confusion = {k: results.confusion[k] for k in keep
                  if k in results.confusion and results.confusion[k].shape[0] <= _MAX_CONFUSION_CLASSES}
     return {
-        "per_class": plain(results.per_class),
-        "confusion": plain(confusion),
-        "most_confused": plain(results.most_confused),
-        "calibration": plain(results.calibration),
+        "per_class": results.per_class,
+        "confusion": confusion,
+        "most_confused": results.most_confused,
+        "calibration": results.calibration,
     }
 
 
