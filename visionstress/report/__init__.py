@@ -1,0 +1,1 @@
+"""Rendering of scorecards: the self-contained HTML report (and its screenshot)."""
