@@ -21,6 +21,7 @@ the output bytes are the same on every run. The train split is rendered in memor
                                       255 = ignore (pixels the shape only partly covers)
     val_instances.json                COCO instances: one object per image, polygon masks
     classes.txt                       class names in model index order (= sorted folder names)
+    segmentation_classes.txt          mask value order: background, then the classes
 
     python data/make_demo_dataset.py [--out DIR]
 """
@@ -215,6 +216,7 @@ def write_dataset(out: Path, per_class: int = VAL_PER_CLASS) -> None:
     }
     (out / "val_instances.json").write_text(json.dumps(coco, separators=(",", ":")) + "\n")
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (out / "segmentation_classes.txt").write_text("\n".join(("background", *CLASSES)) + "\n")
 
 
 def main() -> None:

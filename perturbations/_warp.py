@@ -119,6 +119,10 @@ def _move_boxes(targets: ObjectTargets, warp: Warp, index: int, size: tuple[int,
                 flat_index: Tensor, inside: Tensor) -> ObjectTargets:
     h, w = size
     boxes = targets.boxes
+    # How much each object's area grows or shrinks before clipping: the exact factor for a
+    # projective warp (area of the moved box's quadrilateral over the box's), the enclosing-box
+    # ratio for a dense warp (whose boxes come out already clipped).
+    stretch = torch.ones(len(targets), device=boxes.device)
     if len(targets) == 0:
         moved = boxes
     elif warp.matrix is not None:
@@ -127,8 +131,11 @@ def _move_boxes(targets: ObjectTargets, warp: Warp, index: int, size: tuple[int,
                                torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=1)
         mapped = apply_homography(warp.matrix[index : index + 1], corners.unsqueeze(0))[0]
         moved = torch.cat([mapped.amin(dim=1), mapped.amax(dim=1)], dim=-1)
+        stretch = safe_ratio(_polygon_area(mapped), box_area(boxes))
     else:
         moved = _boxes_through_dense_warp(boxes, warp.grid[index], inside[index].reshape(h, w))
+        stretch = safe_ratio(box_area(moved), box_area(boxes))
+    unclipped = moved
     moved = torch.stack([moved[:, 0].clamp(0, w), moved[:, 1].clamp(0, h),
                          moved[:, 2].clamp(0, w), moved[:, 3].clamp(0, h)], dim=-1)
     keep = (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])
@@ -136,9 +143,33 @@ def _move_boxes(targets: ObjectTargets, warp: Warp, index: int, size: tuple[int,
     if masks is not None:
         flat = masks.reshape(masks.shape[0], -1)
         masks = (flat.gather(1, flat_index[index].expand(flat.shape[0], -1)) & inside[index]).reshape(-1, h, w)
+    area = targets.area
+    if area is not None:
+        if masks is not None:
+            area = masks.flatten(1).sum(dim=1).float()
+        else:
+            # Without a mask the object's shape is unknown: assume it fills its box evenly, so
+            # clipping keeps the same fraction of its area as of the box.
+            area = area * stretch * safe_ratio(box_area(moved), box_area(unclipped))
     out = ObjectTargets(boxes=moved, labels=targets.labels, masks=masks, iscrowd=targets.iscrowd,
-                        ids=targets.ids, occluded=targets.occluded, dropped=targets.dropped)
+                        ids=targets.ids, occluded=targets.occluded, dropped=targets.dropped, area=area)
     return out.keep(keep, dropped=int((~keep).sum()))
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+
+
+def _polygon_area(points: Tensor) -> Tensor:
+    """Shoelace area of polygons `[N, K, 2]`."""
+    x, y = points[..., 0], points[..., 1]
+    return 0.5 * (x * y.roll(-1, dims=1) - x.roll(-1, dims=1) * y).sum(dim=1).abs()
+
+
+def safe_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, 1 where the denominator is 0 (a degenerate box keeps its area)."""
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, numerator / safe, torch.ones_like(numerator))
 
 
 def _boxes_through_dense_warp(boxes: Tensor, grid: Tensor, inside: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor
 from visionstress.batch import Batch, ObjectTargets
 from visionstress.rng import SampleRNG
 
+from ._warp import box_area, safe_ratio
 from .registry import ALL_TARGETS, Perturbation, register_perturbation
 
 _SEED_HIGH = 2**31 - 1
@@ -152,8 +153,12 @@ class AlbumentationsPerturbation(Perturbation):
             given = result.get("masks", [])
             moved = np.stack([np.asarray(m) for m in given]) if len(given) else np.zeros((0, *size), dtype=np.uint8)
             masks = torch.as_tensor(moved, device=device).bool()[index[order]]
+        area = survivors.area
+        if area is not None:  # as apply_warp does: the mask's pixels, else scaled with the box
+            area = (masks.flatten(1).sum(dim=1).float() if masks is not None
+                    else area * safe_ratio(box_area(boxes[order]), box_area(survivors.boxes)))
         return ObjectTargets(boxes=boxes[order], labels=survivors.labels, masks=masks, iscrowd=survivors.iscrowd,
-                             ids=survivors.ids, occluded=survivors.occluded, dropped=survivors.dropped)
+                             ids=survivors.ids, occluded=survivors.occluded, dropped=survivors.dropped, area=area)
 
 
 def albumentations_perturbation(name: str, family: str, transforms: Sequence[Any], description: str,

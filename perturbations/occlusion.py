@@ -228,7 +228,8 @@ def object_occlusion(batch: Batch, params: dict[str, Tensor], level: float) -> B
     if boxes is not None:
         boxes = [
             ObjectTargets(boxes=t.boxes, labels=t.labels, masks=t.masks, iscrowd=t.iscrowd, ids=t.ids,
-                          occluded=_box_fraction(mask[i], t.boxes.to(device)).to(t.boxes.device), dropped=t.dropped)
+                          occluded=_box_fraction(mask[i], t.boxes.to(device)).to(t.boxes.device), dropped=t.dropped,
+                          area=t.area)
             for i, t in enumerate(boxes)
         ]
     return batch.replace(images=out, boxes=boxes)

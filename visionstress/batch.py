@@ -23,6 +23,8 @@ class ObjectTargets:
     `ids` is each object's index in the image's original annotation list, so an evaluator can tell
     which ground-truth objects survived a geometric perturbation; `dropped` counts those that were
     pushed out of frame; `occluded` is the fraction of each box an occlusion perturbation covered.
+    `area` is COCO's per-object area (the segment's, not the box's), which decides the small /
+    medium / large bin an object is scored in; geometric perturbations keep it in step with the pixels.
     """
 
     boxes: Tensor  # [N, 4] float32, xyxy in pixels (continuous coordinates, pixel i spans [i, i+1])
@@ -32,6 +34,7 @@ class ObjectTargets:
     ids: Tensor | None = None  # [N] int64
     occluded: Tensor | None = None  # [N] float32 in [0, 1]
     dropped: int = 0
+    area: Tensor | None = None  # [N] float32, COCO 'area' (segment area for instance annotations)
 
     def __post_init__(self) -> None:
         self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
@@ -52,6 +55,10 @@ class ObjectTargets:
             self.ids = torch.arange(n, device=device)
         if self.occluded is not None:
             self.occluded = torch.as_tensor(self.occluded, dtype=torch.float32, device=device).reshape(-1)
+        if self.area is not None:
+            self.area = torch.as_tensor(self.area, dtype=torch.float32, device=device).reshape(-1)
+            if self.area.shape[0] != n:
+                raise ValueError(f"ObjectTargets: {n} boxes but {self.area.shape[0]} areas")
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -70,6 +77,7 @@ class ObjectTargets:
             ids=pick(self.ids),
             occluded=pick(self.occluded),
             dropped=self.dropped + dropped,
+            area=pick(self.area),
         )
 
     def to(self, device: torch.device | str) -> ObjectTargets:
@@ -84,6 +92,7 @@ class ObjectTargets:
             ids=move(self.ids),
             occluded=move(self.occluded),
             dropped=self.dropped,
+            area=move(self.area),
         )
 
 
@@ -91,7 +100,7 @@ def _as_object_targets(item: ObjectTargets | Mapping[str, Any]) -> ObjectTargets
     if isinstance(item, ObjectTargets):
         return item
     if isinstance(item, Mapping):
-        unknown = set(item) - {"boxes", "labels", "masks", "iscrowd", "ids", "occluded"}
+        unknown = set(item) - {"boxes", "labels", "masks", "iscrowd", "ids", "occluded", "area"}
         if unknown:
             raise ValueError(f"Batch.boxes: unknown keys {sorted(unknown)} in a per-image target dict")
         if "boxes" not in item or "labels" not in item:

@@ -1,5 +1,11 @@
 """Datasets: discovering labelled images, decoding them once, and batching them for the engine."""
 
+from visionstress.datasets.batching import (
+    BatchInfo,
+    iterate_detection_batches,
+    iterate_segmentation_batches,
+    iterate_shape_batches,
+)
 from visionstress.datasets.classification import (
     ClassificationImages,
     DatasetError,
@@ -10,14 +16,42 @@ from visionstress.datasets.classification import (
     load_classification_samples,
     read_class_names,
 )
+from visionstress.datasets.detection import (
+    AnnotationWarning,
+    CocoDataset,
+    DetectionImages,
+    DetectionSample,
+    load_coco_dataset,
+)
+from visionstress.datasets.segmentation import (
+    SegmentationDataset,
+    SegmentationImages,
+    SegmentationSample,
+    load_segmentation_dataset,
+    read_mask,
+)
 
 __all__ = [
+    "AnnotationWarning",
+    "BatchInfo",
     "ClassificationImages",
+    "CocoDataset",
     "DatasetError",
+    "DetectionImages",
+    "DetectionSample",
     "Sample",
+    "SegmentationDataset",
+    "SegmentationImages",
+    "SegmentationSample",
     "SkippedFile",
     "dataset_fingerprint",
     "iterate_batches",
+    "iterate_detection_batches",
+    "iterate_segmentation_batches",
+    "iterate_shape_batches",
     "load_classification_samples",
+    "load_coco_dataset",
+    "load_segmentation_dataset",
     "read_class_names",
+    "read_mask",
 ]

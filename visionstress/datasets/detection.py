@@ -1,0 +1,331 @@
+"""COCO-format detection datasets: validated loading, decoding, and targets in the engine's types.
+
+The annotation JSON is checked before any work starts, because a COCO file that pycocotools loads
+without complaint can still be wrong in ways that silently corrupt the metrics: boxes of zero size,
+objects of a category the evaluator does not know, image ids that point nowhere, file names that
+escape the images folder. Each problem is a `DatasetError` naming the JSON file and the annotation,
+image or file at fault. Boxes that only stick out of their image (off-by-one exports are common) are
+clipped to it with an `AnnotationWarning` instead, so they do not stop a run.
+
+The validated data is held in a pycocotools `COCO` object: the evaluator scores against exactly the
+ground truth the targets were built from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from visionstress.batch import ObjectTargets
+from visionstress.datasets.classification import DatasetError, SkippedFile
+from visionstress.images import ImageReadError, read_image
+
+if TYPE_CHECKING:  # pycocotools is imported when a dataset is loaded, not with the package
+    from pycocotools.coco import COCO
+
+ANNOTATIONS_FILE = "annotations.json"
+_SHOWN = 5  # offenders listed in one message
+
+
+class AnnotationWarning(UserWarning):
+    """An annotation that was fixed up to be usable (a box clipped to its image)."""
+
+
+@dataclass(frozen=True)
+class DetectionSample:
+    """One image of a COCO dataset; `index` is its position in the dataset and the run's sample id."""
+
+    index: int
+    image_id: int  # COCO image id
+    path: str  # file_name as in the JSON (posix, relative to the images root)
+    width: int
+    height: int
+
+
+@dataclass
+class CocoDataset:
+    """A validated COCO instances file and where its images are."""
+
+    annotation_file: Path
+    images_root: Path
+    samples: list[DetectionSample]
+    categories: list[dict]  # [{"id", "name"}] sorted by id
+    coco: COCO  # the validated ground truth (boxes clipped, 'area' and 'iscrowd' filled in)
+    warnings: list[str]  # what was fixed up, one line per annotation, naming the file and annotation id
+
+
+def load_coco_dataset(data: str | Path, images: str | Path | None = None, *, with_masks: bool = False) -> CocoDataset:
+    """Load and validate a COCO instances dataset.
+
+    `data` is the instances JSON (images are then under `images`, else beside the JSON) or a directory
+    holding `annotations.json` (images under `images`, else `DIR/images` if it exists, else `DIR`).
+    `with_masks` also checks that every annotation has a polygon or RLE segmentation, for runs that
+    score instance masks. Raises `DatasetError` naming the file and the annotation / image at fault.
+    """
+    data = Path(data)
+    if data.is_dir():
+        annotation_file = data / ANNOTATIONS_FILE
+        if not annotation_file.is_file():
+            raise DatasetError(f"{data}: no {ANNOTATIONS_FILE} in this folder (expected a COCO instances JSON)")
+        default_root = data / "images" if (data / "images").is_dir() else data
+    elif data.is_file():
+        annotation_file, default_root = data, data.parent
+    else:
+        raise DatasetError(f"{data}: dataset not found")
+    images_root = Path(images) if images is not None else default_root
+    if not images_root.is_dir():
+        raise DatasetError(f"{images_root}: images folder not found (for {annotation_file})")
+
+    raw = _read_json(annotation_file)
+    categories = _check_categories(annotation_file, raw["categories"])
+    infos = _check_images(annotation_file, raw["images"], images_root)
+    annotations, notes = _check_annotations(annotation_file, raw["annotations"], infos, categories)
+    if with_masks:
+        for ann in annotations:
+            _check_segmentation(annotation_file, ann)
+    if notes:
+        more = f" (and {len(notes) - 1} more, listed in the dataset's warnings)" if len(notes) > 1 else ""
+        warnings.warn(f"{notes[0]}{more}", AnnotationWarning, stacklevel=2)
+
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {**raw, "images": list(infos.values()), "annotations": annotations,
+                    "categories": [categories[i] for i in sorted(categories)]}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    samples = [
+        DetectionSample(index=i, image_id=info["id"], path=info["file_name"], width=info["width"],
+                        height=info["height"])
+        for i, info in enumerate(infos.values())
+    ]
+    return CocoDataset(
+        annotation_file=annotation_file,
+        images_root=images_root,
+        samples=samples,
+        categories=[{"id": i, "name": categories[i]["name"]} for i in sorted(categories)],
+        coco=coco,
+        warnings=notes,
+    )
+
+
+class DetectionImages(Dataset):
+    """Decoded images with their objects, as `(uint8 [3, H, W], ObjectTargets, index)`.
+
+    Images keep their full resolution (detection models resize as they normally would). Targets:
+    xyxy float32 boxes, labels = COCO category ids, `iscrowd`, `area` (the annotation's, or the box's
+    when it has none), `ids` = position in the image's annotation list, and with `with_masks` the
+    instance masks (`[N, H, W]` bool, rasterised by pycocotools). An unreadable file gives a
+    `SkippedFile` (`strict=False`) or raises `DatasetError` (`strict=True`).
+    """
+
+    def __init__(self, dataset: CocoDataset, *, with_masks: bool = False, strict: bool = False) -> None:
+        self.dataset = dataset
+        self.with_masks = with_masks
+        self.strict = strict
+        if with_masks:
+            for ann in dataset.coco.dataset["annotations"]:
+                _check_segmentation(dataset.annotation_file, ann)
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
+        item = self.load(index)
+        if isinstance(item, SkippedFile) and self.strict:
+            raise DatasetError(f"{item.path}: {item.reason}")
+        return item
+
+    def load(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
+        """The sample, or why its file could not be decoded (never raised here, so that loader workers
+        hand the reason back and a strict run raises it in the main process)."""
+        sample = self.dataset.samples[index]
+        path = self.dataset.images_root / sample.path
+        try:
+            image = read_image(path)
+        except (ImageReadError, Image.DecompressionBombError) as exc:
+            return SkippedFile(path=str(path), reason=str(exc).removeprefix(f"{path}: "))
+        height, width = image.shape[-2:]
+        if (height, width) != (sample.height, sample.width):
+            hint = " (EXIF orientation turned it?)" if (height, width) == (sample.width, sample.height) else ""
+            raise DatasetError(
+                f"{path}: decoded image is {width}x{height} but {self.dataset.annotation_file} says "
+                f"{sample.width}x{sample.height} (image id {sample.image_id}){hint}; "
+                "its boxes would not match the pixels"
+            )
+        return image, self._targets(sample), index
+
+    def _targets(self, sample: DetectionSample) -> ObjectTargets:
+        coco = self.dataset.coco
+        anns = coco.imgToAnns.get(sample.image_id, [])
+        xywh = torch.tensor([ann["bbox"] for ann in anns], dtype=torch.float64).reshape(-1, 4)
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        masks = None
+        if self.with_masks:
+            masks = torch.zeros((len(anns), sample.height, sample.width), dtype=torch.bool)
+            with warnings.catch_warnings():  # pycocotools' numpy-2 "copy=False" deprecation
+                warnings.simplefilter("ignore", DeprecationWarning)
+                for i, ann in enumerate(anns):
+                    masks[i] = torch.from_numpy(coco.annToMask(ann).astype(bool))
+        return ObjectTargets(
+            boxes=boxes.float(),
+            labels=torch.tensor([ann["category_id"] for ann in anns], dtype=torch.int64),
+            masks=masks,
+            iscrowd=torch.tensor([bool(ann["iscrowd"]) for ann in anns], dtype=torch.bool),
+            area=torch.tensor([float(ann["area"]) for ann in anns], dtype=torch.float32),
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories', "
+                           f"got a JSON {type(raw).__name__}")
+    missing = [key for key in ("images", "annotations", "categories") if key not in raw]
+    if missing:
+        raise DatasetError(f"{path}: missing key(s) {missing}; a COCO instances file has 'images', "
+                           "'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(raw[key], list):
+            raise DatasetError(f"{path}: '{key}' must be a list, got {type(raw[key]).__name__}")
+    return raw
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _entry(path: Path, key: str, i: int, entry: Any, fields: dict[str, Any]) -> dict:
+    """Check that `entry` (item `i` of list `key`) is an object whose `fields` pass their checks."""
+    where = f"{path}: {key}[{i}]"
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object, got {entry!r}")
+    if "id" in entry and _is_int(entry["id"]):
+        where = f"{path}: {key}[{i}] (id {entry['id']})"
+    for field, (check, expected) in fields.items():
+        if field not in entry:
+            raise DatasetError(f"{where}: missing '{field}'")
+        if not check(entry[field]):
+            raise DatasetError(f"{where}: '{field}' must be {expected}, got {entry[field]!r}")
+    return entry
+
+
+def _no_duplicates(path: Path, key: str, ids: list[int]) -> None:
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise DatasetError(f"{path}: duplicate {key} id(s) {repeated[:_SHOWN]}"
+                           f"{f' and {len(repeated) - _SHOWN} more' if len(repeated) > _SHOWN else ''}")
+
+
+def _check_categories(path: Path, entries: list) -> dict[int, dict]:
+    fields = {"id": (_is_int, "an integer"), "name": (lambda v: isinstance(v, str), "a string")}
+    checked = [_entry(path, "categories", i, c, fields) for i, c in enumerate(entries)]
+    _no_duplicates(path, "category", [c["id"] for c in checked])
+    if not checked:
+        raise DatasetError(f"{path}: 'categories' is empty")
+    return {c["id"]: c for c in checked}
+
+
+def _check_images(path: Path, entries: list, root: Path) -> dict[int, dict]:
+    size = (lambda v: _is_int(v) and v > 0, "a positive integer")
+    fields = {"id": (_is_int, "an integer"), "file_name": (lambda v: isinstance(v, str) and v != "", "a file name"),
+              "width": size, "height": size}
+    checked = [_entry(path, "images", i, info, fields) for i, info in enumerate(entries)]
+    if not checked:
+        raise DatasetError(f"{path}: 'images' is empty")
+    _no_duplicates(path, "image", [info["id"] for info in checked])
+    resolved_root = root.resolve()
+    missing = []
+    for info in checked:
+        name = info["file_name"]
+        file = root / name
+        if Path(name).is_absolute() or not file.resolve().is_relative_to(resolved_root):
+            raise DatasetError(f"{path}: image {info['id']}: file_name {name!r} points outside the images folder "
+                               f"{root}; file names must be relative paths inside it")
+        if not file.is_file():
+            missing.append(name)
+    if missing:
+        shown = ", ".join(missing[:_SHOWN])
+        raise DatasetError(f"{path}: {len(missing)} image file(s) listed but not found under {root}: {shown}"
+                           f"{' ...' if len(missing) > _SHOWN else ''}")
+    return {info["id"]: info for info in checked}
+
+
+def _check_annotations(
+    path: Path, entries: list, images: dict[int, dict], categories: dict[int, dict]
+) -> tuple[list[dict], list[str]]:
+    """Validated annotations (copies: boxes clipped, 'area' and 'iscrowd' filled in) and fix-up notes."""
+    box = (lambda v: isinstance(v, list) and len(v) == 4 and all(_is_number(c) for c in v), "[x, y, width, height]")
+    fields = {"id": (_is_int, "an integer"), "image_id": (_is_int, "an integer"),
+              "category_id": (_is_int, "an integer"), "bbox": box}
+    checked = [_entry(path, "annotations", i, ann, fields) for i, ann in enumerate(entries)]
+    _no_duplicates(path, "annotation", [ann["id"] for ann in checked])
+    out, notes = [], []
+    for ann in checked:
+        where = f"{path}: annotation {ann['id']}"
+        info = images.get(ann["image_id"])
+        if info is None:
+            raise DatasetError(f"{where}: image_id {ann['image_id']} is not among the file's images")
+        if ann["category_id"] not in categories:
+            raise DatasetError(f"{where}: unknown category_id {ann['category_id']} (known ids: {sorted(categories)})")
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1) or isinstance(iscrowd, float):
+            raise DatasetError(f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            raise DatasetError(f"{where}: 'area' must be a non-negative number, got {ann['area']!r}")
+        x, y, w, h = ann["bbox"]
+        x0, y0 = min(max(x, 0), info["width"]), min(max(y, 0), info["height"])
+        x1, y1 = min(max(x + w, 0), info["width"]), min(max(y + h, 0), info["height"])
+        if x1 <= x0 or y1 <= y0:
+            raise DatasetError(f"{where} (image {info['file_name']}): bbox {ann['bbox']} has no area inside the "
+                               f"{info['width']}x{info['height']} image (width and height must be positive)")
+        bbox = [x0, y0, x1 - x0, y1 - y0]
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            notes.append(f"{where} (image {info['file_name']}): bbox {ann['bbox']} extends outside the "
+                         f"{info['width']}x{info['height']} image; clipped to {bbox}")
+        segmentation = ann.get("segmentation")
+        if isinstance(segmentation, dict) and segmentation.get("size") != [info["height"], info["width"]]:
+            raise DatasetError(f"{where}: RLE segmentation size {segmentation.get('size')!r} differs from its image "
+                               f"{info['file_name']} ([height, width] = {[info['height'], info['width']]})")
+        out.append({**ann, "bbox": bbox, "iscrowd": int(iscrowd), "area": float(ann.get("area", bbox[2] * bbox[3]))})
+    return out, notes
+
+
+def _check_segmentation(path: Path, ann: dict) -> None:
+    """A polygon list or an RLE that pycocotools can rasterise (its size is checked on loading)."""
+    where = f"{path}: annotation {ann['id']}"
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise DatasetError(f"{where}: empty 'segmentation'; instance masks need a polygon or an RLE")
+        for polygon in segmentation:
+            if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+                    and all(_is_number(c) for c in polygon)):
+                raise DatasetError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...] of at least "
+                                   f"3 points, got {str(polygon)[:80]}")
+    elif isinstance(segmentation, dict):
+        counts = segmentation.get("counts")
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(c) for c in counts))):
+            raise DatasetError(f"{where}: RLE 'counts' must be a string or a list of integers")
+    else:
+        raise DatasetError(f"{where}: no 'segmentation' (polygon list or RLE); instance masks need one")
+
