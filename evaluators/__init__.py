@@ -15,6 +15,11 @@ from .confusion import (PerClassMetrics, balanced_accuracy, confusion_matrix, ma
 from .robustness import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ALEXNET_SEVERITY_ERRORS, corruption_errors,
                          mean_corruption_error, mean_performance_under_corruption, relative_mce,
                          relative_performance, robustness_summary)
+from .coco_matching import MatchTableError, coco_metrics_from_matches
+from .detection import DEFAULT_SIZE_BINS, DetectionEvaluator, DetectionEvaluatorError, DetectionResults
+from .error_types import ERROR_TYPES
+from .segmentation import (SegmentationEvaluator, SegmentationInputError, SegmentationResults,
+                           segmentation_metrics_from_counts)
 
 __all__ = [
     "ALEXNET_CLEAN_ERROR", "ALEXNET_ERRORS", "ALEXNET_SEVERITY_ERRORS", "METRICS", "ClassificationEvaluator",
@@ -23,4 +28,7 @@ __all__ = [
     "mean_corruption_error", "mean_performance_under_corruption", "most_confused_pairs", "negative_log_likelihood",
     "per_class_metrics", "per_sample_brier", "per_sample_nll", "relative_mce", "relative_performance",
     "reliability_bins", "result_key", "robustness_summary", "top_confusions",
+    "DEFAULT_SIZE_BINS", "DetectionEvaluator", "DetectionEvaluatorError", "DetectionResults", "ERROR_TYPES",
+    "MatchTableError", "coco_metrics_from_matches",
+    "SegmentationEvaluator", "SegmentationInputError", "SegmentationResults", "segmentation_metrics_from_counts",
 ]
