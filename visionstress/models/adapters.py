@@ -8,10 +8,12 @@ that would silently corrupt metrics (wrong shape, NaN/inf), naming the model in 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionstress.models.data_config import DataConfig
@@ -23,6 +25,28 @@ class ClassifierOutput:
     """Raw class scores; softmax, top-k and calibration are the evaluator's business."""
 
     logits: Tensor  # [B, K] float32, on the adapter's device
+
+
+@dataclass
+class DetectorOutput:
+    """Per-image detections in the pixel frame of the images given to `predict`, labels already in
+    the dataset's category ids, so the evaluator never needs to know the model's numbering."""
+
+    boxes: list[Tensor]  # per image [M, 4] float32 xyxy, clipped to the image
+    scores: list[Tensor]  # [M] float32
+    labels: list[Tensor]  # [M] int64 dataset category ids
+
+
+@dataclass
+class SegmenterOutput:
+    """Per-pixel class scores at the resolution of the images given to `predict`."""
+
+    logits: Tensor  # [B, C, H, W] float32
+
+    @property
+    def labels(self) -> Tensor:
+        """[B, H, W] int64: the predicted class of each pixel."""
+        return self.logits.argmax(1)
 
 
 class ModelOutputError(RuntimeError):
@@ -43,26 +67,11 @@ class ClassifierAdapter:
         device: str | torch.device = "cpu",
         amp: bool = False,
     ) -> None:
-        if isinstance(model, LoadedModel):
-            self.spec = model.spec
-            fn, self._num_classes = model.module, model.num_classes
-        else:
-            is_module = isinstance(model, nn.Module)
-            self.spec = type(model).__name__ if is_module else getattr(model, "__name__", repr(model))
-            fn, self._num_classes = model, None
         self.device = torch.device(device)
-        if isinstance(fn, nn.Module):
-            fn = fn.to(self.device)
-            try:
-                fn.eval()
-            except NotImplementedError:  # torch.export modules keep the mode they were exported in
-                pass
-        self.model = fn
+        self.spec, self.model, self._num_classes = _unwrap(model, self.device)
         self.data_config = data_config
         self.amp = amp
-        shape = (1, 3, 1, 1)
-        self._mean = torch.tensor(data_config.mean, dtype=torch.float32, device=self.device).view(shape)
-        self._std = torch.tensor(data_config.std, dtype=torch.float32, device=self.device).view(shape)
+        self._pixels = _Pixels(data_config, self.device)
 
     @property
     def num_classes(self) -> int:
@@ -74,41 +83,16 @@ class ClassifierAdapter:
         return self._num_classes
 
     def predict(self, images: Tensor) -> ClassifierOutput:
-        x = self._normalise(images)
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            try:
-                out = self.model(x)
-            except torch.OutOfMemoryError:
-                raise  # callers may retry with a smaller batch; keep the type
-            except Exception as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise ModelOutputError(
-                    f"{self.spec}: the model failed on a batch of shape {list(x.shape)} "
-                    f"({type(exc).__name__}: {message}); check the data config's input_size"
-                ) from exc
-        return ClassifierOutput(self._check(out, images.shape[0]))
-
-    def _normalise(self, images: Tensor) -> Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{self.spec}: expected images [B, 3, H, W], got shape {list(images.shape)}")
+        _check_images(images, self.spec)
         if tuple(images.shape[-2:]) != self.data_config.input_size:
             raise ValueError(
                 f"{self.spec}: images are {images.shape[-2]}x{images.shape[-1]} but the data config's input_size "
                 f"is {self.data_config.input_size[0]}x{self.data_config.input_size[1]}; resize and crop first"
             )
-        x = images.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = x.to(torch.float32).div_(255.0)
-        elif x.is_floating_point():
-            x = x.to(torch.float32)
-        else:
-            raise ValueError(f"{self.spec}: images must be uint8 or float in [0, 1], got {x.dtype}")
-        if self.data_config.channel_order == "BGR":
-            x = x.flip(1)
-        return (x - self._mean) / self._std
+        x = self._pixels(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size")
+        return ClassifierOutput(self._check(out, images.shape[0]))
 
     def _check(self, out: object, batch: int) -> Tensor:
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
@@ -119,17 +103,269 @@ class ClassifierAdapter:
                 f"{self.spec}: expected logits of shape [{batch}, num_classes], got {list(logits.shape)}"
             )
         logits = logits.to(torch.float32)
-        finite = torch.isfinite(logits).all(dim=1)
-        if not bool(finite.all()):
+        _check_finite(logits, self.spec, self.amp, "logits")
+        self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image")
+        return logits
+
+
+class DetectorAdapter:
+    """Run a detector on full-resolution pixel batches and return validated per-image detections.
+
+    The torchvision convention by default: the model gets a list of CHW float images in [0, 1] and
+    resizes and normalises them itself (`data_config` None), returning one dict of boxes, scores and
+    labels per image in input pixels. Models with a raw batched output (YOLO-style `[B, N, 4+1+K]`)
+    are called on the batched tensor, and `postprocess(raw, images)` (the user's decoding and NMS)
+    must turn that into the same list of dicts. `label_map` translates model labels to dataset
+    category ids; detections whose label it lacks are dropped and counted in `unmapped`, because a
+    label the dataset does not have can only ever be a false positive of an unknown class.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module | Callable[..., Any],
+        *,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+        data_config: DataConfig | None = None,
+        postprocess: Callable[[Any, Tensor], Any] | None = None,
+        label_map: dict[int, int] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.spec, self.model, _ = _unwrap(model, self.device)
+        self.amp = amp
+        self.data_config = data_config
+        self.postprocess = postprocess
+        self.label_map = label_map
+        self.unmapped = 0  # predictions dropped because their label has no dataset category, over all batches
+        self._pixels = _Pixels(data_config, self.device)
+        self._lookup = None
+        if label_map is not None:
+            if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in label_map):
+                raise ValueError(f"{self.spec}: label_map keys must be non-negative integer model labels")
+            lookup = torch.full((max(label_map, default=0) + 1,), -1, dtype=torch.int64)
+            for label, category in label_map.items():
+                lookup[label] = category
+            self._lookup = lookup.to(self.device)
+
+    def predict(self, images: Tensor) -> DetectorOutput:
+        """`images` [B, 3, H, W], uint8 or float in [0, 1], at the resolution the boxes should be in."""
+        _check_images(images, self.spec)
+        x = self._pixels(images)
+        shape = f"a batch of shape {list(x.shape)}"
+        if self.postprocess is None:
+            out = _call(self.model, list(x), self.spec, self.amp, self.device, f"the model failed on {shape}")
+        else:
+            raw = _call(self.model, x, self.spec, self.amp, self.device, f"the model failed on {shape}")
+            postprocess = self.postprocess
+            out = _call(lambda r: postprocess(r, images), raw, self.spec, self.amp, self.device,
+                        f"postprocess failed on the model's output for {shape}")
+        return self._check(out, images.shape[0], images.shape[-2], images.shape[-1])
+
+    def _check(self, out: Any, batch: int, height: int, width: int) -> DetectorOutput:
+        if not isinstance(out, (list, tuple)) or len(out) != batch or not all(isinstance(d, Mapping) for d in out):
+            got = f"{type(out).__name__} of {len(out)}" if isinstance(out, (list, tuple)) else type(out).__name__
+            raise ModelOutputError(
+                f"{self.spec}: expected a list of {batch} dicts (boxes, scores, labels), one per image, got a {got}"
+            )
+        detections = [self._tensors(d, i) for i, d in enumerate(out)]
+        broken = sum(not (torch.isfinite(b).all() and torch.isfinite(s).all()) for b, s, _ in detections)
+        if broken:
             hint = " (bf16 autocast can overflow: try without --amp)" if self.amp else ""
             raise ModelOutputError(
-                f"{self.spec}: {int((~finite).sum())} of {batch} images got NaN or infinite logits{hint}"
+                f"{self.spec}: {broken} of {batch} images got NaN or infinite boxes or scores{hint}"
             )
-        width = logits.shape[1]
-        if self._num_classes is None:
-            self._num_classes = width
-        elif width != self._num_classes:
+        limit = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
+        result = DetectorOutput([], [], [])
+        dropped = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i, (boxes, scores, labels) in enumerate(detections):
+            inverted = int(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).sum())
+            if inverted:
+                raise ModelOutputError(
+                    f"{self.spec}: image {i} has {inverted} boxes with negative width or height; boxes must be "
+                    "xyxy (x1 <= x2, y1 <= y2) in input pixels"
+                )
+            boxes = boxes.clamp(min=0).minimum(limit)
+            if self._lookup is not None:
+                known = (labels >= 0) & (labels < len(self._lookup))
+                labels = torch.where(known, self._lookup[labels.clamp(0, len(self._lookup) - 1)], -1)
+                keep = labels >= 0
+                dropped += (~keep).sum()
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            result.boxes.append(boxes)
+            result.scores.append(scores)
+            result.labels.append(labels)
+        self.unmapped += int(dropped)
+        return result
+
+    def _tensors(self, d: Mapping[str, Any], i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's (boxes float32, scores float32, labels int64) on the device, shapes checked."""
+        missing = [k for k in ("boxes", "scores", "labels") if k not in d]
+        if missing:
             raise ModelOutputError(
-                f"{self.spec}: returned {width} logits per image, but the model has {self._num_classes} classes"
+                f"{self.spec}: image {i}'s detections have no {', '.join(missing)} "
+                f"(keys: {', '.join(map(str, d)) or 'none'}); expected boxes, scores and labels"
             )
+        boxes, scores, labels = d["boxes"], d["scores"], d["labels"]
+        if not all(isinstance(t, Tensor) for t in (boxes, scores, labels)):
+            raise ModelOutputError(f"{self.spec}: image {i}: boxes, scores and labels must be tensors")
+        m = boxes.shape[0] if boxes.ndim == 2 else -1
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or tuple(scores.shape) != (m,) or tuple(labels.shape) != (m,):
+            raise ModelOutputError(
+                f"{self.spec}: image {i}: expected boxes [M, 4], scores [M] and labels [M], got "
+                f"{list(boxes.shape)}, {list(scores.shape)} and {list(labels.shape)}"
+            )
+        if labels.is_floating_point():
+            if not bool((labels == labels.round()).all()):
+                raise ModelOutputError(f"{self.spec}: image {i}: labels must be whole class indices")
+        elif labels.dtype == torch.bool or labels.is_complex():
+            raise ModelOutputError(f"{self.spec}: image {i}: labels must be integers, got {labels.dtype}")
+        return (
+            boxes.to(self.device, torch.float32),
+            scores.to(self.device, torch.float32),
+            labels.to(self.device, torch.int64),
+        )
+
+
+class SegmenterAdapter:
+    """Normalise full-resolution pixel batches and return per-pixel logits at the input resolution.
+
+    Unlike classification, no input size is enforced: segmenters are fully convolutional and are
+    scored against masks at the image's own resolution. Outputs may be a tensor, a dict with "out"
+    (torchvision; "aux" is ignored) or an object with `.logits` (Hugging Face); logits at a lower
+    resolution are upsampled bilinearly, as those libraries do at evaluation.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module | Callable[[Tensor], Any],
+        data_config: DataConfig,
+        *,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.spec, self.model, known = _unwrap(model, self.device)
+        self._num_classes = num_classes if num_classes is not None else known
+        self.data_config = data_config
+        self.amp = amp
+        self._pixels = _Pixels(data_config, self.device)
+
+    @property
+    def num_classes(self) -> int:
+        """Output width; when neither the caller, the loader nor a previous batch told us, one grey
+        image of the data config's input size is run."""
+        if self._num_classes is None:
+            h, w = self.data_config.input_size
+            self.predict(torch.full((1, 3, h, w), 0.5, device=self.device))
+        assert self._num_classes is not None  # set by predict
+        return self._num_classes
+
+    def predict(self, images: Tensor) -> SegmenterOutput:
+        _check_images(images, self.spec)
+        x = self._pixels(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}")
+        return SegmenterOutput(self._check(out, images.shape[0], (images.shape[-2], images.shape[-1])))
+
+    def _check(self, out: Any, batch: int, size: tuple[int, int]) -> Tensor:
+        if isinstance(out, Tensor):
+            logits = out
+        elif isinstance(out, Mapping):
+            logits = out.get("out")
+        else:
+            logits = getattr(out, "logits", None)
+        if not isinstance(logits, Tensor):
+            got = f"a dict with keys {', '.join(map(str, out))}" if isinstance(out, Mapping) else type(out).__name__
+            raise ModelOutputError(
+                f"{self.spec}: expected logits [B, C, H, W], a dict with 'out' or an object with .logits; "
+                f"the model returned {got}"
+            )
+        if logits.ndim != 4 or logits.shape[0] != batch:
+            raise ModelOutputError(
+                f"{self.spec}: expected logits of shape [{batch}, num_classes, H, W], got {list(logits.shape)}"
+            )
+        logits = logits.to(torch.float32)
+        _check_finite(logits, self.spec, self.amp, "logits")
+        self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "class channels")
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
+
+
+class _Pixels:
+    """A pixel batch -> the model's input: float32 in [0, 1] on the device, then the data config's
+    channel order and mean/std (none of these when there is no data config: the model normalises)."""
+
+    def __init__(self, data_config: DataConfig | None, device: torch.device) -> None:
+        self.bgr = data_config is not None and data_config.channel_order == "BGR"
+        self.mean = self.std = None
+        if data_config is not None:
+            shape = (1, 3, 1, 1)
+            self.mean = torch.tensor(data_config.mean, dtype=torch.float32, device=device).view(shape)
+            self.std = torch.tensor(data_config.std, dtype=torch.float32, device=device).view(shape)
+        self.device = device
+
+    def __call__(self, images: Tensor) -> Tensor:
+        x = images.to(self.device, non_blocking=True)
+        x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+        if self.bgr:
+            x = x.flip(1)
+        if self.mean is not None and self.std is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def _unwrap(model: Any, device: torch.device) -> tuple[str, Any, int | None]:
+    """(name for messages, the callable moved to `device` in eval mode, class count the loader knows)."""
+    if isinstance(model, LoadedModel):
+        spec, fn, num_classes = model.spec, model.module, model.num_classes
+    else:
+        is_module = isinstance(model, nn.Module)
+        spec = type(model).__name__ if is_module else getattr(model, "__name__", repr(model))
+        fn, num_classes = model, None
+    if isinstance(fn, nn.Module):
+        fn = fn.to(device)
+        try:
+            fn.eval()
+        except NotImplementedError:  # torch.export modules keep the mode they were exported in
+            pass
+    return spec, fn, num_classes
+
+
+def _check_images(images: Tensor, spec: str) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{spec}: expected images [B, 3, H, W], got shape {list(images.shape)}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(f"{spec}: images must be uint8 or float in [0, 1], got {images.dtype}")
+
+
+def _call(fn: Callable[[Any], Any], arg: Any, spec: str, amp: bool, device: torch.device,
+          failure: str, hint: str = "") -> Any:
+    """`fn(arg)` in inference mode (bf16 autocast when `amp`); any failure but running out of memory
+    (callers may retry with a smaller batch) becomes a ModelOutputError that says `failure`."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        try:
+            return fn(arg)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelOutputError(f"{spec}: {failure} ({type(exc).__name__}: {message}){hint}") from exc
+
+
+def _check_finite(values: Tensor, spec: str, amp: bool, what: str) -> None:
+    finite = torch.isfinite(values.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        hint = " (bf16 autocast can overflow: try without --amp)" if amp else ""
+        raise ModelOutputError(
+            f"{spec}: {int((~finite).sum())} of {values.shape[0]} images got NaN or infinite {what}{hint}"
+        )
+
+
+def _class_width(known: int | None, width: int, spec: str, what: str) -> int:
+    """The first batch fixes the width when nobody said it; a later batch may not change it."""
+    if known is not None and width != known:
+        raise ModelOutputError(f"{spec}: returned {width} {what}, but the model has {known} classes")
+    return width

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,9 @@ class LoadedModel:
     exported in) or, for ONNX, a callable from a float tensor to logits. `path`/`sha256` identify the
     file the parameters came from (the weights file, or the model file itself); `format` says how it
     was read: safetensors, state_dict, random-init, python (a factory without weights),
-    torch.export, torchscript, pickle or onnx.
+    torch.export, torchscript, pickle or onnx. `categories` are the names of the model's output
+    indices when known (torchvision weights metadata when the head has the published size, or a
+    factory's `categories` attribute); label maps match them to a dataset's categories by name.
     """
 
     module: nn.Module | Callable[[Tensor], Tensor]
@@ -65,20 +67,36 @@ class LoadedModel:
     format: str
     data_config: DataConfig | None
     num_classes: int | None
+    categories: list[str] | None = None
+
+
+TASKS = ("classification", "detection", "segmentation")
 
 
 def load_model(
-    spec: str, weights: str | None = None, trust_model: bool = False, num_classes: int | None = None
+    spec: str,
+    weights: str | None = None,
+    trust_model: bool = False,
+    num_classes: int | None = None,
+    task: str = "classification",
 ) -> LoadedModel:
     """Load `spec`: `torchvision:NAME`, `timm:NAME`, `package.module:function`, or a model file path.
 
     `weights` (a state dict in .pth/.pt or .safetensors) applies to architectures and factories;
-    `num_classes` rebuilds the architecture's head for a fine-tuned checkpoint.
+    `num_classes` rebuilds the architecture's head for a fine-tuned checkpoint. `task` picks where
+    `torchvision:NAME` is looked up (torchvision.models, .detection or .segmentation); factories
+    and model files load the same way for every task.
     """
+    if task not in TASKS:
+        raise ModelLoadError(f"{spec}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     spec = spec.strip()
     if spec.startswith("torchvision:"):
+        if task != "classification":
+            return _load_torchvision_dense(spec, task, weights, trust_model, num_classes)
         return _load_torchvision(spec, weights, trust_model, num_classes)
     if spec.startswith("timm:"):
+        if task != "classification":
+            raise ModelLoadError(f"{spec}: timm models are classifiers; a {task} model needs torchvision: or a factory")
         return _load_timm(spec, weights, trust_model, num_classes)
     path = Path(spec).expanduser()
     if _FACTORY.match(spec) and not path.exists():
@@ -88,7 +106,7 @@ def load_model(
             raise ModelLoadError(
                 f"{spec}: --weights applies to an architecture or a factory, not to a model file"
             )
-        return _load_file(spec, path, trust_model, num_classes)
+        return _load_file(spec, path, trust_model, num_classes, task)
     raise ModelLoadError(f"{spec!r}: not a model spec; expected {_SPEC_FORMS}")
 
 
@@ -101,6 +119,12 @@ def _load_torchvision(spec: str, weights: str | None, trust: bool, num_classes: 
     name = spec.split(":", 1)[1]
     classifiers = tvm.list_models(module=tvm)
     if name not in classifiers:
+        for task, family in (("detection", tvm.detection), ("segmentation", tvm.segmentation)):
+            if name in tvm.list_models(module=family):
+                raise ModelLoadError(
+                    f"{spec}: {name} is not an image classification model in torchvision but a {task} "
+                    f"model; pass task={task!r} (--task {task})"
+                )
         if name in tvm.list_models():
             raise ModelLoadError(f"{spec}: {name} is not an image classification model in torchvision")
         hint = _did_you_mean(name, classifiers)
@@ -108,22 +132,118 @@ def _load_torchvision(spec: str, weights: str | None, trust: bool, num_classes: 
     default = tvm.get_model_weights(name).DEFAULT
     data_config = _torchvision_data_config(default.transforms)
     build = lambda n: tvm.get_model(name, weights=None, **({} if n is None else {"num_classes": n}))  # noqa: E731
-    return _finish_architecture(spec, build, weights, trust, data_config, num_classes,
-                                default_classes=len(default.meta["categories"]))
+    categories = list(default.meta["categories"])
+    loaded = _finish_architecture(spec, build, weights, trust, data_config, num_classes,
+                                  default_classes=len(categories))
+    loaded.categories = categories if loaded.num_classes == len(categories) else None
+    return loaded
+
+
+# Each family's classification-head weight: its rows are (anchors per location) x (classes), so
+# the class count of a checkpoint follows from the rows in the file and in a model of known width.
+_DENSE_CLASS_HEADS = (
+    "roi_heads.box_predictor.cls_score.weight",  # faster / mask R-CNN
+    "head.classification_head.cls_logits.weight",  # RetinaNet, FCOS
+    "head.classification_head.module_list.0.weight",  # SSD300
+    "head.classification_head.module_list.0.1.weight",  # SSDlite
+    "classifier.4.weight",  # DeepLabV3, FCN
+    "classifier.low_classifier.weight",  # LR-ASPP
+)
+
+
+def _load_torchvision_dense(
+    spec: str, task: str, weights: str | None, trust: bool, num_classes: int | None
+) -> LoadedModel:
+    """A torchvision detector or segmenter, built with no pretrained weights (nothing is downloaded)
+    and loaded from `weights`. The class count comes from the checkpoint's classification head, so a
+    fine-tuned model needs no --num-classes; a segmentation checkpoint with `aux_classifier.*` keys
+    gets the auxiliary head it was trained with. Detectors normalise their own input (data_config
+    None); segmenters get the mean/std of the weights' published transform."""
+    import torchvision.models as tvm
+
+    name = spec.split(":", 1)[1]
+    family = tvm.detection if task == "detection" else tvm.segmentation
+    names = [n for n in tvm.list_models(module=family) if not n.startswith("keypointrcnn")]
+    if name not in names:
+        if name.startswith("keypointrcnn"):
+            raise ModelLoadError(f"{spec}: keypoint detectors are not supported; use a box detector")
+        if name in tvm.list_models():
+            raise ModelLoadError(f"{spec}: {name} is not a {task} model in torchvision")
+        raise ModelLoadError(f"{spec}: unknown torchvision {task} model {name!r}{_did_you_mean(name, names)}")
+    default = tvm.get_model_weights(name).DEFAULT
+    categories = list(default.meta["categories"])
+    data_config = None if task == "detection" else _segmentation_data_config(default.transforms)
+
+    def build(n: int, aux: bool) -> nn.Module:
+        kwargs = {"weights": None, "weights_backbone": None, "num_classes": n}
+        if aux:
+            kwargs["aux_loss"] = True
+        try:
+            return tvm.get_model(name, **kwargs)
+        except Exception as exc:  # e.g. LR-ASPP refuses aux_loss
+            raise ModelLoadError(f"{spec}: torchvision cannot build {name} ({_first_line(exc)})") from exc
+
+    width = num_classes if num_classes is not None else len(categories)
+    if weights is None:
+        _warn_random_weights(spec)
+        module, path, sha, fmt = build(width, False), None, None, "random-init"
+    else:
+        state, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
+        path = str(weights)
+        aux = any(k.startswith("aux_classifier.") for k in state)
+        with torch.device("meta"):  # only shapes are needed: nothing is allocated or initialised
+            in_file = _dense_head_width(build(width, aux), state, width)
+        if in_file is not None and in_file != width:
+            if num_classes is not None:
+                raise ModelLoadError(
+                    f"{weights}: the checkpoint's classification head has {in_file} classes but "
+                    f"num_classes={num_classes}; pass --num-classes {in_file} or leave it out"
+                )
+            width = in_file
+        module = build(width, aux)
+        _apply_state_dict(module, state, spec, path)
+    known = categories if width == len(categories) else None  # the published names fit only the published head
+    return LoadedModel(module.eval(), spec, path, sha, fmt, data_config, width, known)
+
+
+def _dense_head_width(module: nn.Module, state: Mapping[str, Tensor], width: int) -> int | None:
+    """The class count of `state`'s classification head, `module` having `width` classes; None when
+    no known head key is in both or the shapes do not divide (then the strict load explains)."""
+    own = module.state_dict()
+    for key in _DENSE_CLASS_HEADS:
+        if key in own and key in state:
+            rows, file_rows = own[key].shape[0], state[key].shape[0]
+            anchors = rows // width
+            if rows % width or file_rows % anchors or own[key].shape[1:] != state[key].shape[1:]:
+                return None
+            return file_rows // anchors
+    return None
+
+
+def _segmentation_data_config(transforms: Any) -> DataConfig | None:
+    """mean/std/interpolation of torchvision's `SemanticSegmentation` preset. Segmenters see full-resolution
+    images and the adapter enforces no input size; `resize` (and the square `input_size`) record the
+    shorter side the weights were evaluated at."""
+    params = _preset_params(transforms)
+    if params is None or not params.get("resize_size"):
+        return None
+    side = params["resize_size"]
+    side = min(side) if isinstance(side, (list, tuple)) else int(side)
+    interpolation = params.get("interpolation")
+    return DataConfig(
+        input_size=(side, side),
+        resize=side,
+        interpolation=getattr(interpolation, "value", interpolation or "bilinear"),
+        mean=tuple(params["mean"]),
+        std=tuple(params["std"]),
+    )
 
 
 def _torchvision_data_config(transforms: Any) -> DataConfig | None:
     """The eval transform torchvision's weights were published with (`ImageClassification` preset),
     read from the `functools.partial` in the weights enum, so nothing is downloaded."""
-    if not isinstance(transforms, functools.partial):
-        return None
-    params = {
-        key: p.default
-        for key, p in inspect.signature(transforms.func).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    params.update(transforms.keywords)
-    if "crop_size" not in params or "resize_size" not in params:
+    params = _preset_params(transforms)
+    if params is None or "crop_size" not in params or "resize_size" not in params:
         return None
     interpolation = params.get("interpolation")
     resize = params["resize_size"]
@@ -134,6 +254,19 @@ def _torchvision_data_config(transforms: Any) -> DataConfig | None:
         mean=tuple(params["mean"]),
         std=tuple(params["std"]),
     )
+
+
+def _preset_params(transforms: Any) -> dict[str, Any] | None:
+    """The keyword arguments of a torchvision preset `functools.partial`, defaults included."""
+    if not isinstance(transforms, functools.partial):
+        return None
+    params = {
+        key: p.default
+        for key, p in inspect.signature(transforms.func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    params.update(transforms.keywords)
+    return params
 
 
 def _pair(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -200,10 +333,7 @@ def _finish_architecture(
     head at the checkpoint's width instead of failing."""
     module = build(num_classes)
     if weights is None:
-        warnings.warn(
-            f"{spec}: no --weights given, so the model has random weights and its scores mean nothing",
-            stacklevel=3,
-        )
+        _warn_random_weights(spec)
         width = num_classes if num_classes is not None else default_classes
         return LoadedModel(module.eval(), spec, None, None, "random-init", data_config, width)
     state_dict, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
@@ -214,6 +344,14 @@ def _finish_architecture(
     if num_classes is None:
         num_classes = default_classes
     return LoadedModel(module.eval(), spec, str(weights), sha, fmt, data_config, num_classes)
+
+
+def _warn_random_weights(spec: str) -> None:
+    """Allowed (tests and benchmarks use untrained models), but never silently."""
+    warnings.warn(
+        f"{spec}: no --weights given, so the model has random weights and its scores mean nothing",
+        stacklevel=4,
+    )
 
 
 def _head_width_if_only_head_differs(module: nn.Module, state: dict[str, Tensor]) -> int | None:
@@ -240,7 +378,9 @@ def _load_factory(spec: str, weights: str | None, trust: bool, num_classes: int 
 
     The current directory is importable for the import, as with `python -m` or uvicorn, so a factory
     in a local `models.py` works from the console script too. A returned module that carries a
-    `data_config` attribute (a DataConfig) supplies the preprocessing, like timm's pretrained_cfg.
+    `data_config` attribute (a DataConfig) supplies the preprocessing, like timm's pretrained_cfg;
+    a `categories` attribute (a list of names, one per output index) on the returned module or on
+    the factory's Python module names the classes.
     """
     module_name, attr = spec.split(":", 1)
     cwd = os.getcwd()
@@ -281,11 +421,20 @@ def _load_factory(spec: str, weights: str | None, trust: bool, num_classes: int 
     data_config = model.data_config if isinstance(getattr(model, "data_config", None), DataConfig) else None
     if num_classes is None and isinstance(getattr(model, "num_classes", None), int):
         num_classes = model.num_classes
+    categories = _category_names(getattr(model, "categories", None)) or _category_names(
+        getattr(py_module, "categories", None)
+    )
     if weights is None:
-        return LoadedModel(model.eval(), spec, None, None, "python", data_config, num_classes)
+        return LoadedModel(model.eval(), spec, None, None, "python", data_config, num_classes, categories)
     state_dict, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
     _apply_state_dict(model, state_dict, spec, weights)
-    return LoadedModel(model.eval(), spec, str(weights), sha, fmt, data_config, num_classes)
+    return LoadedModel(model.eval(), spec, str(weights), sha, fmt, data_config, num_classes, categories)
+
+
+def _category_names(value: Any) -> list[str] | None:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -387,12 +536,12 @@ def _apply_state_dict(module: nn.Module, state: dict[str, Tensor], spec: str, pa
 # --- model files ---------------------------------------------------------------------------------
 
 
-def _load_file(spec: str, path: Path, trust: bool, num_classes: int | None) -> LoadedModel:
+def _load_file(spec: str, path: Path, trust: bool, num_classes: int | None, task: str) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"{path}: model file not found")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return _load_onnx(spec, path, num_classes)
+        return _load_onnx(spec, path, num_classes, task)
     if suffix == ".safetensors":
         raise _weights_only_error(path)
     kind = _sniff(path)
@@ -476,7 +625,7 @@ def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
     return sorted(set(found)) or ["unknown globals"]
 
 
-def _load_onnx(spec: str, path: Path, num_classes: int | None) -> LoadedModel:
+def _load_onnx(spec: str, path: Path, num_classes: int | None, task: str) -> LoadedModel:
     try:
         import onnxruntime
     except ImportError:
@@ -491,7 +640,10 @@ def _load_onnx(spec: str, path: Path, num_classes: int | None) -> LoadedModel:
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelLoadError(f"{path}: expected one image input, the graph has {len(inputs)}")
-    width = session.get_outputs()[0].shape[-1]
+    # The class axis of the first output: last for logits, 1 for [B, C, H, W] masks; a detector's raw
+    # output packs boxes and scores on its last axis, so its width is not a class count.
+    shape = session.get_outputs()[0].shape
+    width = {"classification": shape[-1], "segmentation": shape[1] if len(shape) == 4 else None}.get(task)
     if num_classes is None and isinstance(width, int):
         num_classes = width
     return LoadedModel(_OnnxModel(session, inputs[0].name), spec, str(path), sha, "onnx", None, num_classes)
