@@ -156,9 +156,17 @@ def autocast_context(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def demo_arguments() -> dict[str, Any]:
-    """What `visionstress run` with no model and no data evaluates: the bundled demo."""
+def demo_arguments(task: str = "classification") -> dict[str, Any]:
+    """What `visionstress run` with no model and no data evaluates for `task`: the bundled demo (the same
+    images for all three tasks, with their class labels, COCO boxes or class-index masks)."""
     root = demo_dir()
+    if task == "detection":
+        return {"model": "visionstress.models.demo:tiny_detector", "weights": str(root / "detector.safetensors"),
+                "data": str(root / "val_instances.json"), "name": "demo-detection"}
+    if task == "segmentation":
+        return {"model": "visionstress.models.demo:tiny_segmenter", "weights": str(root / "segmenter.safetensors"),
+                "data": str(root / "val"), "masks": str(root / "val_masks"),
+                "class_names": str(root / "segmentation_classes.txt"), "name": "demo-segmentation"}
     return {
         "model": "visionstress.models.demo:tiny_classifier",
         "weights": str(root / "classifier.safetensors"),

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
+from visionstress.evaluators.classification import result_key
 from visionstress.engine import (
     CLEAN,
     Pass,
@@ -20,7 +25,7 @@ from visionstress.engine import (
     suite_passes,
 )
 
-TASKS = ("classification",)
+TASKS = ("classification", "detection", "segmentation")
 
 
 class RunError(ValueError):
@@ -49,19 +54,38 @@ def run(
     strict: bool = False,
     baseline: str | Path | None = None,
     bootstrap: int = 1000,
+    images: str | Path | None = None,
+    masks: str | Path | None = None,
+    ignore_index: int = 255,
+    canvas: tuple[int, int] | None = None,
+    label_map: str | Path | Mapping[int, int] | None = None,
+    postprocess: str | Callable[..., Any] | None = None,
+    score_threshold: float = 0.5,
+    size_bins: Mapping[str, tuple[float, float]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ):
     """Stress `model` on `data` with `suite`; returns the Scorecard and writes it under `out`.
 
-    With neither `model` nor `data`, runs the bundled demo (a tiny classifier on data/demo/shapes)
-    and writes reports/demo/. `progress(done, total)` is called after every pass of every batch.
+    With neither `model` nor `data`, runs the bundled demo for `task` (a tiny classifier, detector or
+    segmenter on data/demo/shapes) and writes reports/demo[-task]/. `progress(done, total)` is called
+    after every pass of every batch.
+
+    Detection: `data` is a COCO instances JSON (images under `images`, else beside it) or a folder
+    holding annotations.json; `label_map` maps model labels to dataset category ids (a file, a dict,
+    "coco80"; by default by category name when the model knows its names, else identity);
+    `postprocess` (a callable or "package.module:function") turns a raw model output into torchvision's
+    list of dicts; `canvas=(H, W)` letterboxes every image into one size and maps predictions back.
+    Segmentation: `data` is a folder with images/, masks/ and classes.txt, or give `images`, `masks` and
+    `class_names` separately; mask pixels equal to `ignore_index` are not scored.
     """
     if task not in TASKS:
         raise RunError(f"task {task!r} is not supported yet; supported: {', '.join(TASKS)}")
     name = None
     if model is None and data is None:
-        demo = demo_arguments()
+        demo = demo_arguments(task)
         model, weights, data, name = demo["model"], demo["weights"], demo["data"], demo["name"]
+        masks = demo.get("masks", masks)
+        class_names = demo.get("class_names", class_names)
     elif model is None or data is None:
         raise RunError("give both --model and --data, or neither to run the bundled demo")
     if batch_size < 1:
@@ -70,14 +94,25 @@ def run(
         raise RunError(f"--limit must be at least 1, got {limit}")
     if bootstrap < 0:
         raise RunError(f"--bootstrap must be 0 (no intervals) or more resamples, got {bootstrap}")
-    return _run_classification(
+    if not 0.0 <= score_threshold <= 1.0:
+        raise RunError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    if task != "detection" and (canvas or label_map or postprocess):
+        raise RunError("--canvas, --label-map and --postprocess apply to --task detection only")
+    common = dict(
         model=str(model), data=Path(data), suite_name=suite, weights=weights, trust_model=trust_model,
-        num_classes=num_classes,
-        data_config=data_config, overrides=dict(data_config_overrides or {}), class_names=class_names,
-        device=torch.device(device or default_device()), batch_size=batch_size, workers=workers, amp=amp,
-        limit=limit, seed=seed, out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, progress=progress,
-        name=name,
+        num_classes=num_classes, device=torch.device(device or default_device()), batch_size=batch_size,
+        workers=workers, amp=amp, limit=limit, seed=seed, out=out, strict=strict, bootstrap=bootstrap,
+        progress=progress, name=name,
     )
+    if task == "detection":
+        return _run_detection(**common, images=images, label_map=label_map, postprocess=postprocess,
+                              canvas=canvas, score_threshold=score_threshold, size_bins=size_bins)
+    if task == "segmentation":
+        return _run_segmentation(**common, images=images, masks=masks, class_names=class_names,
+                                 ignore_index=ignore_index, data_config=data_config,
+                                 overrides=dict(data_config_overrides or {}))
+    return _run_classification(**common, data_config=data_config, overrides=dict(data_config_overrides or {}),
+                               class_names=class_names, baseline=baseline)
 
 
 def _report_name(model: str, data: Path) -> str:
@@ -85,21 +120,86 @@ def _report_name(model: str, data: Path) -> str:
     return f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _prepare(suite_name: str, seed: int | None, out: str | Path | None, name: str | None, model: str, data: Path):
+    """The suite, its passes, the run's seed and the output folder (created)."""
+    from visionstress.suite import load_suite
+
+    suite = load_suite(suite_name)
+    run_seed = suite.seed if seed is None else int(seed)
+    out_dir = Path(out) if out is not None else Path("reports") / (name or _report_name(model, data))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return suite, run_seed, suite_passes(suite), out_dir
+
+
+def _stream(task: str, batches, passes: list[Pass], predict, score, *, device: torch.device, seed: int,
+            out_dir: Path, total: int, progress, on_batch) -> tuple[RunTiming, Path]:
+    """Run every pass on every batch, writing `score(pass, batch, prediction) -> (columns, paths)` to the
+    records as it goes; returns the timing and the records path."""
+    from visionstress.records import RecordWriter
+
+    timing = RunTiming()
+    records_path = out_dir / "records.parquet"
+    done = 0
+    with RecordWriter(records_path, task) as writer:
+        def consume(p: Pass, batch, prediction) -> None:
+            nonlocal done
+            columns, paths = score(p, batch, prediction)
+            writer.write(columns, perturbation=p.perturbation, family=p.family, severity=p.severity, paths=paths)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+
+        stream_passes(batches, passes, predict, consume, device, seed, timing, on_batch=on_batch)
+    return timing, records_path
+
+
+def _rows(metric_rows, passes: list[Pass]) -> list[dict[str, Any]]:
+    families = _families(passes)
+    return [{"perturbation": r.perturbation, "family": families.get(r.perturbation, r.perturbation),
+             "severity": r.severity, "metrics": r.metrics, "ci": {k: list(v) for k, v in r.ci.items()}}
+            for r in metric_rows]
+
+
+def _families(passes: list[Pass]) -> dict[str, str]:
+    return {p.perturbation: p.family for p in passes}
+
+
+def _scorecard(*, task: str, model: str, loaded, weights, dataset: dict[str, Any], suite, seed: int,
+               data_config: dict[str, Any], device: torch.device, rows, summaries, breakdowns, timing: RunTiming,
+               records_path: Path, out_dir: Path):
+    """Assemble, save (scorecard.json + summary.md + report.html) and return the run's Scorecard."""
+    from visionstress.scorecard import SCHEMA_VERSION, Scorecard, environment_info
+
+    card = Scorecard(
+        schema_version=SCHEMA_VERSION,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        task=task,
+        model={"spec": model, "path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
+               "weights": None if weights is None else str(weights)},
+        dataset=dataset,
+        suite=suite.to_dict(),
+        seed=seed,
+        data_config=data_config,
+        environment=environment_info(device),
+        results=rows,
+        summaries=summaries,
+        breakdowns=breakdowns,
+        timing=timing.as_dict(),
+        records_path=str(records_path.resolve()),
+    )
+    card.save(out_dir)
+    return card
+
+
 def _run_classification(*, model, data, suite_name, weights, trust_model, num_classes, data_config, overrides,
                         class_names, device, batch_size, workers, amp, limit, seed, out, strict, baseline,
                         bootstrap, progress, name):
     from visionstress.datasets import (ClassificationImages, dataset_fingerprint, iterate_batches,
                                        load_classification_samples, read_class_names)
-    from visionstress.evaluators import ClassificationEvaluator, robustness_summary
+    from visionstress.evaluators import ClassificationEvaluator
     from visionstress.models import ClassifierAdapter, load_model, resolve_data_config
-    from visionstress.records import RecordWriter
-    from visionstress.scorecard import SCHEMA_VERSION, Scorecard, environment_info
-    from visionstress.suite import load_suite
 
-    suite = load_suite(suite_name)
-    run_seed = suite.seed if seed is None else int(seed)
-    passes = suite_passes(suite)
-
+    suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
     loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
                         num_classes=num_classes)
     config, config_source = resolve_data_config(loaded.data_config,
@@ -120,20 +220,9 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
             f"with the model's {width} class names in index order"
         )
 
-    out_dir = Path(out) if out is not None else Path("reports") / (name or _report_name(model, data))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records_path = out_dir / "records.parquet"
     dataset = ClassificationImages(samples, config, strict=strict)
     evaluator = ClassificationEvaluator(len(class_list), class_list, bootstrap=bootstrap, seed=run_seed)
-    timing = RunTiming()
     skipped: list[Any] = []
-    total = len(samples) * len(passes)
-    done = 0
-
-    def predict(images: torch.Tensor):
-        with autocast_context(device, amp):
-            return adapter.predict(images)
-
     host: dict[str, Any] = {}  # the current batch's ids, labels and paths, copied to the host once
 
     def on_batch(batch, batch_skipped) -> None:
@@ -141,50 +230,246 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
         host["ids"], host["labels"] = batch.sample_ids.cpu(), batch.labels.cpu()
         host["paths"] = [samples[i].path for i in host["ids"].tolist()]
 
-    with RecordWriter(records_path) as writer:
-        def consume(p: Pass, batch, prediction) -> None:
-            nonlocal done
-            columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["labels"],
-                                       prediction.logits.float().cpu())
-            writer.write(columns, perturbation=p.perturbation, family=p.family, severity=p.severity,
-                         paths=host["paths"])
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+    def predict(images: torch.Tensor):
+        with autocast_context(device, amp):
+            return adapter.predict(images)
 
-        stream_passes(iterate_batches(dataset, batch_size, workers), passes, predict, consume, device, run_seed,
-                      timing, on_batch=on_batch)
+    def score(p: Pass, batch, prediction):
+        columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["labels"],
+                                   prediction.logits.float().cpu())
+        return columns, host["paths"]
+
+    timing, records_path = _stream("classification", iterate_batches(dataset, batch_size, workers), passes, predict,
+                                   score, device=device, seed=run_seed, out_dir=out_dir,
+                                   total=len(samples) * len(passes), progress=progress, on_batch=on_batch)
+    _check_read(timing, data, skipped)
+    results = evaluator.finalize()
+    rows = _rows(results.rows, passes)
+    return _scorecard(
+        task="classification", model=model, loaded=loaded, weights=weights,
+        dataset={"path": str(data), "fingerprint": dataset_fingerprint(samples, data),
+                 "num_samples": timing.images, "num_listed": len(samples), "num_classes": len(class_list),
+                 "class_names": list(class_list), "skipped": _skipped(skipped)},
+        suite=suite, seed=run_seed, data_config={**config.to_dict(), "source": config_source}, device=device,
+        rows=rows, summaries=_summaries(results.rows, _families(passes), suite.name, len(class_list), baseline),
+        breakdowns=_breakdowns(results), timing=timing, records_path=records_path, out_dir=out_dir,
+    )
+
+
+def _check_read(timing: RunTiming, data: Path, skipped: list[Any]) -> None:
     if timing.images == 0:
         raise RunError(f"{data}: no image could be read ({len(skipped)} skipped); see the reasons with --strict")
 
+
+def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
+    return [{"path": s.path, "reason": s.reason} for s in skipped]
+
+
+def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers, amp,
+                   limit, seed, out, strict, bootstrap, progress, name, images, label_map, postprocess, canvas,
+                   score_threshold, size_bins):
+    from visionstress.datasets import DetectionImages, iterate_detection_batches, load_coco_dataset
+    from visionstress.evaluators import DetectionEvaluator
+    from visionstress.models import DetectorAdapter, load_model, resolve_label_map
+
+    suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
+    dataset = load_coco_dataset(data, images)
+    if limit is not None:
+        dataset.samples = dataset.samples[:limit]
+    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
+                        num_classes=num_classes, task="detection")
+    mapping = resolve_label_map(label_map, dataset.categories, loaded.categories)
+    adapter = DetectorAdapter(loaded, device=device, amp=amp, data_config=loaded.data_config,
+                              postprocess=_callable(postprocess), label_map=mapping)
+    evaluator = DetectionEvaluator(dataset.categories, size_bins=size_bins, score_threshold=score_threshold,
+                                   bootstrap=bootstrap, seed=run_seed)
+    samples = dataset.samples
+    skipped: list[Any] = []
+    host: dict[str, Any] = {}
+
+    def on_batch(batch, info) -> None:
+        skipped.extend(info.skipped)
+        host["ids"] = batch.sample_ids.cpu()
+        host["paths"] = [samples[i].path for i in host["ids"].tolist()]
+        host["sizes"] = [(samples[i].height, samples[i].width) for i in host["ids"].tolist()]
+        host["scales"] = None if info.scales is None else info.scales.cpu()
+
+    def score(p: Pass, batch, prediction):
+        targets = [t.to("cpu") for t in batch.boxes]
+        prediction = _detections_to_host(prediction)
+        if host["scales"] is not None:  # letterboxed: back to the original image's pixels
+            targets, prediction = _unscale(targets, prediction, host["scales"])
+        columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["sizes"], targets, prediction)
+        return columns, host["paths"]
+
+    batches = iterate_detection_batches(DetectionImages(dataset, strict=strict), batch_size, workers, canvas=canvas)
+    timing, records_path = _stream("detection", batches, passes, adapter.predict, score, device=device,
+                                   seed=run_seed, out_dir=out_dir, total=len(samples) * len(passes),
+                                   progress=progress, on_batch=on_batch)
+    _check_read(timing, data, skipped)
     results = evaluator.finalize()
-    families = {p.perturbation: p.family for p in passes}
-    rows = [{"perturbation": r.perturbation, "family": families.get(r.perturbation, r.perturbation),
-             "severity": r.severity, "metrics": r.metrics, "ci": {k: list(v) for k, v in r.ci.items()}}
-            for r in results.rows]
-    summaries = _summaries(results.rows, families, suite.name, len(class_list), baseline)
-    card = Scorecard(
-        schema_version=SCHEMA_VERSION,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        task="classification",
-        model={"spec": model, "path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
-               "weights": None if weights is None else str(weights)},
-        dataset={"path": str(data), "fingerprint": dataset_fingerprint(samples, data),
-                 "num_samples": timing.images, "num_listed": len(samples), "num_classes": len(class_list),
-                 "class_names": list(class_list),
-                 "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]},
-        suite=suite.to_dict(),
-        seed=run_seed,
-        data_config={**config.to_dict(), "source": config_source},
-        environment=environment_info(device),
-        results=rows,
-        summaries=summaries,
-        breakdowns=_breakdowns(results),
-        timing=timing.as_dict(),
-        records_path=str(records_path.resolve()),
+    class_names = [c["name"] for c in dataset.categories]
+    worst = _worst_key(results.rows, "AP")
+    keep = {result_key(CLEAN, 0), worst} - {None}
+    return _scorecard(
+        task="detection", model=model, loaded=loaded, weights=weights,
+        dataset={"path": str(data), "fingerprint": _coco_fingerprint(dataset), "num_samples": timing.images,
+                 "num_listed": len(samples), "num_classes": len(class_names), "class_names": class_names,
+                 "category_ids": [int(c["id"]) for c in dataset.categories], "skipped": _skipped(skipped),
+                 "warnings": list(dataset.warnings)},
+        suite=suite, seed=run_seed,
+        data_config={"canvas": list(canvas) if canvas else None, "score_threshold": score_threshold,
+                     "label_map": None if mapping is None else {str(k): v for k, v in mapping.items()},
+                     "unmapped_predictions": adapter.unmapped,
+                     **({} if loaded.data_config is None else loaded.data_config.to_dict())},
+        device=device, rows=_rows(results.rows, passes),
+        summaries=robustness_summary_for(results.rows, _families(passes), "AP"),
+        breakdowns={"per_class_ap": results.per_class_ap, "size": results.size,
+                    "error_types": {k: v for k, v in results.error_types.items() if k in keep},
+                    "occlusion": results.occlusion},
+        timing=timing, records_path=records_path, out_dir=out_dir,
     )
-    card.save(out_dir)
-    return card
+
+
+def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers,
+                      amp, limit, seed, out, strict, bootstrap, progress, name, images, masks, class_names,
+                      ignore_index, data_config, overrides):
+    from visionstress.datasets import SegmentationImages, iterate_segmentation_batches, load_segmentation_dataset
+    from visionstress.evaluators import SegmentationEvaluator
+    from visionstress.models import SegmenterAdapter, load_model, resolve_data_config
+
+    suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
+    if masks is not None:  # --data is then the images folder
+        images = images or data
+        dataset = load_segmentation_dataset(images=images, masks=masks, class_names=class_names,
+                                            ignore_index=ignore_index)
+    else:
+        dataset = load_segmentation_dataset(data, images=images, class_names=class_names, ignore_index=ignore_index)
+    if limit is not None:
+        dataset.samples = dataset.samples[:limit]
+    num = len(dataset.class_names)
+    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
+                        num_classes=num_classes or num, task="segmentation")
+    config, config_source = resolve_data_config(loaded.data_config,
+                                                None if data_config is None else str(data_config), overrides)
+    adapter = SegmenterAdapter(loaded, config, device=device, amp=amp, num_classes=num)
+    evaluator = SegmentationEvaluator(num, dataset.class_names, ignore_index=dataset.ignore_index,
+                                      bootstrap=bootstrap, seed=run_seed)
+    samples = dataset.samples
+    skipped: list[Any] = []
+    host: dict[str, Any] = {}
+
+    def on_batch(batch, info) -> None:
+        skipped.extend(info.skipped)
+        host["ids"] = batch.sample_ids.cpu()
+        host["paths"] = [samples[i].image_path for i in host["ids"].tolist()]
+
+    def score(p: Pass, batch, prediction):
+        columns = evaluator.update(p.perturbation, p.severity, host["ids"], batch.masks, prediction)
+        return columns, host["paths"]
+
+    batches = iterate_segmentation_batches(SegmentationImages(dataset, strict=strict), batch_size, workers)
+    timing, records_path = _stream("segmentation", batches, passes, adapter.predict, score, device=device,
+                                   seed=run_seed, out_dir=out_dir, total=len(samples) * len(passes),
+                                   progress=progress, on_batch=on_batch)
+    _check_read(timing, data, skipped)
+    results = evaluator.finalize()
+    worst = _worst_key(results.rows, "mIoU")
+    keep = {result_key(CLEAN, 0), worst} - {None}
+    return _scorecard(
+        task="segmentation", model=model, loaded=loaded, weights=weights,
+        dataset={"path": str(data), "fingerprint": _segmentation_fingerprint(dataset),
+                 "num_samples": timing.images, "num_listed": len(samples), "num_classes": num,
+                 "class_names": list(dataset.class_names), "ignore_index": dataset.ignore_index,
+                 "skipped": _skipped(skipped)},
+        suite=suite, seed=run_seed, data_config={**config.to_dict(), "source": config_source}, device=device,
+        rows=_rows(results.rows, passes),
+        summaries=robustness_summary_for(results.rows, _families(passes), "mIoU"),
+        breakdowns={"per_class_iou": results.per_class_iou,
+                    "confusion": {k: v for k, v in results.confusion.items()
+                                  if k in keep and v.shape[0] <= _MAX_CONFUSION_CLASSES},
+                    "region_recall": results.region_recall},
+        timing=timing, records_path=records_path, out_dir=out_dir,
+    )
+
+
+def robustness_summary_for(rows, families: dict[str, str], metric: str) -> dict[str, Any]:
+    """mPC / rPC (Michaelis et al. 2019) in the task's main metric; summary keys are shared by all tasks."""
+    from visionstress.evaluators import robustness_summary
+
+    return robustness_summary(rows, families, metric)
+
+
+def _worst_key(rows, metric: str) -> str | None:
+    perturbed = [r for r in rows if r.severity > 0 and math.isfinite(r.metrics.get(metric, math.nan))]
+    if not perturbed:
+        return None
+    worst = min(perturbed, key=lambda r: r.metrics[metric])
+    return result_key(worst.perturbation, worst.severity)
+
+
+def _callable(spec: str | Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """A post-processing hook given as a callable or as "package.module:function"."""
+    if spec is None or callable(spec):
+        return spec
+    import importlib
+
+    module_name, _, attr = str(spec).partition(":")
+    if not attr:
+        raise RunError(f"--postprocess {spec!r}: expected package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RunError(f"--postprocess {spec!r}: cannot import it ({exc})") from None
+    if not callable(fn):
+        raise RunError(f"--postprocess {spec!r}: not a function")
+    return fn
+
+
+def _detections_to_host(prediction):
+    return replace(prediction, boxes=[b.float().cpu() for b in prediction.boxes],
+                   scores=[s.float().cpu() for s in prediction.scores],
+                   labels=[lab.cpu() for lab in prediction.labels])
+
+
+def _unscale(targets, prediction, scales: torch.Tensor):
+    """Letterboxed coordinates back to the original image's: boxes / scale, areas / scale²."""
+    moved = []
+    for t, s in zip(targets, scales.tolist()):
+        area = getattr(t, "area", None)
+        t = t.keep(torch.ones(len(t), dtype=torch.bool))
+        t.boxes = t.boxes / s
+        if area is not None:
+            t.area = t.area / (s * s)
+        moved.append(t)
+    boxes = [b / s for b, s in zip(prediction.boxes, scales.tolist())]
+    return moved, replace(prediction, boxes=boxes)
+
+
+def _coco_fingerprint(dataset) -> str:
+    """SHA-256 of the sorted (file name, its annotations) of the scored images: which images with which
+    boxes, independent of where the dataset lives or of id numbering."""
+    entries = []
+    for sample in dataset.samples:
+        anns = dataset.coco.imgToAnns.get(sample.image_id, [])
+        objects = sorted([int(a["category_id"]), [round(float(v), 2) for v in a["bbox"]], int(a.get("iscrowd", 0))]
+                         for a in anns)
+        entries.append(json.dumps([sample.path, objects]))
+    return _digest(entries)
+
+
+def _segmentation_fingerprint(dataset) -> str:
+    """SHA-256 of the sorted (image, mask, mask size in bytes) names and the class names."""
+    entries = [json.dumps([s.image_path, s.mask_path, (Path(dataset.masks_root) / s.mask_path).stat().st_size])
+               for s in dataset.samples]
+    return _digest(entries + [json.dumps(list(dataset.class_names))])
+
+
+def _digest(entries: list[str]) -> str:
+    digest = hashlib.sha256()
+    for entry in sorted(entries):
+        digest.update(entry.encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 def _output_width(adapter, config, device: torch.device) -> int:
@@ -202,8 +487,6 @@ hundreds of MB of JSON); the most-confused pairs are kept always."""
 def _breakdowns(results) -> dict[str, Any]:
     """Per-class metrics, confusion (clean and the worst cell), most-confused pairs and reliability
     bins; the scorecard converts numpy values when it saves."""
-    from visionstress.evaluators import result_key
-
     perturbed = [r for r in results.rows if r.severity > 0]
     worst = min(perturbed, key=lambda r: r.metrics["top1"]) if perturbed else None
     keep = [result_key(CLEAN, 0)] + ([] if worst is None else [result_key(worst.perturbation, worst.severity)])
