@@ -1,20 +1,32 @@
 """visionstress: find where a vision model breaks before its users do."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from visionstress.batch import Batch, ObjectTargets
+if TYPE_CHECKING:
+    from visionstress.batch import Batch, ObjectTargets
+    from visionstress.comparison import compare
+    from visionstress.runner import run
+    from visionstress.scorecard import Scorecard
 
 __version__ = "0.1.0"
-__all__ = ["Batch", "ObjectTargets", "Scorecard", "run", "__version__"]
+__all__ = ["Batch", "ObjectTargets", "Scorecard", "compare", "run", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    # The run machinery pulls in the whole perturbation catalogue, datasets and evaluators; load it
-    # on first use so `import visionstress` stays cheap.
+    # Everything public pulls in torch (and the run machinery the whole perturbation catalogue); load
+    # it on first use so `import visionstress` stays cheap, e.g. for the pytest plugin at `pytest --help`.
+    if name in ("Batch", "ObjectTargets"):
+        from visionstress import batch
+
+        return getattr(batch, name)
     if name == "run":
         from visionstress.runner import run
 
         return run
+    if name == "compare":
+        from visionstress.comparison import compare
+
+        return compare
     if name == "Scorecard":
         from visionstress.scorecard import Scorecard
 
