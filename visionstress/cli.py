@@ -114,7 +114,22 @@ def run_command(
                                         "or a .pt2 / TorchScript / .onnx file. Omit with --data to run the bundled demo."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="ImageFolder directory, or a .csv/.json list of path,label."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="State dict (.pth/.pt/.safetensors), loaded with weights_only."),
-    task: str = typer.Option("classification", help="classification (detection and segmentation come next)."),
+    task: str = typer.Option("classification", help="classification, detection or segmentation."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Detection: images root of a COCO JSON (default: "
+                                          "beside it). Segmentation: the images folder."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Segmentation: folder of class-index mask PNGs "
+                                         "(same stems as the images)."),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="Segmentation: mask value that is not scored."),
+    canvas: Optional[str] = typer.Option(None, "--canvas", help="Detection: letterbox every image into HxW "
+                                         "(e.g. 640x640); predictions are mapped back."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help="Detection: model label -> dataset category "
+                                            "id (JSON/YAML file, 'coco80' or 'identity'; default: by name)."),
+    postprocess: Optional[str] = typer.Option(None, "--postprocess", help="Detection: package.module:function "
+                                              "turning the raw model output into torchvision's list of dicts."),
+    score_threshold: float = typer.Option(0.5, "--score-threshold", help="Detection: score for false detections "
+                                          "per image and miss rate."),
+    size_bin: list[str] = typer.Option([], "--size-bin", help="Detection: extra object-size bin NAME=MIN:MAX "
+                                       "in px² (e.g. tiny=0:256); repeatable."),
     suite: str = typer.Option("default", "--suite", "-s", help="Preset (quick, default, imagenet-c) or a YAML/TOML suite file."),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help="One class name per line, in model index order."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Build the architecture with this many outputs."),
@@ -164,7 +179,10 @@ def run_command(
                        num_classes=num_classes,
                        data_config=data_config, data_config_overrides=overrides, class_names=class_names,
                        device=device, batch_size=batch_size, workers=workers, amp=amp, limit=limit, seed=seed,
-                       out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, progress=progress)
+                       out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, images=images, masks=masks,
+                       ignore_index=ignore_index, canvas=_parse_canvas(canvas), label_map=label_map,
+                       postprocess=postprocess, score_threshold=score_threshold,
+                       size_bins=_parse_size_bins(size_bin), progress=progress)
         except KeyboardInterrupt:
             _fail("interrupted; the records written so far are in the output directory's records.parquet")
         except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
@@ -172,44 +190,164 @@ def run_command(
     _print_summary(card)
 
 
+def _parse_canvas(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        _fail(f"--canvas {text!r}: expected HEIGHTxWIDTH, e.g. 640x640")
+    if height < 16 or width < 16:
+        _fail(f"--canvas {text!r}: both sides must be at least 16 pixels")
+    return height, width
+
+
+def _parse_size_bins(specs: list[str]) -> dict[str, tuple[float, float]] | None:
+    bins: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        name, _, bounds = spec.partition("=")
+        low, _, high = bounds.partition(":")
+        try:
+            lo, hi = float(low), float(high)
+        except ValueError:
+            _fail(f"--size-bin {spec!r}: expected NAME=MIN:MAX in px², e.g. tiny=0:256")
+        if not name.isidentifier() or not 0 <= lo < hi:
+            _fail(f"--size-bin {spec!r}: needs a name (letters, digits, _) and 0 <= MIN < MAX")
+        bins[name] = (lo, hi)
+    return bins or None
+
+
+_SECOND_METRIC = {"classification": "flip_rate", "detection": "miss_rate", "segmentation": "pixel_accuracy"}
+"""The column printed beside the main metric's severities: what else a reader looks at first."""
+
+
+@app.command("report")
+def report_command(
+    path: Path = typer.Argument(..., help="A scorecard.json, or the report folder holding one."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.html (default: beside the scorecard)."),
+) -> None:
+    """Write the self-contained HTML report (report.html) of a scorecard."""
+    from visionstress.report import write_report
+
+    try:
+        target = write_report(path, out)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"report: {target}", highlight=False)
+
+
 def _print_summary(card) -> None:
-    """Headline, then top-1 per perturbation x severity (one row per perturbation), then the worst cells."""
+    """Headline, then the task's main metric per perturbation x severity (one row per perturbation)."""
+    from visionstress.scorecard import MAIN_METRIC
+
+    metric, second = MAIN_METRIC[card.task], _SECOND_METRIC[card.task]
     clean = next(r for r in card.results if r["perturbation"] == "clean")
-    interval = clean["ci"].get("top1")
+    interval = clean["ci"].get(metric)
     summary = card.summaries or {}
     console.print(f"[bold]{card.model['spec']}[/] on {card.dataset['path']} ({card.dataset['num_samples']} images, "
-                  f"suite {card.suite['name']})", highlight=False)
-    line = f"clean top-1 {clean['metrics']['top1']:.3f}"
-    if interval:
+                  f"{card.task}, suite {card.suite['name']})", highlight=False)
+    line = f"clean {metric} {clean['metrics'][metric]:.3f}"
+    if interval and None not in interval:
         line += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
-    for key, label in (("mean_accuracy_under_perturbation", "mean under perturbation"),
-                       ("relative_robustness", "relative robustness"), ("mce", "mCE")):
+    for key, label in (("mean_accuracy_under_perturbation", "mean under perturbation (mPC)"),
+                       ("relative_robustness", "relative (rPC)"), ("mce", "mCE")):
         value = summary.get(key)
         if isinstance(value, (int, float)):
             line += f" · {label} {value:.3f}"
     console.print(line, highlight=False)
     severities = sorted({r["severity"] for r in card.results if r["severity"] > 0})
-    table = Table(title="top-1 by perturbation and severity")
+    table = Table(title=f"{metric} by perturbation and severity")
     table.add_column("perturbation")
     table.add_column("family")
     for severity in severities:
         table.add_column(f"s{severity}", justify="right")
-    table.add_column("flip rate (mean)", justify="right")
+    table.add_column(f"{second} (mean)", justify="right")
     by_name: dict[str, dict[int, dict]] = {}
     for row in card.results:
         if row["perturbation"] != "clean":
             by_name.setdefault(row["perturbation"], {})[row["severity"]] = row
     for name, rows in by_name.items():
         family = next(iter(rows.values()))["family"]
-        cells = [f"{rows[s]['metrics']['top1']:.3f}" if s in rows else "" for s in severities]
-        flips = [r["metrics"].get("flip_rate") for r in rows.values()]
-        flips = [f for f in flips if isinstance(f, float) and f == f]
-        table.add_row(name, family, *cells, f"{sum(flips) / len(flips):.3f}" if flips else "-")
+        cells = [f"{rows[s]['metrics'][metric]:.3f}" if s in rows else "" for s in severities]
+        values = [r["metrics"].get(second) for r in rows.values()]
+        values = [v for v in values if isinstance(v, float) and v == v]
+        table.add_row(name, family, *cells, f"{sum(values) / len(values):.3f}" if values else "-")
     console.print(table)
     skipped = card.dataset.get("skipped") or []
     if skipped:
         console.print(f"[yellow]{len(skipped)} unreadable file(s) skipped[/] (listed in the scorecard)")
     console.print(f"scorecard: {Path(card.records_path).parent / 'scorecard.json'}", highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    reference: Path = typer.Argument(..., help="The reference scorecard (scorecard.json or its report folder)."),
+    candidates: list[Path] = typer.Argument(..., help="One or more scorecards, each compared with the reference."),
+    fail_on: list[str] = typer.Option([], "--fail-on", help="Gate METRIC\\[@PERTURBATION\\[/SEVERITY]]:THRESHOLD, e.g. "
+                                      "top1:-1pp, ece@fog:+2pp, AP@*blur:-2%, top1@summary:-1pp; repeatable. "
+                                      "Exit code 1 when a significant change passes a threshold."),
+    force: bool = typer.Option(False, "--force", help="Compare the shared cells of scorecards with different "
+                               "datasets, suites or seeds instead of refusing."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level after the Holm adjustment."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples (0: McNemar tests only)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resamples."),
+    show_all: bool = typer.Option(False, "--all", help="Show every cell, not only clean, summaries and the cells "
+                                  "that changed significantly or failed a gate."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the comparison as Markdown."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write the comparison as a self-contained HTML page."),
+) -> None:
+    """Compare scorecards cell by cell with paired tests; exit 1 when a --fail-on gate fails."""
+    import json
+    import warnings
+
+    from visionstress.comparison import CompareWarning, ComparisonSet, compare, display_rows, gate_lines, model_label
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CompareWarning)  # the notes are printed below
+            result = compare(reference, *candidates, gates=fail_on, force=force, alpha=alpha, bootstrap=bootstrap,
+                             seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    comparisons = result.comparisons if isinstance(result, ComparisonSet) else [result]
+    for comparison in comparisons:
+        console.print(Text.assemble(("candidate ", "bold"), model_label(comparison.candidate),
+                                    f" ({comparison.candidate_source})", ("  vs  reference ", "bold"),
+                                    model_label(comparison.reference), f" ({comparison.reference_source})"))
+        for line in comparison.differences:
+            err_console.print(Text.assemble(("compared despite: ", "yellow"), line), soft_wrap=True)
+        for line in comparison.notes:
+            err_console.print(Text.assemble(("note: ", "yellow"), line), soft_wrap=True)
+        table = Table(title=None if show_all else "clean, summaries, and significant or gated changes")
+        for column, justify in (("cell", "left"), ("metric", "left"), ("old", "right"), ("new", "right"),
+                                ("delta", "right"), ("p (Holm)", "right"), ("significant", "center"),
+                                ("gate", "left")):
+            table.add_column(column, justify=justify)
+        for row in display_rows(comparison, show_all):
+            name = row.perturbation if row.kind == "summary" or row.perturbation == "clean" else \
+                f"{row.perturbation}@{row.severity}"
+            style = {"better": "green", "worse": "red"}.get(row.tone, "")
+            table.add_row(Text(name), Text(row.metric), Text(row.old), Text(row.new), Text(row.delta, style=style),
+                          Text(row.p_adjusted), Text(row.significant, style=style), Text(row.gate, style="bold red"))
+        console.print(table)
+        for line in gate_lines(comparison):
+            console.print(Text(line, style="green" if line.startswith("PASS") else "bold red"), soft_wrap=True)
+    try:
+        if markdown is not None:
+            markdown.parent.mkdir(parents=True, exist_ok=True)
+            markdown.write_text(result.to_markdown(show_all), encoding="utf-8")
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        if html is not None:
+            html.parent.mkdir(parents=True, exist_ok=True)
+            html.write_text(result.to_html(), encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write the comparison: {exc}")
+    if not result.passed:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,15 @@ SCORECARD_FILE = "scorecard.json"
 SUMMARY_FILE = "summary.md"
 CLEAN = "clean"
 
-MAIN_METRIC = {"classification": "top1"}
+MAIN_METRIC = {"classification": "top1", "detection": "AP", "segmentation": "mIoU"}
 """The metric the Markdown summary tabulates, per task (higher is better for each)."""
 
-_FRACTION_METRICS = frozenset({"top1", "top5", "macro_f1", "balanced_accuracy", "ece", "flip_rate"})
+_FRACTION_METRICS = frozenset({
+    "top1", "top5", "macro_f1", "balanced_accuracy", "ece", "flip_rate",
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "miss_rate",
+    "mIoU", "pixel_accuracy", "mDice", "boundary_f1", "region_recall_small", "region_recall_medium",
+    "region_recall_large",
+})
 _HEADLINE_SUMMARIES = frozenset({"clean_accuracy", "mean_accuracy_under_perturbation", "relative_robustness"})
 """Summaries the headline already states (computed from the rows), so they are not listed twice."""
 _SKIPPED_SHOWN = 20
