@@ -11,9 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 
 from visionstress.evaluators.classification import result_key
+from visionstress.gallery import Boxes, FailureGallery, LabelMap
 from visionstress.engine import (
     CLEAN,
     Pass,
@@ -62,6 +64,7 @@ def run(
     postprocess: str | Callable[..., Any] | None = None,
     score_threshold: float = 0.5,
     size_bins: Mapping[str, tuple[float, float]] | None = None,
+    gallery: int = 12,
     progress: Callable[[int, int], None] | None = None,
 ):
     """Stress `model` on `data` with `suite`; returns the Scorecard and writes it under `out`.
@@ -77,6 +80,7 @@ def run(
     list of dicts; `canvas=(H, W)` letterboxes every image into one size and maps predictions back.
     Segmentation: `data` is a folder with images/, masks/ and classes.txt, or give `images`, `masks` and
     `class_names` separately; mask pixels equal to `ignore_index` are not scored.
+    `gallery` is how many of the worst failures are kept as clean/perturbed thumbnails for the report.
     """
     if task not in TASKS:
         raise RunError(f"task {task!r} is not supported yet; supported: {', '.join(TASKS)}")
@@ -102,7 +106,7 @@ def run(
         model=str(model), data=Path(data), suite_name=suite, weights=weights, trust_model=trust_model,
         num_classes=num_classes, device=torch.device(device or default_device()), batch_size=batch_size,
         workers=workers, amp=amp, limit=limit, seed=seed, out=out, strict=strict, bootstrap=bootstrap,
-        progress=progress, name=name,
+        progress=progress, name=name, gallery_size=gallery,
     )
     if task == "detection":
         return _run_detection(**common, images=images, label_map=label_map, postprocess=postprocess,
@@ -188,12 +192,15 @@ def _scorecard(*, task: str, model: str, loaded, weights, dataset: dict[str, Any
         records_path=str(records_path.resolve()),
     )
     card.save(out_dir)
+    from visionstress.report import write_report
+
+    write_report(card, out_dir)
     return card
 
 
 def _run_classification(*, model, data, suite_name, weights, trust_model, num_classes, data_config, overrides,
                         class_names, device, batch_size, workers, amp, limit, seed, out, strict, baseline,
-                        bootstrap, progress, name):
+                        bootstrap, progress, name, gallery_size):
     from visionstress.datasets import (ClassificationImages, dataset_fingerprint, iterate_batches,
                                        load_classification_samples, read_class_names)
     from visionstress.evaluators import ClassificationEvaluator
@@ -234,9 +241,22 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
         with autocast_context(device, amp):
             return adapter.predict(images)
 
+    gallery = FailureGallery(size=gallery_size)
+
     def score(p: Pass, batch, prediction):
         columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["labels"],
                                    prediction.logits.float().cpu())
+        correct, confidence = np.asarray(columns["correct"], bool), np.asarray(columns["confidence"], np.float64)
+        if p.perturbation == CLEAN:
+            host["clean_images"], host["clean_correct"] = batch.images, correct
+        else:  # a failure: right on the clean image, wrong here; the more confident, the worse
+            def caption(i: int) -> str:
+                label, predicted = int(columns["label"][i]), int(columns["prediction"][i])
+                return f"{class_list[label]} → {class_list[predicted]} ({100 * confidence[i]:.0f}% confident)"
+
+            gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
+                          paths=_relative(host["paths"], data), scores=torch.from_numpy(confidence * (host["clean_correct"] & ~correct)),
+                          clean_images=host["clean_images"], perturbed_images=batch.images, captions=caption)
         return columns, host["paths"]
 
     timing, records_path = _stream("classification", iterate_batches(dataset, batch_size, workers), passes, predict,
@@ -252,8 +272,41 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
                  "class_names": list(class_list), "skipped": _skipped(skipped)},
         suite=suite, seed=run_seed, data_config={**config.to_dict(), "source": config_source}, device=device,
         rows=rows, summaries=_summaries(results.rows, _families(passes), suite.name, len(class_list), baseline),
-        breakdowns=_breakdowns(results), timing=timing, records_path=records_path, out_dir=out_dir,
+        breakdowns={**_breakdowns(results), "gallery": gallery.save(out_dir)}, timing=timing,
+        records_path=records_path, out_dir=out_dir,
     )
+
+
+def _relative(paths: list[str], root: Path) -> list[str]:
+    """Paths as the gallery captions show them: relative to the dataset root when inside it."""
+    out = []
+    for path in paths:
+        try:
+            out.append(Path(path).relative_to(root).as_posix())
+        except ValueError:
+            out.append(str(path))
+    return out
+
+
+def _f1(columns: dict[str, Any]) -> np.ndarray:
+    """Per-image F1 at the score threshold (IoU 0.5): 1 for an image with nothing to find and nothing found."""
+    tp, fp, fn = (np.asarray(columns[k], np.float64) for k in ("tp", "fp", "fn"))
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.ones_like(tp), where=denominator > 0)
+
+
+def _box_overlays(targets, prediction, names: dict[int, str], threshold: float, scales):
+    """Gallery overlays for image i: its ground truth (green) and its detections above the threshold (red),
+    in the batch's pixels (letterboxed ones scaled back onto the canvas)."""
+    def overlays(i: int):
+        scale = 1.0 if scales is None else float(scales[i])
+        keep = prediction.scores[i] >= threshold
+        return [Boxes(targets[i].boxes * scale, [names.get(int(c), str(int(c))) for c in targets[i].labels]),
+                Boxes(prediction.boxes[i][keep] * scale,
+                      [names.get(int(c), str(int(c))) for c in prediction.labels[i][keep]],
+                      scores=prediction.scores[i][keep])]
+
+    return overlays
 
 
 def _check_read(timing: RunTiming, data: Path, skipped: list[Any]) -> None:
@@ -267,7 +320,7 @@ def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
 
 def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers, amp,
                    limit, seed, out, strict, bootstrap, progress, name, images, label_map, postprocess, canvas,
-                   score_threshold, size_bins):
+                   score_threshold, size_bins, gallery_size):
     from visionstress.datasets import DetectionImages, iterate_detection_batches, load_coco_dataset
     from visionstress.evaluators import DetectionEvaluator
     from visionstress.models import DetectorAdapter, load_model, resolve_label_map
@@ -284,6 +337,8 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
     evaluator = DetectionEvaluator(dataset.categories, size_bins=size_bins, score_threshold=score_threshold,
                                    bootstrap=bootstrap, seed=run_seed)
     samples = dataset.samples
+    names = {int(c["id"]): str(c["name"]) for c in dataset.categories}
+    gallery = FailureGallery(size=gallery_size)
     skipped: list[Any] = []
     host: dict[str, Any] = {}
 
@@ -300,6 +355,23 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
         if host["scales"] is not None:  # letterboxed: back to the original image's pixels
             targets, prediction = _unscale(targets, prediction, host["scales"])
         columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["sizes"], targets, prediction)
+        f1 = _f1(columns)
+        if p.perturbation == CLEAN:
+            host["clean"] = (batch.images, targets, prediction, f1)
+        else:  # a failure: the image's F1 at the score threshold dropped from the clean pass
+            clean_images, clean_targets, clean_prediction, clean_f1 = host["clean"]
+
+            def caption(i: int) -> str:
+                return (f"F1@0.5 {clean_f1[i]:.2f} → {f1[i]:.2f} ({columns['fn'][i]} missed, "
+                        f"{columns['fp'][i]} false)")
+
+            gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
+                          paths=host["paths"], scores=torch.from_numpy(clean_f1 - f1),
+                          clean_images=clean_images, perturbed_images=batch.images, captions=caption,
+                          clean_overlays=_box_overlays(clean_targets, clean_prediction, names, score_threshold,
+                                                       host["scales"]),
+                          perturbed_overlays=_box_overlays(targets, prediction, names, score_threshold,
+                                                           host["scales"]))
         return columns, host["paths"]
 
     batches = iterate_detection_batches(DetectionImages(dataset, strict=strict), batch_size, workers, canvas=canvas)
@@ -326,14 +398,14 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
         summaries=robustness_summary_for(results.rows, _families(passes), "AP"),
         breakdowns={"per_class_ap": results.per_class_ap, "size": results.size,
                     "error_types": {k: v for k, v in results.error_types.items() if k in keep},
-                    "occlusion": results.occlusion},
+                    "occlusion": results.occlusion, "gallery": gallery.save(out_dir)},
         timing=timing, records_path=records_path, out_dir=out_dir,
     )
 
 
 def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers,
                       amp, limit, seed, out, strict, bootstrap, progress, name, images, masks, class_names,
-                      ignore_index, data_config, overrides):
+                      ignore_index, data_config, overrides, gallery_size):
     from visionstress.datasets import SegmentationImages, iterate_segmentation_batches, load_segmentation_dataset
     from visionstress.evaluators import SegmentationEvaluator
     from visionstress.models import SegmenterAdapter, load_model, resolve_data_config
@@ -364,8 +436,25 @@ def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_clas
         host["ids"] = batch.sample_ids.cpu()
         host["paths"] = [samples[i].image_path for i in host["ids"].tolist()]
 
+    gallery = FailureGallery(size=gallery_size)
+
     def score(p: Pass, batch, prediction):
         columns = evaluator.update(p.perturbation, p.severity, host["ids"], batch.masks, prediction)
+        miou = np.nan_to_num(np.asarray(columns["miou"], np.float64), nan=0.0)
+        labels = prediction.labels
+        if p.perturbation == CLEAN:
+            host["clean"] = (batch.images, labels, miou)
+        else:  # a failure: the image's own mIoU dropped from the clean pass
+            clean_images, clean_labels, clean_miou = host["clean"]
+
+            def caption(i: int) -> str:
+                return f"image mIoU {clean_miou[i]:.2f} → {miou[i]:.2f}"
+
+            gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
+                          paths=_relative(host["paths"], dataset.images_root), scores=torch.from_numpy(clean_miou - miou),
+                          clean_images=clean_images, perturbed_images=batch.images, captions=caption,
+                          clean_overlays=lambda i: [LabelMap(clean_labels[i], dataset.ignore_index)],
+                          perturbed_overlays=lambda i: [LabelMap(labels[i], dataset.ignore_index)])
         return columns, host["paths"]
 
     batches = iterate_segmentation_batches(SegmentationImages(dataset, strict=strict), batch_size, workers)
@@ -388,7 +477,7 @@ def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_clas
         breakdowns={"per_class_iou": results.per_class_iou,
                     "confusion": {k: v for k, v in results.confusion.items()
                                   if k in keep and v.shape[0] <= _MAX_CONFUSION_CLASSES},
-                    "region_recall": results.region_recall},
+                    "region_recall": results.region_recall, "gallery": gallery.save(out_dir)},
         timing=timing, records_path=records_path, out_dir=out_dir,
     )
 
