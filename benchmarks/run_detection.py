@@ -33,7 +33,7 @@ def synthetic_coco(root: Path, images: int, size: int, categories: int = 10) -> 
     for i in range(images):
         base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
         Image.fromarray(base).resize((size, size), Image.BILINEAR).save(root / "images" / f"{i}.jpg", quality=90)
-        entries.append({"id": i + 1, "file_name": f"{i}.jpg", "width": size, "height": size})
+        entries.append({"id": i + 1, "file_name": f"images/{i}.jpg", "width": size, "height": size})
         for _ in range(int(rng.integers(1, 7))):
             w, h = rng.uniform(8, size / 2, 2)
             x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)

@@ -115,6 +115,7 @@ class TinyDetector(nn.Module):
     class's heatmap at its box centre, with the box size and the centre's sub-cell offset regressed
     there. No anchors and no NMS (peaks are local maxima), which keeps it small and exact to decode."""
 
+    data_config = None  # no preprocessing to ask for: it takes pixels in [0, 1] and normalises itself
     stride = 4
     top_k = 20
     score_threshold = 0.05
@@ -174,20 +175,19 @@ class TinyDetector(nn.Module):
 
 
 def tiny_detector(num_classes: int = 6) -> nn.Module:
-    """The demo detector (~285k parameters): takes images in [0, 1] (a list of CHW tensors or one
+    """The demo detector (~300k parameters): takes images in [0, 1] (a list of CHW tensors or one
     [B, 3, H, W] tensor, any size), normalises them itself like torchvision's detectors, and returns
     torchvision-style detections. Trained by data/train_demo_dense.py."""
-    model = TinyDetector(num_classes)
-    model.data_config = None
-    return model
+    return TinyDetector(num_classes)
 
 
 class TinySegmenter(nn.Module):
     """A small U-Net: the _Encoder's four stages, decoded back to stride 2 through skip connections,
     then a last convolution at full resolution that also sees the input, so edges are placed by the
-    pixels themselves rather than by upsampling. The deepest features also get the image's global
-    average and max (ParseNet's image-level context): which shape a pixel belongs to is decided by
-    the whole object, which local convolutions on a large object do not see."""
+    pixels themselves rather than by upsampling. Every pixel's logits also get image-level class
+    logits from the deepest features' global average and max (like ParseNet's global context): which
+    shape a pixel belongs to is decided by the whole object, which local convolutions on a large object
+    do not see. That prior is one per image, which suits the one-object demo images."""
 
     def __init__(self, num_classes: int = 7) -> None:
         super().__init__()
