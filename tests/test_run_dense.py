@@ -1,0 +1,228 @@
+"""Detection and segmentation end to end: targets that move with the pixels, metrics equal to the references.
+
+The oracle tests replace only the *content* of the model's predictions (with the ground truth each pass
+scored against, or with the unmoved ground truth); everything else — datasets, perturbations, the
+runner's scoring, records, scorecard — is the real path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import visionstress as vs
+import visionstress.runner as runner_module
+from visionstress.cli import app
+from visionstress.engine import demo_dir, stream_passes
+from visionstress.records import read_records
+
+GEOMETRIC = ("rotation", "perspective", "zoom_in", "zoom_out", "elastic_transform", "lens_distortion")
+LIMIT = 24
+
+
+@pytest.fixture(scope="module")
+def geometric_suite(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "geometric.yaml"
+    items = "\n".join(f"  - {{name: {name}, severities: [3, 5]}}" for name in GEOMETRIC)
+    path.write_text(f"name: geometric\nseed: 3\nperturbations:\n{items}\n  - {{name: brightness, severities: [5]}}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_pass_suite(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "one.yaml"
+    path.write_text("name: one\nperturbations:\n  - {name: gaussian_noise, severities: [3]}\n")
+    return path
+
+
+def _oracle(monkeypatch, make_prediction) -> None:
+    """Route every prediction through `make_prediction(view, original)`: `view` is the batch as the pass
+    perturbed it (targets moved), `original` the batch as loaded."""
+
+    def patched(batches, passes, predict, consume, device, seed, timing, on_batch=None, on_pass=None):
+        loaded = {}
+
+        def remember(batch, extra):
+            loaded["batch"] = batch.to(device)
+            if on_batch is not None:
+                on_batch(batch, extra)
+
+        def oracle_consume(p, view, prediction):
+            consume(p, view, make_prediction(view, loaded["batch"]))
+
+        stream_passes(batches, passes, predict, oracle_consume, device, seed, timing, on_batch=remember,
+                      on_pass=on_pass)
+
+    monkeypatch.setattr(runner_module, "stream_passes", patched)
+
+
+def _boxes_of(batch):
+    from visionstress.models import DetectorOutput
+
+    return DetectorOutput(boxes=[t.boxes.clone() for t in batch.boxes],
+                          scores=[torch.ones(len(t)) for t in batch.boxes],
+                          labels=[t.labels.clone() for t in batch.boxes])
+
+
+def _logits_of(masks: torch.Tensor, num_classes: int, ignore_index: int):
+    from visionstress.models import SegmenterOutput
+
+    labels = masks.clone()
+    labels[labels == ignore_index] = 0
+    return SegmenterOutput(logits=torch.nn.functional.one_hot(labels, num_classes).permute(0, 3, 1, 2).float() * 10)
+
+
+def _metric_by_pass(card, metric: str) -> dict[tuple[str, int], float]:
+    return {(r["perturbation"], r["severity"]): r["metrics"][metric] for r in card.results}
+
+
+def test_oracle_detector_scores_ap_1_under_every_geometric_perturbation(monkeypatch, tmp_path, geometric_suite):
+    _oracle(monkeypatch, lambda view, original: _boxes_of(view))
+    card = vs.run(task="detection", suite=str(geometric_suite), out=tmp_path / "moved", limit=LIMIT, workers=0,
+                  device="cpu", bootstrap=0)
+    for key, ap in _metric_by_pass(card, "AP").items():
+        assert ap == pytest.approx(1.0, abs=1e-12), key
+
+
+def test_a_detector_returning_unmoved_ground_truth_does_not(monkeypatch, tmp_path, geometric_suite):
+    _oracle(monkeypatch, lambda view, original: _boxes_of(original))
+    card = vs.run(task="detection", suite=str(geometric_suite), out=tmp_path / "unmoved", limit=LIMIT, workers=0,
+                  device="cpu", bootstrap=0)
+    ap = _metric_by_pass(card, "AP")
+    assert ap[("clean", 0)] == pytest.approx(1.0) and ap[("brightness", 5)] == pytest.approx(1.0)
+    for name in GEOMETRIC:
+        assert ap[(name, 5)] < 0.95, name  # the targets really moved
+
+
+def test_oracle_segmenter_scores_miou_1_and_unmoved_masks_do_not(monkeypatch, tmp_path, geometric_suite):
+    card_args = dict(task="segmentation", suite=str(geometric_suite), limit=LIMIT, workers=0, device="cpu",
+                     bootstrap=0)
+    _oracle(monkeypatch, lambda view, original: _logits_of(view.masks, 7, view.ignore_index))
+    moved = vs.run(out=tmp_path / "moved", **card_args)
+    for key, miou in _metric_by_pass(moved, "mIoU").items():
+        assert miou == pytest.approx(1.0, abs=1e-12), key
+    _oracle(monkeypatch, lambda view, original: _logits_of(original.masks, 7, view.ignore_index))
+    unmoved = _metric_by_pass(vs.run(out=tmp_path / "unmoved", **card_args), "mIoU")
+    assert unmoved[("brightness", 5)] == pytest.approx(1.0)
+    for name in GEOMETRIC:
+        assert unmoved[(name, 5)] < 0.95, name
+
+
+def _demo_detections(root: Path) -> tuple[list[dict], dict]:
+    """The shipped demo detector run directly, outside the harness, on every val image."""
+    from safetensors.torch import load_file
+
+    from visionstress.models.demo import tiny_detector
+
+    coco = json.loads((root / "val_instances.json").read_text())
+    model = tiny_detector()
+    model.load_state_dict(load_file(root / "detector.safetensors"))
+    model.eval()
+    results = []
+    with torch.inference_mode():
+        for info in coco["images"]:
+            pixels = np.array(Image.open(root / info["file_name"]).convert("RGB"))
+            image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+            out = model([image])[0]
+            for box, s, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
+                x0, y0, x1, y1 = box
+                results.append({"image_id": info["id"], "category_id": int(label), "score": float(s),
+                                "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    return results, coco
+
+
+def test_demo_detection_clean_metrics_equal_cocoeval_on_the_shipped_model(tmp_path, one_pass_suite):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    root = demo_dir()
+    card = vs.run(task="detection", suite=str(one_pass_suite), out=tmp_path / "det", workers=0, device="cpu",
+                  bootstrap=0)
+    detections, _ = _demo_detections(root)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(root / "val_instances.json"))
+        evaluation = COCOeval(gt, gt.loadRes(detections), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+    clean = card.results[0]["metrics"]
+    for name, expected in zip(names, evaluation.stats):
+        if expected < 0:
+            assert np.isnan(clean[name]), name
+        else:
+            assert clean[name] == pytest.approx(float(expected), abs=1e-6), name
+    assert clean["AP"] > 0.3  # the demo detector works on clean images
+
+
+def test_demo_segmentation_clean_miou_equals_a_numpy_confusion(tmp_path, one_pass_suite):
+    from safetensors.torch import load_file
+
+    from visionstress.models.demo import tiny_segmenter
+
+    root = demo_dir()
+    card = vs.run(task="segmentation", suite=str(one_pass_suite), out=tmp_path / "seg", workers=0, device="cpu",
+                  bootstrap=0)
+    model = tiny_segmenter()
+    model.load_state_dict(load_file(root / "segmenter.safetensors"))
+    model.eval()
+    confusion = np.zeros((7, 7), dtype=np.int64)
+    for path in sorted((root / "val").rglob("*.png")):
+        pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+        with torch.inference_mode():
+            labels = model(((pixels - 0.5) / 0.5)[None]).argmax(1)[0].numpy()
+        mask = np.asarray(Image.open(root / "val_masks" / path.name))
+        valid = mask != 255
+        confusion += np.bincount(mask[valid].astype(np.int64) * 7 + labels[valid], minlength=49).reshape(7, 7)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    miou = float(np.mean(tp[union > 0] / union[union > 0]))
+    assert card.results[0]["metrics"]["mIoU"] == pytest.approx(miou, abs=1e-9)
+    assert card.results[0]["metrics"]["pixel_accuracy"] == pytest.approx(tp.sum() / confusion.sum(), abs=1e-9)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_cli_runs_the_demo_for_dense_tasks(task, tmp_path):
+    result = CliRunner().invoke(app, ["run", "--task", task, "--suite", "quick", "--limit", "12", "--workers", "0",
+                                      "--device", "cpu", "--bootstrap", "20", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    metric = "AP" if task == "detection" else "mIoU"
+    assert f"clean {metric}" in result.output
+    card = vs.Scorecard.load(tmp_path)
+    assert card.task == task
+    records = read_records(tmp_path / "records.parquet")
+    assert len(records) == 12 * (1 + sum(len(i["severities"]) for i in card.suite["perturbations"]))
+    if task == "detection":
+        assert {"per_class_ap", "size", "error_types"} <= set(card.breakdowns)
+        assert "clean@0" in card.breakdowns["error_types"]
+    else:
+        assert {"per_class_iou", "confusion", "region_recall"} <= set(card.breakdowns)
+
+
+def test_detection_run_refuses_bad_annotations_with_the_file_named(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    annotations = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+                   "annotations": [{"id": 7, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5], "area": 25,
+                                    "iscrowd": 0}],
+                   "categories": [{"id": 1, "name": "thing"}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(annotations))
+    result = CliRunner().invoke(app, ["run", "--task", "detection", "--model", "visionstress.models.demo:tiny_detector",
+                                      "--data", str(path), "--images", str(images), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "instances.json" in result.output and "7" in result.output and "99" in result.output
+
+
+def test_dense_only_options_are_refused_for_classification(tmp_path):
+    with pytest.raises(ValueError, match="--task detection only"):
+        vs.run(canvas=(64, 64), out=tmp_path)
