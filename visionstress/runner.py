@@ -291,8 +291,28 @@ def _relative(paths: list[str], root: Path) -> list[str]:
 def _f1(columns: dict[str, Any]) -> np.ndarray:
     """Per-image F1 at the score threshold (IoU 0.5): 1 for an image with nothing to find and nothing found."""
     tp, fp, fn = (np.asarray(columns[k], np.float64) for k in ("tp", "fp", "fn"))
-    denominator = 2 * tp + fp + fn
-    return np.divide(2 * tp, denominator, out=np.ones_like(tp), where=denominator > 0)
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def _soft_f1(columns: dict[str, Any]) -> np.ndarray:
+    """Per-image F1 at IoU 0.5 with every detection counted by its score instead of a threshold.
+
+    Ranks the gallery: a detection that vanishes (0.9 -> nothing) is a worse failure than one that dips
+    just under the score threshold (0.51 -> 0.49), which the thresholded F1 cannot tell apart."""
+    out = []
+    for num_gt, scores, match, ignore in zip(columns["num_gt"], columns["dt_score"], columns["dt_match"],
+                                             columns["dt_ignore"]):
+        scores = np.asarray(scores, np.float64)
+        matched = (np.asarray(match, np.uint16) & 1).astype(bool)
+        ignored = (np.asarray(ignore, np.uint16) & 1).astype(bool)
+        tp = scores[matched & ~ignored].sum()
+        fp = scores[~matched & ~ignored].sum()
+        out.append(_ratio(np.float64(2 * tp), np.float64(tp + fp + num_gt)))
+    return np.asarray(out, np.float64)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
 
 
 def _box_overlays(targets, prediction, names: dict[int, str], threshold: float, scales):
@@ -355,18 +375,18 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
         if host["scales"] is not None:  # letterboxed: back to the original image's pixels
             targets, prediction = _unscale(targets, prediction, host["scales"])
         columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["sizes"], targets, prediction)
-        f1 = _f1(columns)
+        f1, soft = _f1(columns), _soft_f1(columns)
         if p.perturbation == CLEAN:
-            host["clean"] = (batch.images, targets, prediction, f1)
-        else:  # a failure: the image's F1 at the score threshold dropped from the clean pass
-            clean_images, clean_targets, clean_prediction, clean_f1 = host["clean"]
+            host["clean"] = (batch.images, targets, prediction, f1, soft)
+        else:  # a failure: the image's score-weighted F1 dropped from the clean pass
+            clean_images, clean_targets, clean_prediction, clean_f1, clean_soft = host["clean"]
 
             def caption(i: int) -> str:
-                return (f"F1@0.5 {clean_f1[i]:.2f} → {f1[i]:.2f} ({columns['fn'][i]} missed, "
-                        f"{columns['fp'][i]} false)")
+                return (f"F1@0.5 {clean_f1[i]:.2f} → {f1[i]:.2f}, score-weighted {clean_soft[i]:.2f} → "
+                        f"{soft[i]:.2f} ({columns['fn'][i]} missed, {columns['fp'][i]} false)")
 
             gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
-                          paths=host["paths"], scores=torch.from_numpy(clean_f1 - f1),
+                          paths=host["paths"], scores=torch.from_numpy(clean_soft - soft),
                           clean_images=clean_images, perturbed_images=batch.images, captions=caption,
                           clean_overlays=_box_overlays(clean_targets, clean_prediction, names, score_threshold,
                                                        host["scales"]),
