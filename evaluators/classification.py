@@ -45,6 +45,23 @@ class MetricRow:
     ci: dict[str, tuple[float, float]]
 
 
+def find_row(rows: list[MetricRow], perturbation: str, severity: int) -> MetricRow:
+    """The row of one pass; KeyError naming the passes that exist when it was not run."""
+    for r in rows:
+        if r.perturbation == perturbation and r.severity == int(severity):
+            return r
+    raise KeyError(f"no result for {result_key(perturbation, severity)}; "
+                   f"have {[result_key(r.perturbation, r.severity) for r in rows]}")
+
+
+def by_sample_id(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image arrays appended batch by batch, merged in sample-id order, so that passes over the same
+    images line up (and resample alike) whatever the batching."""
+    merged = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+    order = np.argsort(merged["sample_id"], kind="stable")
+    return {name: values[order] for name, values in merged.items()}
+
+
 class ConfusedPair(NamedTuple):
     """A frequent mistake under a pass, beside how often the same mistake happens on clean images."""
 
@@ -72,11 +89,7 @@ class ClassificationResults:
 
     def row(self, perturbation: str, severity: int) -> MetricRow:
         """The row of one pass; KeyError naming what exists when it was not run."""
-        for r in self.rows:
-            if r.perturbation == perturbation and r.severity == int(severity):
-                return r
-        raise KeyError(f"no result for {result_key(perturbation, severity)}; "
-                       f"have {[result_key(r.perturbation, r.severity) for r in self.rows]}")
+        return find_row(self.rows, perturbation, severity)
 
 
 @dataclass
@@ -86,9 +99,7 @@ class _Pass:
     chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        merged = {name: np.concatenate([c[name] for c in self.chunks]) for name in self.chunks[0]}
-        order = np.argsort(merged["sample_id"], kind="stable")
-        return {name: values[order] for name, values in merged.items()}
+        return by_sample_id(self.chunks)
 
 
 class ClassificationEvaluator:

@@ -25,7 +25,7 @@ import torch
 from visionstress.batch import ObjectTargets
 
 from .bootstrap import bootstrap_ci
-from .classification import CLEAN, MetricRow, result_key
+from .classification import CLEAN, MetricRow, find_row, result_key
 from .coco_matching import COCO_AREA_RANGES, MAX_DETS, MatchTable, coco_mean, coco_stats, evaluate_batch
 from .error_types import classify_detections, error_type_breakdown
 
@@ -63,11 +63,7 @@ class DetectionResults:
 
     def row(self, perturbation: str, severity: int) -> MetricRow:
         """The row of one pass; KeyError naming what exists when it was not run."""
-        for r in self.rows:
-            if r.perturbation == perturbation and r.severity == int(severity):
-                return r
-        raise KeyError(f"no result for {result_key(perturbation, severity)}; "
-                       f"have {[result_key(r.perturbation, r.severity) for r in self.rows]}")
+        return find_row(self.rows, perturbation, severity)
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bootstrap import bootstrap_ci
-from .classification import CLEAN, MetricRow, result_key
+from .classification import CLEAN, MetricRow, by_sample_id, find_row, result_key
 
 DEFAULT_REGION_BINS: dict[str, tuple[float, float]] = {
     "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, math.inf),
@@ -62,11 +62,7 @@ class SegmentationResults:
 
     def row(self, perturbation: str, severity: int) -> MetricRow:
         """The row of one pass; KeyError naming what exists when it was not run."""
-        for r in self.rows:
-            if r.perturbation == perturbation and r.severity == int(severity):
-                return r
-        raise KeyError(f"no result for {result_key(perturbation, severity)}; "
-                       f"have {[result_key(r.perturbation, r.severity) for r in self.rows]}")
+        return find_row(self.rows, perturbation, severity)
 
 
 def segmentation_metrics_from_counts(intersection, gt_pixels, pred_pixels, weights=None) -> dict[str, float]:
@@ -104,9 +100,7 @@ class _Pass:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-image arrays in sample-id order, so that passes over the same images resample alike."""
-        merged = {name: np.concatenate([c[name] for c in self.chunks]) for name in self.chunks[0]}
-        order = np.argsort(merged["sample_id"], kind="stable")
-        return {name: values[order] for name, values in merged.items()}
+        return by_sample_id(self.chunks)
 
 
 class SegmentationEvaluator:
