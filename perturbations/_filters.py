@@ -8,7 +8,6 @@ use separable depthwise convolutions.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Callable
 

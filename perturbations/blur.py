@@ -112,7 +112,6 @@ def _zoom_kernel():
         n, h, w = x.shape
         layers = top.shape[0]
         out = np.empty_like(x)
-        inv = np.float32(1.0) / np.float32(layers + 1)
         for p in prange(n):
             img = x[p]
             acc = np.empty(w, np.float32)

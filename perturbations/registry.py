@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar, overload
 
 import torch
