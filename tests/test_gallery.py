@@ -164,8 +164,13 @@ def test_save_writes_pngs_removes_stale_ones_and_returns_scorecard_entries(tmp_p
 
 
 def test_bad_input_gets_clear_errors():
-    with pytest.raises(ValueError, match="size and per_perturbation"):
-        FailureGallery(size=0)
+    with pytest.raises(ValueError, match="size must be >= 0"):
+        FailureGallery(size=-1)
+    empty = FailureGallery(size=0)  # no gallery: every offer is declined
+    empty.offer(perturbation="fog", severity=1, sample_ids=torch.arange(1), paths=["a.png"], scores=torch.ones(1),
+                clean_images=torch.zeros(1, 3, 8, 8), perturbed_images=torch.zeros(1, 3, 8, 8),
+                captions=lambda i: "")
+    assert empty.entries() == []
     gallery = FailureGallery()
     with pytest.raises(ValueError, match=r"fog@2\): 3 scores but 2 sample_ids"):
         gallery.offer(perturbation="fog", severity=2, sample_ids=torch.arange(2), paths=["a", "b", "c"],

@@ -152,6 +152,7 @@ def run_command(
     trust_model: bool = typer.Option(False, "--trust-model", help="Allow model files that execute code (.pt2, TorchScript)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A scorecard to normalise corruption errors by (mCE)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
+    gallery: int = typer.Option(12, "--gallery", help="Worst failures kept as thumbnails for the report (0: none)."),
 ) -> None:
     """Stress a saved model on a dataset and write its robustness scorecard (no arguments: the bundled demo)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -182,7 +183,7 @@ def run_command(
                        out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, images=images, masks=masks,
                        ignore_index=ignore_index, canvas=_parse_canvas(canvas), label_map=label_map,
                        postprocess=postprocess, score_threshold=score_threshold,
-                       size_bins=_parse_size_bins(size_bin), progress=progress)
+                       size_bins=_parse_size_bins(size_bin), gallery=gallery, progress=progress)
         except KeyboardInterrupt:
             _fail("interrupted; the records written so far are in the output directory's records.parquet")
         except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:

@@ -84,8 +84,9 @@ class FailureGallery:
     """
 
     def __init__(self, size: int = 12, per_perturbation: int = 2, thumbnail: int = 160) -> None:
-        if size < 1 or per_perturbation < 1 or thumbnail < 8:
-            raise ValueError(f"FailureGallery: size and per_perturbation must be >= 1 and thumbnail >= 8, "
+        if size < 0 or per_perturbation < 1 or thumbnail < 8:
+            raise ValueError(f"FailureGallery: size must be >= 0 (0: no gallery), per_perturbation >= 1 and "
+                             f"thumbnail >= 8, "
                              f"got {size}, {per_perturbation} and {thumbnail}")
         self.size = int(size)
         self.per_perturbation = int(per_perturbation)
@@ -114,7 +115,7 @@ class FailureGallery:
         if wrong:
             raise ValueError(f"FailureGallery.offer({perturbation}@{severity}): {n} scores but "
                              + ", ".join(f"{v} {k}" for k, v in wrong.items()))
-        if n == 0:
+        if n == 0 or self.size == 0:
             return
         kept = self._kept.setdefault(perturbation, [])
         floor = kept[-1].score if len(kept) >= self.size else 0.0

@@ -98,6 +98,8 @@ def run(
         raise RunError(f"--limit must be at least 1, got {limit}")
     if bootstrap < 0:
         raise RunError(f"--bootstrap must be 0 (no intervals) or more resamples, got {bootstrap}")
+    if gallery < 0:
+        raise RunError(f"--gallery must be 0 (none) or more images, got {gallery}")
     if not 0.0 <= score_threshold <= 1.0:
         raise RunError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     if task != "detection" and (canvas or label_map or postprocess):

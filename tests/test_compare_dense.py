@@ -1,0 +1,64 @@
+"""compare on real detection and segmentation runs: the paired bootstrap over images uses the recorded
+COCO matches and pixel counts, so a degraded model is caught and a repeated run changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import visionstress as vs
+from visionstress.engine import demo_arguments
+
+LIMIT = 48
+
+
+def _noisy_copy(weights: str, out: Path, prefix: str) -> Path:
+    """The demo weights with every convolution of the first encoder stage given noise of its own size."""
+    state = load_file(weights)
+    generator = torch.Generator().manual_seed(0)
+    for name, w in state.items():
+        if name.startswith(prefix) and w.ndim == 4:
+            state[name] = w + w.std() * torch.randn(w.shape, generator=generator)
+    path = out / "noisy.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=["detection", "segmentation"])
+def runs(request, tmp_path_factory):
+    task = request.param
+    root = tmp_path_factory.mktemp(f"compare-{task}")
+    demo = demo_arguments(task)
+    suite = root / "suite.yaml"
+    suite.write_text("name: small\nseed: 0\nperturbations:\n  - {name: gaussian_noise, severities: [2, 4]}\n"
+                     "  - {name: rotation, severities: [3]}\n")
+    extra = {"masks": demo.get("masks"), "class_names": demo.get("class_names")} if task == "segmentation" else {}
+
+    def run(name: str, weights: str) -> Path:
+        vs.run(demo["model"], demo["data"], task=task, weights=weights, suite=str(suite), limit=LIMIT, workers=0,
+               device="cpu", bootstrap=0, gallery=0, out=root / name, **extra)
+        return root / name / "scorecard.json"
+
+    noisy = _noisy_copy(demo["weights"], root, "encoder.stages.0" if task == "detection" else "encoder")
+    return task, {"reference": run("reference", demo["weights"]), "same": run("same", demo["weights"]),
+                  "degraded": run("degraded", str(noisy))}
+
+
+def test_a_degraded_dense_model_is_a_significant_regression(runs):
+    task, cards = runs
+    metric = "AP" if task == "detection" else "mIoU"
+    comparison = vs.compare(cards["reference"], cards["degraded"], gates=[f"{metric}:-2%"], bootstrap=200)
+    clean = comparison.cell(metric)
+    assert clean.test == "paired_bootstrap" and clean.delta < 0 and clean.significant, clean
+    assert not comparison.passed and comparison.gates[0].failures
+
+
+def test_the_same_dense_model_twice_changes_nothing(runs):
+    task, cards = runs
+    metric = "AP" if task == "detection" else "mIoU"
+    comparison = vs.compare(cards["reference"], cards["same"], gates=[f"{metric}:-2%"], bootstrap=100)
+    assert comparison.passed
+    assert all(c.delta == 0 and not c.significant for c in comparison.cells if c.metric == metric)
