@@ -15,7 +15,7 @@ from torch import Tensor
 from visionstress.batch import Batch, ObjectTargets
 from visionstress.rng import SampleRNG, uniform_field
 
-from .registry import data_aware, photometric
+from .registry import data_aware
 
 def _sample_fill(rng: SampleRNG) -> dict[str, Tensor]:
     return {"key": rng.key()}
@@ -141,15 +141,18 @@ def _random_rects(params: dict[str, Tensor], fraction: float, size: tuple[int, i
     return rects_at(high)
 
 
-@photometric(name="random_occlusion", family="occlusion", severities=RANDOM_OCCLUSION, sample=_sample_random_occlusion,
-             description="Cutout: rectangles at per-sample positions covering a set fraction of the image, "
-                         "filled with colour noise.")
-def random_occlusion(images: Tensor, params: dict[str, Tensor], level: tuple[float, int]) -> Tensor:
+@data_aware(name="random_occlusion", family="occlusion", severities=RANDOM_OCCLUSION, sample=_sample_random_occlusion,
+            description="Cutout: rectangles at per-sample positions covering a set fraction of the image, "
+                        "filled with colour noise; the covered fraction of each box is recorded.")
+def random_occlusion(batch: Batch, params: dict[str, Tensor], level: tuple[float, int]) -> Batch:
+    """Occluders placed without regard to the objects: pixels only change, and each box's covered
+    fraction goes to `ObjectTargets.occluded`, so miss rates can be read by how hidden objects were."""
+    images = batch.images
     fraction, _ = level
     size = (images.shape[2], images.shape[3])
-    rects = _random_rects(params, fraction, size, images.device)
-    mask = _rect_masks(rects, size)[:, None]
-    return torch.lerp(images, _fill(params, tuple(images.shape), images.device), mask)
+    mask = _rect_masks(_random_rects(params, fraction, size, images.device), size)
+    out = torch.lerp(images, _fill(params, tuple(images.shape), images.device), mask[:, None])
+    return batch.replace(images=out, boxes=_record_occlusion(batch.boxes, mask))
 
 
 OBJECT_OCCLUSION = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -224,12 +227,15 @@ def object_occlusion(batch: Batch, params: dict[str, Tensor], level: float) -> B
             rects[i, : len(bx)] = _object_rects(bx, draws[i, : len(bx)], level)
     mask = _rect_masks(rects, (h, w))
     out = torch.lerp(images, _fill(params, tuple(images.shape), device), mask[:, None])
-    boxes = batch.boxes
-    if boxes is not None:
-        boxes = [
-            ObjectTargets(boxes=t.boxes, labels=t.labels, masks=t.masks, iscrowd=t.iscrowd, ids=t.ids,
-                          occluded=_box_fraction(mask[i], t.boxes.to(device)).to(t.boxes.device), dropped=t.dropped,
-                          area=t.area)
-            for i, t in enumerate(boxes)
-        ]
-    return batch.replace(images=out, boxes=boxes)
+    return batch.replace(images=out, boxes=_record_occlusion(batch.boxes, mask))
+
+
+def _record_occlusion(boxes: list[ObjectTargets] | None, mask: Tensor) -> list[ObjectTargets] | None:
+    """The targets with `occluded` = the fraction of each box the occluder mask `[B, H, W]` covers
+    (replacing earlier values: the occluders of one pass are all that hide an object)."""
+    if boxes is None:
+        return None
+    return [ObjectTargets(boxes=t.boxes, labels=t.labels, masks=t.masks, iscrowd=t.iscrowd, ids=t.ids,
+                          occluded=_box_fraction(mask[i], t.boxes.to(mask.device)).to(t.boxes.device),
+                          dropped=t.dropped, area=t.area)
+            for i, t in enumerate(boxes)]

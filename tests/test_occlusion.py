@@ -124,3 +124,19 @@ def test_object_occlusion_leaves_images_without_objects_alone_and_keeps_masks():
     assert torch.equal(out.images[0], batch.images[0]) and not torch.equal(out.images[1], batch.images[1])
     assert torch.equal(out.masks, semantic) and out.boxes[0].occluded.numel() == 0
     assert torch.equal(out.boxes[1].masks, targets[1].masks) and out.boxes[1].labels.tolist() == [3]
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_random_occlusion_records_how_much_of_each_box_it_covered(severity):
+    images = torch.rand(3, 3, 48, 64)
+    whole = torch.tensor([[0.0, 0.0, 64.0, 48.0]])
+    left_half = torch.tensor([[0.0, 0.0, 32.0, 48.0]])
+    batch = vs.Batch(images, sample_ids=torch.arange(3),
+                     boxes=[{"boxes": torch.cat([whole, left_half]), "labels": torch.tensor([1, 2])}] * 3)
+    out = get_perturbation("random_occlusion")(batch, severity=severity, seed=0)
+    fraction = get_perturbation("random_occlusion").severities[severity - 1][0]
+    changed = (out.images != images).any(1).float()  # [B, H, W]: the pixels an occluder touched
+    for i, targets in enumerate(out.boxes):
+        assert targets.occluded[0].item() == pytest.approx(fraction, abs=2e-3)  # the union covers `fraction`
+        assert targets.occluded[1].item() == pytest.approx(changed[i, :, :32].mean().item(), abs=0.05)
+        assert torch.equal(targets.boxes, batch.boxes[i].boxes)  # nothing moves
