@@ -54,7 +54,7 @@ def test_importing_the_plugin_does_not_import_torch():
 
 def test_options_and_marker_are_registered_and_a_plain_suite_is_untouched(pytester):
     help_text = pytester.runpytest("--help").stdout.str()
-    for name in ("model", "weights", "data", "task", "suite", "device", "baseline-dir", "limit", "out",
+    for name in ("model", "weights", "data", "task", "suite", "device", "baseline-dir", "limit", "bootstrap", "out",
                  "update-baselines"):
         assert f"--visionstress-{name}" in help_text
     for key in ("visionstress_model", "visionstress_baseline_dir", "visionstress_out"):
@@ -69,7 +69,7 @@ def test_options_and_marker_are_registered_and_a_plain_suite_is_untouched(pytest
 
 def test_settings_resolve_ini_then_command_line(pytester):
     pytester.makeini("[pytest]\nvisionstress_suite = quick\nvisionstress_limit = 24\nvisionstress_data = images\n"
-                     "visionstress_baseline_dir = committed\nvisionstress_device = cpu\n")
+                     "visionstress_baseline_dir = committed\nvisionstress_device = cpu\nvisionstress_bootstrap = 0\n")
     pytester.makepyfile(
         "import dataclasses, json\n"
         "def test_dump(visionstress):\n"
@@ -79,7 +79,7 @@ def test_settings_resolve_ini_then_command_line(pytester):
     root = pytester.path.resolve()
     pytester.runpytest().assert_outcomes(passed=1)
     ini = json.loads((root / "settings.json").read_text())
-    assert ini["suite"] == "quick" and ini["limit"] == "24" and ini["device"] == "cpu"
+    assert ini["suite"] == "quick" and ini["limit"] == "24" and ini["device"] == "cpu" and ini["bootstrap"] == "0"
     assert ini["data"] == str(root / "images") and ini["baseline_dir"] == str(root / "committed")
     assert ini["model"] == "None" and ini["update_baselines"] == "False"
 
@@ -88,6 +88,8 @@ def test_settings_resolve_ini_then_command_line(pytester):
     cli = json.loads((root / "settings.json").read_text())
     assert cli["limit"] == "30" and cli["suite"] == "default" and cli["update_baselines"] == "True"
     assert cli["data"] == ini["data"] and cli["device"] == "cpu"
+    result = pytester.runpytest("--visionstress-bootstrap", "many")
+    assert "--visionstress-bootstrap: expected a whole number of resamples (0 for none), got 'many'" in result.stderr.str()
 
     bad = pytester.runpytest("--visionstress-limit", "zero")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR

@@ -42,6 +42,7 @@ _SETTINGS_HELP = {
     "device": "torch device, e.g. cpu or cuda (default: cuda when available)",
     "baseline_dir": f"folder of committed baseline scorecards (default: {DEFAULT_BASELINE_DIR})",
     "limit": "evaluate only the first N images",
+    "bootstrap": "bootstrap resamples for the confidence intervals (default 1000; 0 for none, the fastest)",
     "out": "folder the run reports are written into, one subfolder per evaluation "
            "(default: pytest's temporary directory)",
 }
@@ -82,12 +83,13 @@ class Settings:
     device: str | None = None
     baseline_dir: Path = Path(DEFAULT_BASELINE_DIR)
     limit: int | None = None
+    bootstrap: int | None = None
     out: Path | None = None
     update_baselines: bool = False
 
     def run_arguments(self) -> dict[str, Any]:
         """The `visionstress.run` keyword arguments these settings fix (unset ones keep run's defaults)."""
-        names = ("model", "weights", "data", "task", "suite", "device", "limit")
+        names = ("model", "weights", "data", "task", "suite", "device", "limit", "bootstrap")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -117,6 +119,10 @@ def _resolve_settings(config: pytest.Config) -> Settings:
         if name == "limit":
             if not raw.isdigit() or int(raw) < 1:
                 raise pytest.UsageError(f"{source}: expected a positive whole number of images, got {raw!r}")
+            values[name] = int(raw)
+        elif name == "bootstrap":
+            if not raw.isdigit():
+                raise pytest.UsageError(f"{source}: expected a whole number of resamples (0 for none), got {raw!r}")
             values[name] = int(raw)
         elif name in ("baseline_dir", "out"):
             values[name] = Path(_resolve_value(name, raw, base))
