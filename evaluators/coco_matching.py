@@ -1,4 +1,4 @@
-"""COCO box matching one batch at a time, and COCOeval's accumulate/summarize replayed from compact arrays.
+"""COCO box (or mask) matching one batch at a time, and COCOeval's accumulate/summarize replayed from compact arrays.
 
 Detection AP must be the number pycocotools prints, to the last bit, or nobody can compare it with a
 paper or a model card. But COCOeval wants every prediction of the dataset in memory as Python dicts,
@@ -11,6 +11,7 @@ those arrays: same stable merge sort by descending score over images in ascendin
 true/false-positive cumulative sums, same 101-point interpolation with the precision envelope, same -1
 for categories without ground truth. The same table takes image weights (a bootstrap resample's
 multiplicities), which is how the confidence intervals and `compare`'s paired bootstrap are computed.
+Mask AP (COCOeval's "segm") goes through the same path: only the IoU that `evaluate()` matches by differs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
@@ -73,29 +75,43 @@ class BatchMatches:
 
 def evaluate_batch(image_ids: Sequence[int], image_sizes: Sequence[tuple[int, int]],
                    gts: Sequence[Mapping[str, np.ndarray]], dets: Sequence[Mapping[str, np.ndarray]],
-                   category_ids: Sequence[int], area_ranges: Mapping[str, tuple[float, float]]) -> BatchMatches:
-    """Run pycocotools' `COCOeval.evaluate()` (bbox) on one batch and keep its matches as arrays.
+                   category_ids: Sequence[int], area_ranges: Mapping[str, tuple[float, float]],
+                   iou_type: str = "bbox") -> BatchMatches:
+    """Run pycocotools' `COCOeval.evaluate()` on one batch and keep its matches as arrays.
 
     `image_sizes` are (height, width) as in a COCO `images` entry; `gts[i]` has `boxes` (xywh float64
     [N, 4]), `category` (ids), `iscrowd` (bool) and `area`; `dets[i]` has `boxes` (xywh), `scores` and
     `category`. `area_ranges` must start with "all".
+    With `iou_type="segm"` objects are matched by mask IoU instead: `gts[i]` and `dets[i]` then also
+    have `masks` (bool [N, H, W] at the image's size), passed to COCOeval as RLE `segmentation`. Ground
+    truth keeps its annotated `area` (as in a COCO file); a detection's area is its mask's pixel count,
+    which is what `COCO.loadRes` gives a segmentation result.
     The COCO objects are built in memory (not with `loadRes`, which fails on an empty list) with
     1-based annotation ids, because COCOeval uses id 0 to mean "unmatched".
     """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"evaluate_batch: iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    segm = iou_type == "segm"
     images = [{"id": int(i), "height": int(hw[0]), "width": int(hw[1])} for i, hw in zip(image_ids, image_sizes)]
     categories = [{"id": int(c)} for c in category_ids]
     gt_anns, dt_anns, dt_where = [], [], []
     for b, (image_id, g, d) in enumerate(zip(image_ids, gts, dets)):
+        gt_rles = _rles(g["masks"]) if segm else []
         for j in range(len(g["category"])):
             gt_anns.append({"id": len(gt_anns) + 1, "image_id": int(image_id), "category_id": int(g["category"][j]),
                             "bbox": [float(v) for v in g["boxes"][j]], "area": float(g["area"][j]),
                             "iscrowd": int(bool(g["iscrowd"][j]))})
+            if segm:
+                gt_anns[-1]["segmentation"] = gt_rles[j]
+        dt_rles = _rles(d["masks"]) if segm else []
         for j in range(len(d["category"])):
             x, y, w, h = (float(v) for v in d["boxes"][j])
             dt_anns.append({"id": len(dt_anns) + 1, "image_id": int(image_id), "category_id": int(d["category"][j]),
                             "bbox": [x, y, w, h], "area": w * h, "score": float(d["scores"][j])})
+            if segm:
+                dt_anns[-1] |= {"segmentation": dt_rles[j], "area": float(mask_utils.area(dt_rles[j]))}
             dt_where.append((b, j))
-    coco_eval = COCOeval(_coco(images, gt_anns, categories), _coco(images, dt_anns, categories), iouType="bbox")
+    coco_eval = COCOeval(_coco(images, gt_anns, categories), _coco(images, dt_anns, categories), iouType=iou_type)
     coco_eval.params.imgIds = [int(i) for i in image_ids]
     coco_eval.params.catIds = [int(c) for c in category_ids]
     coco_eval.params.areaRng = [[lo, hi] for lo, hi in area_ranges.values()]
@@ -103,6 +119,13 @@ def evaluate_batch(image_ids: Sequence[int], image_sizes: Sequence[tuple[int, in
     with contextlib.redirect_stdout(io.StringIO()):
         coco_eval.evaluate()
     return _flatten(coco_eval, len(gt_anns), dt_where)
+
+
+def _rles(masks: np.ndarray) -> list[dict]:
+    """COCO's compressed RLE of each mask of `[N, H, W]` (pycocotools encodes Fortran-ordered [H, W, N])."""
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
 
 
 def _coco(images: list[dict], annotations: list[dict], categories: list[dict]) -> COCO:

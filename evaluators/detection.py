@@ -11,6 +11,9 @@ under blur and down-scaling).
 As in COCOeval, only the dataset's categories are evaluated: detections with a label that is not a
 dataset category id are not counted (a COCO-trained model scored on a subset of its classes), and
 only the top 100 detections per image and category are.
+
+With `masks=True` the same batches are also matched by instance-mask IoU (COCOeval's "segm"), for
+instance-segmentation models, and rows gain mask AP/AR as `segm_*` next to the box metrics.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ DEFAULT_SIZE_BINS: dict[str, tuple[float, float]] = {"tiny": (0.0, 16.0 ** 2)}
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """COCOeval's `stats`, in `summarize()` order."""
-CI_METRICS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100", "fp_per_image", "miss_rate")
+SEGM_METRICS = tuple(f"segm_{name}" for name in COCO_METRICS)
+"""COCOeval's `stats` with iouType "segm" (mask AP/AR), in rows of an evaluator made with `masks=True`."""
+CI_METRICS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100", "fp_per_image", "miss_rate", "segm_AP")
 """Metrics that get a bootstrap interval (the size-bin ones rest on too few objects to be worth it)."""
 OCCLUSION_BINS = ("0-25%", "25-50%", "50-75%", "75-100%")
 RECORD_TOP_BOXES = 20
@@ -75,6 +80,8 @@ class _Pass:
     gts: list[dict[str, np.ndarray]] = field(default_factory=list)
     occlusion: np.ndarray = field(default_factory=lambda: np.zeros((len(OCCLUSION_BINS), 2), np.int64))
     has_occlusion: bool = False
+    segm_dets: list[dict[str, np.ndarray]] = field(default_factory=list)  # mask matches, when scoring masks
+    segm_gts: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def merged(self, part: str) -> dict[str, np.ndarray]:
         chunks = getattr(self, part)
@@ -88,11 +95,12 @@ class DetectionEvaluator:
     these ids. `size_bins` add area ranges (px²) on top of COCO's (default `DEFAULT_SIZE_BINS`).
     `score_threshold` is the operating point of the counts (fp_per_image, miss_rate, record tp/fp/fn,
     occlusion); AP/AR use every detection. `bootstrap` resamples of the images give 95% intervals
-    (0: none), drawn from `seed` so that rows over the same images are paired.
+    (0: none), drawn from `seed` so that rows over the same images are paired. `masks` also scores
+    instance masks (targets' `masks` against predictions' `masks`), adding `SEGM_METRICS` to every row.
     """
 
     def __init__(self, categories: list[dict], *, size_bins: dict[str, tuple[float, float]] | None = None,
-                 score_threshold: float = 0.5, bootstrap: int = 200, seed: int = 0) -> None:
+                 score_threshold: float = 0.5, bootstrap: int = 200, seed: int = 0, masks: bool = False) -> None:
         self.category_ids, self.category_names = _check_categories(categories)
         self.size_bins = _check_size_bins(DEFAULT_SIZE_BINS if size_bins is None else size_bins)
         if not np.isfinite(score_threshold):
@@ -102,6 +110,7 @@ class DetectionEvaluator:
         self.score_threshold = float(score_threshold)
         self.bootstrap = int(bootstrap)
         self.seed = int(seed)
+        self.masks = bool(masks)
         self.area_ranges = {**COCO_AREA_RANGES, **self.size_bins}
         self._passes: dict[tuple[str, int], _Pass] = {}
 
@@ -110,7 +119,8 @@ class DetectionEvaluator:
         """Match one batch of one pass; return its per-image record columns (one value per image).
 
         `predictions` has `boxes` ([M, 4] xyxy), `scores` ([M]) and `labels` ([M] category ids):
-        one tensor per image, any device. Columns: sample_id, num_gt (non-crowd objects), num_pred
+        one tensor per image, any device. When scoring masks, targets carry `masks` and predictions
+        `masks` ([M, H, W] bool, at the image's size), matched in a second COCOeval ("segm"). Columns: sample_id, num_gt (non-crowd objects), num_pred
         (detections at or above the score threshold), tp, fp, fn (at the threshold, IoU .50), the
         COCO match data dt_category, dt_score, dt_match, dt_ignore (bit t: IoU threshold t; area
         'all', top 100 per category, by descending score), gt_category, gt_ignore, and for display
@@ -176,8 +186,17 @@ class DetectionEvaluator:
                            "match": matches.det_match, "ignore": matches.det_ignore, "error": error,
                            "fix": fix.astype(np.int32)})
         gt_category = np.searchsorted(self.category_ids, np.concatenate([g["category"] for g in gts]))
-        state.gts.append({"sample": np.repeat(ids, np.diff(gt_bounds)), "category": gt_category.astype(np.int32),
+        gt_sample = np.repeat(ids, np.diff(gt_bounds))
+        state.gts.append({"sample": gt_sample, "category": gt_category.astype(np.int32),
                           "ignore": matches.gt_ignore, "missed": missed})
+        if self.masks:
+            segm = evaluate_batch(ids.tolist(), image_sizes, gts, dets, self.category_ids, COCO_AREA_RANGES,
+                                  iou_type="segm")
+            state.segm_dets.append({"sample": ids[segm.det_image], "category": segm.det_category.astype(np.int32),
+                                    "rank": segm.det_rank.astype(np.uint8), "score": segm.det_score,
+                                    "match": segm.det_match, "ignore": segm.det_ignore})
+            state.segm_gts.append({"sample": gt_sample, "category": gt_category.astype(np.int32),
+                                   "ignore": segm.gt_ignore})
         return columns
 
     def finalize(self) -> DetectionResults:
@@ -199,16 +218,8 @@ class DetectionEvaluator:
             raise DetectionEvaluatorError(f"DetectionEvaluator.finalize: {key} received sample ids "
                                           f"{np.unique(repeated)[:10].tolist()} more than once")
         n, k, labels = len(sample_ids), len(self.category_ids), list(self.area_ranges)
-        image = np.searchsorted(sample_ids, dets["sample"])
-        order = np.argsort(image, kind="stable")  # images ascending, each image's detections kept in score order
-        positives = np.zeros((n, k, len(labels)))
-        gt_image = np.searchsorted(sample_ids, gts["sample"])
-        for a in range(len(labels)):
-            counted = ~gts["ignore"][:, a]
-            np.add.at(positives, (gt_image[counted], gts["category"][counted], a), 1.0)
-        table = MatchTable(num_images=n, num_categories=k, image=image[order], category=dets["category"][order],
-                           rank=dets["rank"][order], score=dets["score"][order], match=dets["match"][order],
-                           ignore=dets["ignore"][order], positives=positives)
+        table, order = _match_table(sample_ids, k, dets, gts)
+        positives, gt_image = table.positives, np.searchsorted(sample_ids, gts["sample"])
         precision, recall = table.accumulate(np.ones((1, n)), range(len(labels)))
         p, rc = precision[0], recall[0]
         area = {label: i for i, label in enumerate(labels)}
@@ -221,9 +232,15 @@ class DetectionEvaluator:
         metrics["fp_per_image"] = float(fp.sum() / n)
         metrics["miss_rate"] = _ratio(fn.sum(), (tp + fn).sum())
         metrics["objects_dropped"] = float(images["dropped"].sum())
+        segm_table = None
+        if self.masks:
+            segm_table, _ = _match_table(sample_ids, k, state.merged("segm_dets"), state.merged("segm_gts"))
+            segm_p, segm_rc = segm_table.accumulate(np.ones((1, n)), range(len(COCO_AREA_RANGES)))
+            stats = coco_stats(segm_p[0], segm_rc[0], list(COCO_AREA_RANGES))
+            metrics |= {f"segm_{m}": stats[m] for m in COCO_METRICS}
         ci = {}
         if self.bootstrap:
-            ci = bootstrap_ci(self._statistics(table, tp, fp, fn), n, self.bootstrap, self.seed)
+            ci = bootstrap_ci(self._statistics(table, tp, fp, fn, segm_table), n, self.bootstrap, self.seed)
         results.rows.append(MetricRow(name, severity, metrics, {m: ci[m] for m in CI_METRICS if m in ci}))
         results.per_class_ap[key] = {self.category_names[c]: coco_mean(p[:, :, c, 0]) for c in range(k)}
         results.size[key] = {
@@ -241,8 +258,10 @@ class DetectionEvaluator:
                                       for label, (total, missed_n) in zip(OCCLUSION_BINS, state.occlusion)}
 
     @staticmethod
-    def _statistics(table: MatchTable, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray):
-        """A function of a resample index matrix `[r, n]` -> the CI metrics for each of the r resamples."""
+    def _statistics(table: MatchTable, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+                    segm_table: MatchTable | None):
+        """A function of a resample index matrix `[r, n]` -> the CI metrics for each of the r resamples
+        (mask AP from `segm_table` on the same resamples, so box and mask intervals are paired)."""
         def stats(idx: np.ndarray) -> dict[str, np.ndarray]:
             r, n = idx.shape
             weights = np.bincount((np.arange(r)[:, None] * n + idx).reshape(-1), minlength=r * n)
@@ -251,6 +270,8 @@ class DetectionEvaluator:
             out["fp_per_image"] = weights @ fp / n
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["miss_rate"] = weights @ fn / (weights @ (tp + fn))
+            if segm_table is not None:
+                out["segm_AP"] = segm_table.coco_metrics(weights)["AP"]
             return out
 
         return stats
@@ -275,7 +296,38 @@ class DetectionEvaluator:
         gts = [self._ground_truth(f"{where}: sample {int(i)}", t) for i, t in zip(ids, targets)]
         dets = [self._detections(f"{where}: sample {int(i)}", bx, s, lb)
                 for i, bx, s, lb in zip(ids, boxes, scores, labels)]
+        if self.masks:
+            self._add_masks(where, ids, image_sizes, targets, predictions, gts, dets)
         return gts, dets
+
+    def _add_masks(self, where: str, ids: np.ndarray, image_sizes, targets, predictions, gts, dets) -> None:
+        """Put each image's target and predicted instance masks (bool numpy, at the image's size) into
+        `gts[i]["masks"]` and `dets[i]["masks"]`, the latter filtered like the detections."""
+        pred_masks = getattr(predictions, "masks", None)
+        if pred_masks is None:
+            raise DetectionEvaluatorError(f"{where}: scoring instance masks, but the predictions carry no masks; "
+                                          "mask AP needs a model that returns them (e.g. torchvision maskrcnn_*)")
+        if len(pred_masks) != len(ids):
+            raise DetectionEvaluatorError(f"{where}: {len(pred_masks)} predicted mask sets for {len(ids)} images")
+        for i, size, t, m, g, d in zip(ids, image_sizes, targets, pred_masks, gts, dets):
+            here, shape = f"{where}: sample {int(i)}", (int(size[0]), int(size[1]))
+            if t.masks is None:
+                raise DetectionEvaluatorError(f"{here}: scoring instance masks, but the target has none; load the "
+                                              "dataset with masks (DetectionImages(..., with_masks=True))")
+            gt_masks = t.masks.detach().to("cpu", torch.bool).numpy()
+            if gt_masks.shape != (len(g["category"]), *shape):
+                raise DetectionEvaluatorError(f"{here}: target masks are {list(gt_masks.shape)}, expected "
+                                              f"[{len(g['category'])}, {shape[0]}, {shape[1]}] (objects, height, width)")
+            m = torch.as_tensor(m)
+            if m.dtype != torch.bool:
+                raise DetectionEvaluatorError(f"{here}: predicted masks must be bool, got {m.dtype} "
+                                              "(threshold mask probabilities first, e.g. > 0.5)")
+            dt_masks = m.detach().cpu().numpy()
+            if dt_masks.shape != (len(d["known"]), *shape):
+                raise DetectionEvaluatorError(f"{here}: predicted masks are {list(dt_masks.shape)}, expected "
+                                              f"[{len(d['known'])}, {shape[0]}, {shape[1]}] (one per box, at the "
+                                              "image's height and width)")
+            g["masks"], d["masks"] = gt_masks, dt_masks[d["known"]]
 
     def _ground_truth(self, where: str, t: ObjectTargets) -> dict[str, Any]:
         xyxy = t.boxes.detach().to("cpu", torch.float32).numpy().reshape(-1, 4)
@@ -313,12 +365,30 @@ class DetectionEvaluator:
             raise DetectionEvaluatorError(f"{where}: predicted scores contain NaN or inf")
         known = np.isin(category, self.category_ids)
         return {"xyxy": xyxy[known], "boxes": _xywh(xyxy[known]), "scores": score[known],
-                "category": category[known]}
+                "category": category[known], "known": known}
 
 
 _RECORD_COLUMNS = ("sample_id", "num_gt", "num_pred", "tp", "fp", "fn", "dt_category", "dt_score", "dt_match",
                    "dt_ignore", "gt_category", "gt_ignore", "pred_boxes", "pred_scores", "pred_labels", "gt_boxes",
                    "gt_labels")
+
+
+def _match_table(sample_ids: np.ndarray, num_categories: int, dets: dict[str, np.ndarray],
+                 gts: dict[str, np.ndarray]) -> tuple[MatchTable, np.ndarray]:
+    """One pass's `MatchTable` from its merged per-detection and per-object arrays (area axes as matched),
+    and the order it put the detection rows in."""
+    n, num_areas = len(sample_ids), gts["ignore"].shape[1]
+    image = np.searchsorted(sample_ids, dets["sample"])
+    order = np.argsort(image, kind="stable")  # images ascending, each image's detections kept in score order
+    positives = np.zeros((n, num_categories, num_areas))
+    gt_image = np.searchsorted(sample_ids, gts["sample"])
+    for a in range(num_areas):
+        counted = ~gts["ignore"][:, a]
+        np.add.at(positives, (gt_image[counted], gts["category"][counted], a), 1.0)
+    table = MatchTable(num_images=n, num_categories=num_categories, image=image[order],
+                       category=dets["category"][order], rank=dets["rank"][order], score=dets["score"][order],
+                       match=dets["match"][order], ignore=dets["ignore"][order], positives=positives)
+    return table, order
 
 
 def _xywh(xyxy: np.ndarray) -> np.ndarray:

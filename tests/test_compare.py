@@ -279,9 +279,15 @@ def test_holm_adjustment():
 
 
 def test_bootstrap_p_value():
+    from scipy.stats import norm
+
     assert bootstrap_p_value(np.zeros(100)) == 1.0
-    assert bootstrap_p_value(np.full(200, 0.1)) == pytest.approx(1 / 200)
-    assert bootstrap_p_value(np.r_[np.full(30, -1.0), np.full(70, 1.0)]) == pytest.approx(0.6)
+    assert bootstrap_p_value(np.full(200, 0.1)) == 0.0  # every resample the same non-zero difference
+    mixed = np.r_[np.full(30, -1.0), np.full(70, 1.0)]
+    assert bootstrap_p_value(mixed) == pytest.approx(2 * norm.sf(0.4 / np.std(mixed, ddof=1)))
+    assert bootstrap_p_value(mixed, observed=0.0) == 1.0
+    # no 1/R floor: a difference 5 standard errors from 0 is far below 1/200 even with 200 resamples
+    assert bootstrap_p_value(np.random.default_rng(0).normal(0.5, 0.1, 200), observed=0.5) < 1e-5
     assert bootstrap_p_value(np.full(10, np.nan)) is None
 
 

@@ -130,6 +130,8 @@ def run_command(
                                           "per image and miss rate."),
     size_bin: list[str] = typer.Option([], "--size-bin", help="Detection: extra object-size bin NAME=MIN:MAX "
                                        "in px² (e.g. tiny=0:256); repeatable."),
+    instance_masks: bool = typer.Option(False, "--instance-masks", help="Detection: also score instance masks "
+                                        "(mask AP, COCO segm) for models that return masks, e.g. maskrcnn."),
     suite: str = typer.Option("default", "--suite", "-s", help="Preset (quick, default, imagenet-c) or a YAML/TOML suite file."),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help="One class name per line, in model index order."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Build the architecture with this many outputs."),
@@ -183,7 +185,8 @@ def run_command(
                        out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, images=images, masks=masks,
                        ignore_index=ignore_index, canvas=_parse_canvas(canvas), label_map=label_map,
                        postprocess=postprocess, score_threshold=score_threshold,
-                       size_bins=_parse_size_bins(size_bin), gallery=gallery, progress=progress)
+                       size_bins=_parse_size_bins(size_bin), instance_masks=instance_masks, gallery=gallery,
+                       progress=progress)
         except KeyboardInterrupt:
             _fail("interrupted; the records written so far are in the output directory's records.parquet")
         except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:

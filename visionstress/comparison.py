@@ -11,9 +11,9 @@ thousand images is invisible in overlapping intervals and obvious in the discord
 - Other metrics computable from the records (nll, ece, macro_f1, balanced_accuracy; detection AP,
   AP50, AP75, AR1, AR10, AR100; segmentation mIoU, pixel_accuracy, mDice): paired bootstrap over
   images: each resample draws multinomial image weights once and applies them to both runs, so the
-  resampled differences keep the pairing. The two-sided p-value is 2 * min(P*(diff <= 0),
-  P*(diff >= 0)) over the resamples, clipped to [1/resamples, 1]: with R resamples nothing smaller
-  than 1/R can be resolved, and identical runs (every resampled difference exactly 0) get p = 1.
+  resampled differences keep the pairing. The two-sided p-value is a Wald test with the bootstrap
+  standard error, 2 * P(Z >= |diff| / sd(diff*)) (no 1/R floor, which Holm over many cells would
+  otherwise turn into "never significant"); identical runs (every resampled difference 0) get p = 1.
 - Summaries (mean of the main metric under perturbation, mPC, over perturbations then severities;
   relative robustness rPC = mPC / clean; mPC per family) are resampled the same way, cell by cell
   with shared weights, so they are paired too.
@@ -599,7 +599,7 @@ def _test(paired: _Paired, cells: list[CellComparison], summaries: list[CellComp
         deltas = values[1] - values[0]
         cell.ci_delta = _interval(deltas, alpha)
         if cell.test == "none":
-            p_value = bootstrap_p_value(deltas)
+            p_value = bootstrap_p_value(deltas, cell.delta)
             if p_value is not None:
                 cell.test, cell.p_value = "paired_bootstrap", p_value
     needed = {(c.perturbation, c.severity) for c in cells if c.metric == main and c.perturbation != CLEAN}
@@ -619,7 +619,7 @@ def _test_summaries(resampled: dict[tuple[str, int], dict[str, tuple[np.ndarray,
     old, new = (_summary_values({k: v[run] for k, v in perturbed.items()}, clean[run], families) for run in (0, 1))
     for cell in summaries:
         deltas = new[cell.perturbation] - old[cell.perturbation]
-        p_value = bootstrap_p_value(deltas)
+        p_value = bootstrap_p_value(deltas, cell.delta)
         if p_value is not None:
             cell.test, cell.p_value, cell.ci_delta = "paired_bootstrap", p_value, _interval(deltas, alpha)
 
@@ -636,15 +636,25 @@ def mcnemar(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(binomtest(only_ref, only_ref + only_cand, 0.5, alternative="two-sided").pvalue)
 
 
-def bootstrap_p_value(deltas: np.ndarray) -> float | None:
-    """Two-sided paired-bootstrap p-value: 2 * min(P(delta* <= 0), P(delta* >= 0)) over the resampled
-    differences, clipped to [1/R, 1]; None when every resample is undefined (NaN)."""
+def bootstrap_p_value(deltas: np.ndarray, observed: float | None = None) -> float | None:
+    """Two-sided p-value of a paired difference from its bootstrap distribution: a Wald test with the
+    bootstrap standard error, 2 * P(Z >= |observed| / sd(delta*)).
+
+    The percentile p-value (the share of resamples on the far side of 0) cannot go below 1/R, so after
+    Holm over a suite's cells a large regression could stay "not significant" with a few hundred
+    resamples; the normal approximation has no such floor. `observed` defaults to the resamples'
+    mean; None when every resample is undefined (NaN)."""
+    from scipy.stats import norm
+
     d = np.asarray(deltas, dtype=np.float64)
     d = d[np.isfinite(d)]
     if d.size == 0:
         return None
-    p = 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0)))
-    return float(min(1.0, max(p, 1.0 / d.size)))
+    centre = float(np.mean(d)) if observed is None or not np.isfinite(observed) else float(observed)
+    spread = float(np.std(d, ddof=1)) if d.size > 1 else 0.0
+    if spread == 0.0:
+        return 1.0 if centre == 0.0 else 0.0
+    return float(min(1.0, 2.0 * norm.sf(abs(centre) / spread)))
 
 
 def _interval(deltas: np.ndarray, alpha: float) -> tuple[float, float] | None:

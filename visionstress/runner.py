@@ -64,6 +64,7 @@ def run(
     postprocess: str | Callable[..., Any] | None = None,
     score_threshold: float = 0.5,
     size_bins: Mapping[str, tuple[float, float]] | None = None,
+    instance_masks: bool = False,
     gallery: int = 12,
     progress: Callable[[int, int], None] | None = None,
 ):
@@ -77,7 +78,9 @@ def run(
     holding annotations.json; `label_map` maps model labels to dataset category ids (a file, a dict,
     "coco80"; by default by category name when the model knows its names, else identity);
     `postprocess` (a callable or "package.module:function") turns a raw model output into torchvision's
-    list of dicts; `canvas=(H, W)` letterboxes every image into one size and maps predictions back.
+    list of dicts; `canvas=(H, W)` letterboxes every image into one size and maps predictions back;
+    `instance_masks` also scores the model's instance masks against the annotations' segmentations
+    (mask AP, COCOeval "segm", as `segm_*` row metrics) for models that return masks, e.g. maskrcnn.
     Segmentation: `data` is a folder with images/, masks/ and classes.txt, or give `images`, `masks` and
     `class_names` separately; mask pixels equal to `ignore_index` are not scored.
     `gallery` is how many of the worst failures are kept as clean/perturbed thumbnails for the report.
@@ -102,8 +105,11 @@ def run(
         raise RunError(f"--gallery must be 0 (none) or more images, got {gallery}")
     if not 0.0 <= score_threshold <= 1.0:
         raise RunError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    if task != "detection" and (canvas or label_map or postprocess):
-        raise RunError("--canvas, --label-map and --postprocess apply to --task detection only")
+    if task != "detection" and (canvas or label_map or postprocess or instance_masks):
+        raise RunError("--canvas, --label-map, --postprocess and --instance-masks apply to --task detection only")
+    if instance_masks and canvas:
+        raise RunError("--instance-masks cannot be combined with --canvas: masks are scored at each image's own "
+                       "size; drop --canvas (the model resizes images itself)")
     common = dict(
         model=str(model), data=Path(data), suite_name=suite, weights=weights, trust_model=trust_model,
         num_classes=num_classes, device=torch.device(device or default_device()), batch_size=batch_size,
@@ -112,7 +118,8 @@ def run(
     )
     if task == "detection":
         return _run_detection(**common, images=images, label_map=label_map, postprocess=postprocess,
-                              canvas=canvas, score_threshold=score_threshold, size_bins=size_bins)
+                              canvas=canvas, score_threshold=score_threshold, size_bins=size_bins,
+                              instance_masks=instance_masks)
     if task == "segmentation":
         return _run_segmentation(**common, images=images, masks=masks, class_names=class_names,
                                  ignore_index=ignore_index, data_config=data_config,
@@ -342,7 +349,7 @@ def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
 
 def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers, amp,
                    limit, seed, out, strict, bootstrap, progress, name, images, label_map, postprocess, canvas,
-                   score_threshold, size_bins, gallery_size):
+                   score_threshold, size_bins, instance_masks, gallery_size):
     from visionstress.datasets import DetectionImages, iterate_detection_batches, load_coco_dataset
     from visionstress.evaluators import DetectionEvaluator
     from visionstress.models import DetectorAdapter, load_model, resolve_label_map
@@ -357,7 +364,7 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
     adapter = DetectorAdapter(loaded, device=device, amp=amp, data_config=loaded.data_config,
                               postprocess=_callable(postprocess), label_map=mapping)
     evaluator = DetectionEvaluator(dataset.categories, size_bins=size_bins, score_threshold=score_threshold,
-                                   bootstrap=bootstrap, seed=run_seed)
+                                   bootstrap=bootstrap, seed=run_seed, masks=instance_masks)
     samples = dataset.samples
     names = {int(c["id"]): str(c["name"]) for c in dataset.categories}
     gallery = FailureGallery(size=gallery_size)
@@ -396,7 +403,8 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
                                                            host["scales"]))
         return columns, host["paths"]
 
-    batches = iterate_detection_batches(DetectionImages(dataset, strict=strict), batch_size, workers, canvas=canvas)
+    batches = iterate_detection_batches(DetectionImages(dataset, with_masks=instance_masks, strict=strict), batch_size,
+                                        workers, canvas=canvas)
     timing, records_path = _stream("detection", batches, passes, adapter.predict, score, device=device,
                                    seed=run_seed, out_dir=out_dir, total=len(samples) * len(passes),
                                    progress=progress, on_batch=on_batch)
@@ -413,6 +421,7 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
                  "warnings": list(dataset.warnings)},
         suite=suite, seed=run_seed,
         data_config={"canvas": list(canvas) if canvas else None, "score_threshold": score_threshold,
+                     "instance_masks": instance_masks,
                      "label_map": None if mapping is None else {str(k): v for k, v in mapping.items()},
                      "unmapped_predictions": adapter.unmapped,
                      **({} if loaded.data_config is None else loaded.data_config.to_dict())},

@@ -35,6 +35,7 @@ class DetectorOutput:
     boxes: list[Tensor]  # per image [M, 4] float32 xyxy, clipped to the image
     scores: list[Tensor]  # [M] float32
     labels: list[Tensor]  # [M] int64 dataset category ids
+    masks: list[Tensor] | None = None  # per image [M, H, W] bool instance masks (instance-segmentation models)
 
 
 @dataclass
@@ -118,6 +119,9 @@ class DetectorAdapter:
     must turn that into the same list of dicts. `label_map` translates model labels to dataset
     category ids; detections whose label it lacks are dropped and counted in `unmapped`, because a
     label the dataset does not have can only ever be a false positive of an unknown class.
+    Instance-segmentation models (torchvision's maskrcnn_*) also return `masks`, `[M, 1, H, W]`
+    probabilities at the input resolution; they are kept as `[M, H, W]` bool (> 0.5, torchvision's
+    own threshold when it pastes masks) and filtered with their boxes.
     """
 
     def __init__(
@@ -167,17 +171,20 @@ class DetectorAdapter:
             raise ModelOutputError(
                 f"{self.spec}: expected a list of {batch} dicts (boxes, scores, labels), one per image, got a {got}"
             )
-        detections = [self._tensors(d, i) for i, d in enumerate(out)]
-        broken = sum(not (torch.isfinite(b).all() and torch.isfinite(s).all()) for b, s, _ in detections)
+        detections = [self._tensors(d, i, height, width) for i, d in enumerate(out)]
+        with_masks = [m is not None for *_, m in detections]
+        if any(with_masks) and not all(with_masks):
+            raise ModelOutputError(f"{self.spec}: {sum(with_masks)} of {batch} images have masks; expected all or none")
+        broken = sum(not (torch.isfinite(b).all() and torch.isfinite(s).all()) for b, s, *_ in detections)
         if broken:
             hint = " (bf16 autocast can overflow: try without --amp)" if self.amp else ""
             raise ModelOutputError(
                 f"{self.spec}: {broken} of {batch} images got NaN or infinite boxes or scores{hint}"
             )
         limit = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
-        result = DetectorOutput([], [], [])
+        result = DetectorOutput([], [], [], [] if all(with_masks) else None)
         dropped = torch.zeros((), dtype=torch.int64, device=self.device)
-        for i, (boxes, scores, labels) in enumerate(detections):
+        for i, (boxes, scores, labels, masks) in enumerate(detections):
             inverted = int(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).sum())
             if inverted:
                 raise ModelOutputError(
@@ -191,14 +198,19 @@ class DetectorAdapter:
                 keep = labels >= 0
                 dropped += (~keep).sum()
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+                masks = None if masks is None else masks[keep]
             result.boxes.append(boxes)
             result.scores.append(scores)
             result.labels.append(labels)
+            if result.masks is not None:
+                result.masks.append(masks)
         self.unmapped += int(dropped)
         return result
 
-    def _tensors(self, d: Mapping[str, Any], i: int) -> tuple[Tensor, Tensor, Tensor]:
-        """One image's (boxes float32, scores float32, labels int64) on the device, shapes checked."""
+    def _tensors(self, d: Mapping[str, Any], i: int, height: int,
+                 width: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One image's (boxes float32, scores float32, labels int64, masks bool or None) on the device,
+        shapes checked."""
         missing = [k for k in ("boxes", "scores", "labels") if k not in d]
         if missing:
             raise ModelOutputError(
@@ -223,7 +235,25 @@ class DetectorAdapter:
             boxes.to(self.device, torch.float32),
             scores.to(self.device, torch.float32),
             labels.to(self.device, torch.int64),
+            self._masks(d.get("masks"), i, m, height, width),
         )
+
+    def _masks(self, masks: Any, i: int, m: int, height: int, width: int) -> Tensor | None:
+        """[M, 1, H, W] (torchvision) or [M, H, W] mask probabilities or booleans -> [M, H, W] bool."""
+        if masks is None:
+            return None
+        if not isinstance(masks, Tensor):
+            raise ModelOutputError(f"{self.spec}: image {i}: masks must be a tensor, got {type(masks).__name__}")
+        shape = list(masks.shape)
+        if masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if tuple(masks.shape) != (m, height, width):
+            raise ModelOutputError(
+                f"{self.spec}: image {i}: expected masks [{m}, 1, {height}, {width}] or [{m}, {height}, {width}] "
+                f"(one per box, at the input resolution), got {shape}"
+            )
+        masks = masks.to(self.device)
+        return masks if masks.dtype == torch.bool else masks > 0.5
 
 
 class SegmenterAdapter:
