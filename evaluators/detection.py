@@ -316,8 +316,8 @@ class DetectionEvaluator:
                                               "dataset with masks (DetectionImages(..., with_masks=True))")
             gt_masks = t.masks.detach().to("cpu", torch.bool).numpy()
             if gt_masks.shape != (len(g["category"]), *shape):
-                raise DetectionEvaluatorError(f"{here}: target masks are {list(gt_masks.shape)}, expected "
-                                              f"[{len(g['category'])}, {shape[0]}, {shape[1]}] (objects, height, width)")
+                raise DetectionEvaluatorError(f"{here}: target masks are {list(gt_masks.shape)}, expected [objects, "
+                                              f"height, width] = [{len(g['category'])}, {shape[0]}, {shape[1]}]")
             m = torch.as_tensor(m)
             if m.dtype != torch.bool:
                 raise DetectionEvaluatorError(f"{here}: predicted masks must be bool, got {m.dtype} "

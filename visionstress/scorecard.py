@@ -37,7 +37,8 @@ _FRACTION_METRICS = frozenset({
     "top1", "top5", "macro_f1", "balanced_accuracy", "ece", "flip_rate",
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "miss_rate",
     "mIoU", "pixel_accuracy", "mDice", "boundary_f1", "region_recall_small", "region_recall_medium",
-    "region_recall_large",
+    "region_recall_large", "AP_tiny", "recall_tiny",
+    *(f"segm_{m}" for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")),
 })
 _HEADLINE_SUMMARIES = frozenset({"clean_accuracy", "mean_accuracy_under_perturbation", "relative_robustness"})
 """Summaries the headline already states (computed from the rows), so they are not listed twice."""
