@@ -23,13 +23,13 @@ from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 import visionstress as vs
-import visionstress.runner as runner_module
+from oracle import route_predictions
 from visionstress.batch import ObjectTargets
 from visionstress.cli import app
-from visionstress.engine import stream_passes
 from visionstress.evaluators import DetectionEvaluator, DetectionEvaluatorError
 from visionstress.evaluators.detection import SEGM_METRICS
 from visionstress.models import DetectorAdapter, DetectorOutput, ModelOutputError
+from visionstress.runner import RunError
 
 EXACT = 1e-12
 CATEGORIES = [{"id": 2, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]
@@ -219,26 +219,6 @@ def geometric_suite(tmp_path_factory) -> Path:
     return path
 
 
-def _oracle(monkeypatch, make_prediction) -> None:
-    """Predictions = `make_prediction(view, original)`: the batch as the pass perturbed it, and as loaded."""
-
-    def patched(batches, passes, predict, consume, device, seed, timing, on_batch=None, on_pass=None):
-        loaded = {}
-
-        def remember(batch, extra):
-            loaded["batch"] = batch.to(device)
-            if on_batch is not None:
-                on_batch(batch, extra)
-
-        def oracle_consume(p, view, prediction):
-            consume(p, view, make_prediction(view, loaded["batch"]))
-
-        stream_passes(batches, passes, predict, oracle_consume, device, seed, timing, on_batch=remember,
-                      on_pass=on_pass)
-
-    monkeypatch.setattr(runner_module, "stream_passes", patched)
-
-
 def _objects_of(batch) -> DetectorOutput:
     objects = batch.boxes
     return DetectorOutput(boxes=[t.boxes.clone() for t in objects], scores=[torch.ones(len(t)) for t in objects],
@@ -252,14 +232,14 @@ def _by_pass(card, metric: str) -> dict[tuple[str, int], float]:
 def test_oracle_masks_score_segm_ap_1_and_unmoved_masks_do_not(monkeypatch, tmp_path, geometric_suite):
     args = dict(task="detection", suite=str(geometric_suite), limit=LIMIT, workers=0, device="cpu", bootstrap=0,
                 instance_masks=True, gallery=0)
-    _oracle(monkeypatch, lambda view, original: _objects_of(view))
+    route_predictions(monkeypatch, lambda view, original: _objects_of(view))
     moved = vs.run(out=tmp_path / "moved", **args)
     assert moved.data_config["instance_masks"] is True
     for key, ap in _by_pass(moved, "segm_AP").items():
         assert ap == pytest.approx(1.0, abs=EXACT), key
     for key, ap in _by_pass(moved, "AP").items():
         assert ap == pytest.approx(1.0, abs=EXACT), key
-    _oracle(monkeypatch, lambda view, original: _objects_of(original))
+    route_predictions(monkeypatch, lambda view, original: _objects_of(original))
     unmoved = _by_pass(vs.run(out=tmp_path / "unmoved", **args), "segm_AP")
     assert unmoved[("clean", 0)] == pytest.approx(1.0) and unmoved[("brightness", 5)] == pytest.approx(1.0)
     for name in GEOMETRIC:
@@ -273,7 +253,7 @@ def test_instance_masks_are_refused_with_canvas_and_outside_detection(tmp_path):
     result = CliRunner().invoke(app, ["run", "--task", "segmentation", "--instance-masks",
                                       "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "--task detection only" in result.output
-    with pytest.raises(runner_module.RunError, match="--canvas"):
+    with pytest.raises(RunError, match="--canvas"):
         vs.run(task="detection", instance_masks=True, canvas=(64, 64), out=tmp_path / "c")
 
 

@@ -19,9 +19,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import visionstress as vs
-import visionstress.runner as runner_module
+from oracle import route_predictions
 from visionstress.cli import app
-from visionstress.engine import demo_dir, stream_passes
+from visionstress.engine import demo_dir
 from visionstress.records import read_records
 
 GEOMETRIC = ("rotation", "perspective", "zoom_in", "zoom_out", "elastic_transform", "lens_distortion")
@@ -41,27 +41,6 @@ def one_pass_suite(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("suite") / "one.yaml"
     path.write_text("name: one\nperturbations:\n  - {name: gaussian_noise, severities: [3]}\n")
     return path
-
-
-def _oracle(monkeypatch, make_prediction) -> None:
-    """Route every prediction through `make_prediction(view, original)`: `view` is the batch as the pass
-    perturbed it (targets moved), `original` the batch as loaded."""
-
-    def patched(batches, passes, predict, consume, device, seed, timing, on_batch=None, on_pass=None):
-        loaded = {}
-
-        def remember(batch, extra):
-            loaded["batch"] = batch.to(device)
-            if on_batch is not None:
-                on_batch(batch, extra)
-
-        def oracle_consume(p, view, prediction):
-            consume(p, view, make_prediction(view, loaded["batch"]))
-
-        stream_passes(batches, passes, predict, oracle_consume, device, seed, timing, on_batch=remember,
-                      on_pass=on_pass)
-
-    monkeypatch.setattr(runner_module, "stream_passes", patched)
 
 
 def _boxes_of(batch):
@@ -85,7 +64,7 @@ def _metric_by_pass(card, metric: str) -> dict[tuple[str, int], float]:
 
 
 def test_oracle_detector_scores_ap_1_under_every_geometric_perturbation(monkeypatch, tmp_path, geometric_suite):
-    _oracle(monkeypatch, lambda view, original: _boxes_of(view))
+    route_predictions(monkeypatch, lambda view, original: _boxes_of(view))
     card = vs.run(task="detection", suite=str(geometric_suite), out=tmp_path / "moved", limit=LIMIT, workers=0,
                   device="cpu", bootstrap=0)
     for key, ap in _metric_by_pass(card, "AP").items():
@@ -93,7 +72,7 @@ def test_oracle_detector_scores_ap_1_under_every_geometric_perturbation(monkeypa
 
 
 def test_a_detector_returning_unmoved_ground_truth_does_not(monkeypatch, tmp_path, geometric_suite):
-    _oracle(monkeypatch, lambda view, original: _boxes_of(original))
+    route_predictions(monkeypatch, lambda view, original: _boxes_of(original))
     card = vs.run(task="detection", suite=str(geometric_suite), out=tmp_path / "unmoved", limit=LIMIT, workers=0,
                   device="cpu", bootstrap=0)
     ap = _metric_by_pass(card, "AP")
@@ -105,11 +84,11 @@ def test_a_detector_returning_unmoved_ground_truth_does_not(monkeypatch, tmp_pat
 def test_oracle_segmenter_scores_miou_1_and_unmoved_masks_do_not(monkeypatch, tmp_path, geometric_suite):
     card_args = dict(task="segmentation", suite=str(geometric_suite), limit=LIMIT, workers=0, device="cpu",
                      bootstrap=0)
-    _oracle(monkeypatch, lambda view, original: _logits_of(view.masks, 7, view.ignore_index))
+    route_predictions(monkeypatch, lambda view, original: _logits_of(view.masks, 7, view.ignore_index))
     moved = vs.run(out=tmp_path / "moved", **card_args)
     for key, miou in _metric_by_pass(moved, "mIoU").items():
         assert miou == pytest.approx(1.0, abs=1e-12), key
-    _oracle(monkeypatch, lambda view, original: _logits_of(original.masks, 7, view.ignore_index))
+    route_predictions(monkeypatch, lambda view, original: _logits_of(original.masks, 7, view.ignore_index))
     unmoved = _metric_by_pass(vs.run(out=tmp_path / "unmoved", **card_args), "mIoU")
     assert unmoved[("brightness", 5)] == pytest.approx(1.0)
     for name in GEOMETRIC:
