@@ -205,3 +205,41 @@ def test_detection_run_refuses_bad_annotations_with_the_file_named(tmp_path):
 def test_dense_only_options_are_refused_for_classification(tmp_path):
     with pytest.raises(ValueError, match="--task detection only"):
         vs.run(canvas=(64, 64), out=tmp_path)
+
+
+def _mixed_size_coco(root: Path) -> Path:
+    """Six images of three sizes with one or two boxes each: a COCO dataset the runner must batch by shape."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i, (h, w) in enumerate([(48, 64), (64, 48), (48, 64), (80, 80), (64, 48), (80, 80)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+        for _ in range(1 + i % 2):
+            x, y = float(rng.uniform(0, w / 2)), float(rng.uniform(0, h / 2))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(1 + i % 2),
+                                "bbox": [x, y, float(rng.uniform(8, w / 2)), float(rng.uniform(8, h / 2))],
+                                "iscrowd": 0})
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return path
+
+
+@pytest.mark.parametrize("canvas", [None, (96, 128)])
+def test_mixed_sizes_and_the_letterbox_canvas_map_predictions_back(monkeypatch, tmp_path, geometric_suite, canvas):
+    """Predictions in the batch's pixels (the canvas when letterboxed) are scored in the original image's:
+    the oracle keeps AP = 1, and the scorecard's clean row equals COCOeval on the original annotations."""
+    data = _mixed_size_coco(tmp_path)
+    route_predictions(monkeypatch, lambda view, original: _boxes_of(view))
+    card = vs.run("visionstress.models.demo:tiny_detector", data, task="detection", suite=str(geometric_suite),
+                  canvas=canvas, batch_size=4, workers=0, device="cpu", bootstrap=0, gallery=0, out=tmp_path / "out")
+    assert card.dataset["num_samples"] == 6
+    for key, ap in _metric_by_pass(card, "AP").items():
+        assert ap == pytest.approx(1.0, abs=1e-12), key
+    records = read_records(tmp_path / "out" / "records.parquet")
+    clean = records[records.perturbation == "clean"].sort_values("sample_id")
+    originals = json.loads(data.read_text())["annotations"]
+    for sample_id, boxes in zip(clean.sample_id, clean.gt_boxes):
+        expected = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                    for a in originals if a["image_id"] == sample_id + 1]
+        np.testing.assert_allclose(np.stack(list(boxes)), np.array(expected), atol=1e-3)
