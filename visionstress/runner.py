@@ -225,7 +225,7 @@ def _run_classification(*, model, data, suite_name, weights, trust_model, num_cl
     if limit is not None:
         samples = samples[:limit]
     adapter = ClassifierAdapter(loaded, config, device=device, amp=amp)
-    width = _output_width(adapter, config, device)
+    width = adapter.num_classes
     if names is None and width > len(class_list) and class_list == [str(i) for i in range(len(class_list))]:
         # integer labels name model indices directly; the dataset need not contain the highest classes
         class_list = [str(i) for i in range(width)]
@@ -351,7 +351,7 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
                    limit, seed, out, strict, bootstrap, progress, name, images, label_map, postprocess, canvas,
                    score_threshold, size_bins, instance_masks, gallery_size):
     from visionstress.datasets import DetectionImages, iterate_detection_batches, load_coco_dataset
-    from visionstress.evaluators import DetectionEvaluator
+    from visionstress.evaluators import DetectionEvaluator, robustness_summary
     from visionstress.models import DetectorAdapter, load_model, resolve_label_map
 
     suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
@@ -426,7 +426,7 @@ def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes
                      "unmapped_predictions": adapter.unmapped,
                      **({} if loaded.data_config is None else loaded.data_config.to_dict())},
         device=device, rows=_rows(results.rows, passes),
-        summaries=robustness_summary_for(results.rows, _families(passes), "AP"),
+        summaries=robustness_summary(results.rows, _families(passes), "AP"),
         breakdowns={"per_class_ap": results.per_class_ap, "size": results.size,
                     "error_types": {k: v for k, v in results.error_types.items() if k in keep},
                     "occlusion": results.occlusion, "gallery": gallery.save(out_dir)},
@@ -438,7 +438,7 @@ def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_clas
                       amp, limit, seed, out, strict, bootstrap, progress, name, images, masks, class_names,
                       ignore_index, data_config, overrides, gallery_size):
     from visionstress.datasets import SegmentationImages, iterate_segmentation_batches, load_segmentation_dataset
-    from visionstress.evaluators import SegmentationEvaluator
+    from visionstress.evaluators import SegmentationEvaluator, robustness_summary
     from visionstress.models import SegmenterAdapter, load_model, resolve_data_config
 
     suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
@@ -504,20 +504,13 @@ def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_clas
                  "skipped": _skipped(skipped)},
         suite=suite, seed=run_seed, data_config={**config.to_dict(), "source": config_source}, device=device,
         rows=_rows(results.rows, passes),
-        summaries=robustness_summary_for(results.rows, _families(passes), "mIoU"),
+        summaries=robustness_summary(results.rows, _families(passes), "mIoU"),
         breakdowns={"per_class_iou": results.per_class_iou,
                     "confusion": {k: v for k, v in results.confusion.items()
                                   if k in keep and v.shape[0] <= _MAX_CONFUSION_CLASSES},
                     "region_recall": results.region_recall, "gallery": gallery.save(out_dir)},
         timing=timing, records_path=records_path, out_dir=out_dir,
     )
-
-
-def robustness_summary_for(rows, families: dict[str, str], metric: str) -> dict[str, Any]:
-    """mPC / rPC (Michaelis et al. 2019) in the task's main metric; summary keys are shared by all tasks."""
-    from visionstress.evaluators import robustness_summary
-
-    return robustness_summary(rows, families, metric)
 
 
 def _worst_key(rows, metric: str) -> str | None:
@@ -554,16 +547,10 @@ def _detections_to_host(prediction):
 
 def _unscale(targets, prediction, scales: torch.Tensor):
     """Letterboxed coordinates back to the original image's: boxes / scale, areas / scale²."""
-    moved = []
-    for t, s in zip(targets, scales.tolist()):
-        area = getattr(t, "area", None)
-        t = t.keep(torch.ones(len(t), dtype=torch.bool))
-        t.boxes = t.boxes / s
-        if area is not None:
-            t.area = t.area / (s * s)
-        moved.append(t)
-    boxes = [b / s for b, s in zip(prediction.boxes, scales.tolist())]
-    return moved, replace(prediction, boxes=boxes)
+    factors = scales.tolist()
+    moved = [replace(t, boxes=t.boxes / s, area=None if t.area is None else t.area / (s * s))
+             for t, s in zip(targets, factors)]
+    return moved, replace(prediction, boxes=[b / s for b, s in zip(prediction.boxes, factors)])
 
 
 def _coco_fingerprint(dataset) -> str:
@@ -590,13 +577,6 @@ def _digest(entries: list[str]) -> str:
     for entry in sorted(entries):
         digest.update(entry.encode("utf-8") + b"\n")
     return digest.hexdigest()
-
-
-def _output_width(adapter, config, device: torch.device) -> int:
-    """The model's number of outputs, from one forward pass on a grey image, before any real work."""
-    h, w = config.input_size
-    probe = torch.full((1, 3, h, w), 0.5, device=device)
-    return int(adapter.predict(probe).logits.shape[1])
 
 
 _MAX_CONFUSION_CLASSES = 100
