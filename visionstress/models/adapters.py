@@ -54,34 +54,42 @@ class ModelOutputError(RuntimeError):
     """The model failed or returned something that is not usable logits; the message names the model."""
 
 
-class ClassifierAdapter:
-    """Normalise pixel batches the way `data_config` says and return float32 logits.
-
-    `images` given to `predict` are `[B, 3, H, W]`, uint8 or float in [0, 1], already resized and
-    cropped to `data_config.input_size` (the dataset does that, before the perturbations run).
-    """
+class _LogitsAdapter:
+    """What the classifier and segmenter adapters share: the model on its device, the pixel
+    normalisation of `data_config`, and the class count (given, known to the loader, or fixed by the
+    first batch the model returns)."""
 
     def __init__(
         self,
-        model: LoadedModel | nn.Module | Callable[[Tensor], Tensor],
+        model: LoadedModel | nn.Module | Callable[[Tensor], Any],
         data_config: DataConfig,
         device: str | torch.device = "cpu",
         amp: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.spec, self.model, self._num_classes = _unwrap(model, self.device)
+        self.spec, self.model, known = _unwrap(model, self.device)
+        self._num_classes = num_classes if num_classes is not None else known
         self.data_config = data_config
         self.amp = amp
         self._pixels = _Pixels(data_config, self.device)
 
     @property
     def num_classes(self) -> int:
-        """Output width; when neither the loader nor a previous batch told us, one grey image is run."""
+        """Output width; when nothing told us yet, one grey image of the data config's input size is run."""
         if self._num_classes is None:
             h, w = self.data_config.input_size
             self.predict(torch.full((1, 3, h, w), 0.5, device=self.device))
         assert self._num_classes is not None  # set by predict
         return self._num_classes
+
+
+class ClassifierAdapter(_LogitsAdapter):
+    """Normalise pixel batches the way `data_config` says and return float32 logits.
+
+    `images` given to `predict` are `[B, 3, H, W]`, uint8 or float in [0, 1], already resized and
+    cropped to `data_config.input_size` (the dataset does that, before the perturbations run).
+    """
 
     def predict(self, images: Tensor) -> ClassifierOutput:
         _check_images(images, self.spec)
@@ -256,7 +264,7 @@ class DetectorAdapter:
         return masks if masks.dtype == torch.bool else masks > 0.5
 
 
-class SegmenterAdapter:
+class SegmenterAdapter(_LogitsAdapter):
     """Normalise full-resolution pixel batches and return per-pixel logits at the input resolution.
 
     Unlike classification, no input size is enforced: segmenters are fully convolutional and are
@@ -264,32 +272,6 @@ class SegmenterAdapter:
     (torchvision; "aux" is ignored) or an object with `.logits` (Hugging Face); logits at a lower
     resolution are upsampled bilinearly, as those libraries do at evaluation.
     """
-
-    def __init__(
-        self,
-        model: LoadedModel | nn.Module | Callable[[Tensor], Any],
-        data_config: DataConfig,
-        *,
-        device: str | torch.device = "cpu",
-        amp: bool = False,
-        num_classes: int | None = None,
-    ) -> None:
-        self.device = torch.device(device)
-        self.spec, self.model, known = _unwrap(model, self.device)
-        self._num_classes = num_classes if num_classes is not None else known
-        self.data_config = data_config
-        self.amp = amp
-        self._pixels = _Pixels(data_config, self.device)
-
-    @property
-    def num_classes(self) -> int:
-        """Output width; when neither the caller, the loader nor a previous batch told us, one grey
-        image of the data config's input size is run."""
-        if self._num_classes is None:
-            h, w = self.data_config.input_size
-            self.predict(torch.full((1, 3, h, w), 0.5, device=self.device))
-        assert self._num_classes is not None  # set by predict
-        return self._num_classes
 
     def predict(self, images: Tensor) -> SegmenterOutput:
         _check_images(images, self.spec)
