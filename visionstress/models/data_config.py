@@ -89,20 +89,25 @@ def resolve_data_config(
     return config, "; overridden by ".join(parts)
 
 
-def _read_mapping(path: str | Path) -> Mapping[str, Any]:
+def read_mapping_file(path: str | Path, what: str, expected: str, error: type[ValueError],
+                      missing_hint: str = "") -> Mapping[Any, Any]:
+    """A YAML or JSON file (by suffix) that must hold a mapping; `error` names the file and the problem:
+    `{path}: {what} file not found{missing_hint}`, not readable, or `expected {expected}`."""
     path = Path(path)
     if not path.is_file():
-        raise DataConfigError(f"{path}: data config file not found")
+        raise error(f"{path}: {what} file not found{missing_hint}")
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DataConfigError(f"{path}: not a readable YAML/JSON data config ({exc})") from exc
+        raise error(f"{path}: not a readable YAML/JSON {what} ({exc})") from exc
     if not isinstance(data, Mapping):
-        raise DataConfigError(
-            f"{path}: expected a mapping with keys {', '.join(_KEYS)}, got {type(data).__name__}"
-        )
+        raise error(f"{path}: expected {expected}, got {type(data).__name__}")
     return data
+
+
+def _read_mapping(path: str | Path) -> Mapping[str, Any]:
+    return read_mapping_file(path, "data config", f"a mapping with keys {', '.join(_KEYS)}", DataConfigError)
 
 
 def _overlay(config: DataConfig, d: Mapping[str, Any], source: str) -> tuple[DataConfig, list[str]]:

@@ -11,13 +11,12 @@ the dataset's by name.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from visionstress.models.data_config import read_mapping_file
 
 #: Contiguous index 0..79 (YOLO/Darknet order) -> COCO category id (the 80 ids used in COCO's
 #: instances_*.json files; 12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused).
@@ -69,18 +68,8 @@ def resolve_label_map(
 
 
 def _read(path: Path) -> Mapping[Any, Any]:
-    if not path.is_file():
-        raise LabelMapError(f"{path}: label map file not found; expected identity, coco80 or a JSON/YAML file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise LabelMapError(f"{path}: not a readable JSON/YAML label map ({exc})") from exc
-    if not isinstance(data, Mapping):
-        raise LabelMapError(
-            f"{path}: expected a mapping {{model_label: dataset_category_id_or_name}}, got {type(data).__name__}"
-        )
-    return data
+    return read_mapping_file(path, "label map", "a mapping {model_label: dataset_category_id_or_name}",
+                             LabelMapError, "; expected identity, coco80 or a JSON/YAML file")
 
 
 def _validated(mapping: Mapping[Any, Any], ids: dict[int, str], source: str) -> dict[int, int]:
