@@ -61,6 +61,32 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as given; the message names the file or key and the problem."""
 
 
+def read_image_or_skip(path: str | Path) -> torch.Tensor | SkippedFile:
+    """The decoded image, or a SkippedFile saying why it could not be decoded. Never raised here, so
+    that loader workers hand the reason back and a strict run raises it in the main process, where the
+    message is not buried under a worker traceback."""
+    try:
+        return read_image(path)
+    except (ImageReadError, Image.DecompressionBombError) as exc:
+        return SkippedFile(path=str(path), reason=str(exc).removeprefix(f"{path}: "))
+
+
+class SkipsUnreadable(Dataset):
+    """Base of datasets whose `load(index)` returns a sample or a SkippedFile: indexing hands the skip
+    on (the batching reports it), or raises it as a DatasetError when `strict`."""
+
+    strict: bool
+
+    def load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.load(index)
+        if isinstance(item, SkippedFile) and self.strict:
+            raise DatasetError(f"{item.path}: {item.reason}")
+        return item
+
+
 def read_class_names(path: str | Path) -> list[str]:
     """Class names in model index order, one per line (line *i* is output *i*).
 
@@ -181,13 +207,11 @@ class ClassificationImages(Dataset):
         return item
 
     def _load(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
-        """The decoded sample, or why it could not be decoded: workers hand the reason back, and a strict
-        run raises in the main process, where the message is not buried under a worker traceback."""
+        """The decoded sample, or why it could not be decoded (see `read_image_or_skip`)."""
         sample = self.samples[index]
-        try:
-            image = read_image(sample.path)
-        except (ImageReadError, Image.DecompressionBombError) as exc:
-            return SkippedFile(path=sample.path, reason=str(exc).removeprefix(f"{sample.path}: "))
+        image = read_image_or_skip(sample.path)
+        if isinstance(image, SkippedFile):
+            return image
         return self._resize_crop(image), sample.label, index
 
     def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:

@@ -24,13 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from visionstress.batch import ObjectTargets
-from visionstress.datasets.classification import DatasetError, SkippedFile
-from visionstress.images import ImageReadError, read_image
+from visionstress.datasets.classification import DatasetError, SkippedFile, SkipsUnreadable, read_image_or_skip
 
 if TYPE_CHECKING:  # pycocotools is imported when a dataset is loaded, not with the package
     from pycocotools.coco import COCO
@@ -121,7 +118,7 @@ def load_coco_dataset(data: str | Path, images: str | Path | None = None, *, wit
     )
 
 
-class DetectionImages(Dataset):
+class DetectionImages(SkipsUnreadable):
     """Decoded images with their objects, as `(uint8 [3, H, W], ObjectTargets, index)`.
 
     Images keep their full resolution (detection models resize as they normally would). Targets:
@@ -142,21 +139,13 @@ class DetectionImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
-        item = self.load(index)
-        if isinstance(item, SkippedFile) and self.strict:
-            raise DatasetError(f"{item.path}: {item.reason}")
-        return item
-
     def load(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
-        """The sample, or why its file could not be decoded (never raised here, so that loader workers
-        hand the reason back and a strict run raises it in the main process)."""
+        """The sample, or why its file could not be decoded (see `read_image_or_skip`)."""
         sample = self.dataset.samples[index]
         path = self.dataset.images_root / sample.path
-        try:
-            image = read_image(path)
-        except (ImageReadError, Image.DecompressionBombError) as exc:
-            return SkippedFile(path=str(path), reason=str(exc).removeprefix(f"{path}: "))
+        image = read_image_or_skip(path)
+        if isinstance(image, SkippedFile):
+            return image
         height, width = image.shape[-2:]
         if (height, width) != (sample.height, sample.width):
             hint = " (EXIF orientation turned it?)" if (height, width) == (sample.width, sample.height) else ""

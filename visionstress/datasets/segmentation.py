@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from visionstress.batch import DEFAULT_IGNORE_INDEX
-from visionstress.datasets.classification import DatasetError, SkippedFile, read_class_names
-from visionstress.images import ImageReadError, read_image
+from visionstress.datasets.classification import (DatasetError, SkippedFile, SkipsUnreadable, read_class_names,
+                                                  read_image_or_skip)
+from visionstress.images import ImageReadError
 
 SEGMENTATION_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _INDEX_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -101,7 +101,7 @@ def load_segmentation_dataset(
                                class_names=names, ignore_index=ignore_index)
 
 
-class SegmentationImages(Dataset):
+class SegmentationImages(SkipsUnreadable):
     """Decoded images with their masks, as `(uint8 [3, H, W], int64 [H, W], index)`, full resolution.
 
     An unreadable image or mask gives a `SkippedFile` (`strict=False`) or raises `DatasetError`
@@ -116,22 +116,14 @@ class SegmentationImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int] | SkippedFile:
-        item = self.load(index)
-        if isinstance(item, SkippedFile) and self.strict:
-            raise DatasetError(f"{item.path}: {item.reason}")
-        return item
-
     def load(self, index: int) -> tuple[Tensor, Tensor, int] | SkippedFile:
-        """The sample, or why a file could not be decoded (never raised here, so that loader workers
-        hand the reason back and a strict run raises it in the main process)."""
+        """The sample, or why a file could not be decoded (see `read_image_or_skip`)."""
         sample = self.dataset.samples[index]
         image_path = self.dataset.images_root / sample.image_path
         mask_path = self.dataset.masks_root / sample.mask_path
-        try:
-            image = read_image(image_path)
-        except (ImageReadError, Image.DecompressionBombError) as exc:
-            return SkippedFile(path=str(image_path), reason=str(exc).removeprefix(f"{image_path}: "))
+        image = read_image_or_skip(image_path)
+        if isinstance(image, SkippedFile):
+            return image
         try:
             mask = read_mask(mask_path)
         except ImageReadError as exc:
