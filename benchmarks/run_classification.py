@@ -22,6 +22,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from _timing import model_only
+
 
 def synthetic_folder(root: Path, images: int, classes: int, size: int) -> Path:
     """An ImageFolder of smooth random images (decoding cost like real photographs of that size)."""
@@ -32,22 +34,6 @@ def synthetic_folder(root: Path, images: int, classes: int, size: int) -> Path:
         base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
         Image.fromarray(base).resize((size, size), Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
     return root
-
-
-def model_only(adapter, batch_images: torch.Tensor, passes: int, device: torch.device, amp: bool) -> float:
-    """Seconds for `passes` forward calls on one resident batch (after one warm-up call)."""
-    from visionstress.engine import autocast_context
-
-    with autocast_context(device, amp):
-        adapter.predict(batch_images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(passes):
-            adapter.predict(batch_images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -92,7 +78,7 @@ def main() -> None:
         adapter = ClassifierAdapter(loaded, config, device=device, amp=args.amp)
         dataset = ClassificationImages(samples[: args.batch_size], config)
         batch = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
-        seconds = model_only(adapter, batch, passes, device, args.amp)
+        seconds = model_only(adapter.predict, batch, passes, device)
         model_rate = passes * len(batch) / seconds
 
     table = Table(title=f"{spec} · suite {args.suite} ({passes} passes) · {len(samples)} images · "

@@ -24,6 +24,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from _timing import model_only
+
 
 def synthetic_coco(root: Path, images: int, size: int, categories: int = 10) -> Path:
     """Smooth random images with 1-6 boxes each, as a COCO instances JSON beside an images folder."""
@@ -45,19 +47,6 @@ def synthetic_coco(root: Path, images: int, size: int, categories: int = 10) -> 
     path = root / "instances.json"
     path.write_text(json.dumps(coco))
     return path
-
-
-def model_only(adapter, images: torch.Tensor, passes: int, device: torch.device) -> float:
-    """Seconds for `passes` forward calls on one resident batch (after one warm-up call)."""
-    adapter.predict(images)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(passes):
-        adapter.predict(images)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -93,7 +82,7 @@ def main() -> None:
         adapter = DetectorAdapter(loaded, device=device, amp=args.amp, data_config=loaded.data_config)
         dataset = DetectionImages(load_coco_dataset(data))
         batch = torch.stack([dataset[i][0] for i in range(min(args.batch_size, len(dataset)))]).to(device)
-        model_rate = passes * len(batch) / model_only(adapter, batch, passes, device)
+        model_rate = passes * len(batch) / model_only(adapter.predict, batch, passes, device)
 
     predictions = card.timing["predictions"]
     table = Table(title=f"{args.model} (random weights) · suite {args.suite} ({passes} passes) · {args.images} "
