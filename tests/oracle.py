@@ -26,3 +26,10 @@ def route_predictions(monkeypatch, make_prediction) -> None:
                       on_pass=on_pass)
 
     monkeypatch.setattr(runner_module, "stream_passes", patched)
+
+
+def geometric_suite_file(path, names, severities) -> None:
+    """A suite of the geometric perturbations `names` at `severities`, plus brightness 5: a pass that
+    moves nothing, where moved and unmoved targets must score alike."""
+    items = "\n".join(f"  - {{name: {name}, severities: {list(severities)}}}" for name in names)
+    path.write_text(f"name: geometric\nseed: 3\nperturbations:\n{items}\n  - {{name: brightness, severities: [5]}}\n")

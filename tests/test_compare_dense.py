@@ -61,4 +61,6 @@ def test_the_same_dense_model_twice_changes_nothing(runs):
     metric = "AP" if task == "detection" else "mIoU"
     comparison = vs.compare(cards["reference"], cards["same"], gates=[f"{metric}:-2%"], bootstrap=100)
     assert comparison.passed
-    assert all(c.delta == 0 and not c.significant for c in comparison.cells if c.metric == metric)
+    cells = [c for c in comparison.cells if c.metric == metric]
+    assert len(cells) == 4  # clean and the suite's three cells
+    assert all(c.delta == 0 and not c.significant for c in cells)

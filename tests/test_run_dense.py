@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import visionstress as vs
-from oracle import route_predictions
+from oracle import geometric_suite_file, route_predictions
 from visionstress.cli import app
 from visionstress.engine import demo_dir
 from visionstress.records import read_records
@@ -31,8 +31,7 @@ LIMIT = 24
 @pytest.fixture(scope="module")
 def geometric_suite(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("suite") / "geometric.yaml"
-    items = "\n".join(f"  - {{name: {name}, severities: [3, 5]}}" for name in GEOMETRIC)
-    path.write_text(f"name: geometric\nseed: 3\nperturbations:\n{items}\n  - {{name: brightness, severities: [5]}}\n")
+    geometric_suite_file(path, GEOMETRIC, [3, 5])
     return path
 
 
