@@ -503,3 +503,11 @@ def test_dense_adapters_on_cuda_with_and_without_amp(frcnn7, tmp_path):
         assert logits.device.type == "cuda" and logits.dtype == torch.float32 and logits.shape == (2, 5, 160, 160)
         tolerance = 0.1 if amp else 1e-2  # TF32 convolutions; bf16 keeps about three significant digits
         torch.testing.assert_close(logits.cpu(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_segmenter_labels_are_the_argmax_computed_once():
+    from visionstress.models import SegmenterOutput
+
+    output = SegmenterOutput(torch.randn(2, 5, 8, 8))
+    assert torch.equal(output.labels, output.logits.argmax(1))
+    assert output.labels is output.labels  # the evaluator and the gallery share one argmax per pass

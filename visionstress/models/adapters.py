@@ -8,6 +8,7 @@ that would silently corrupt metrics (wrong shape, NaN/inf), naming the model in 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +45,10 @@ class SegmenterOutput:
 
     logits: Tensor  # [B, C, H, W] float32
 
-    @property
+    @functools.cached_property
     def labels(self) -> Tensor:
-        """[B, H, W] int64: the predicted class of each pixel."""
+        """[B, H, W] int64: the predicted class of each pixel (computed once: the evaluator and the
+        failure gallery both read it)."""
         return self.logits.argmax(1)
 
 
