@@ -11,6 +11,7 @@ from .registry import (
     GeometricPerturbation,
     Perturbation,
     PhotometricPerturbation,
+    PrepareContext,
     get_perturbation,
     list_perturbations,
     register_perturbation,
@@ -33,6 +34,6 @@ IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 __all__ = [
     "ALL_TARGETS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "GeometricPerturbation",
-    "Perturbation", "PhotometricPerturbation", "Warp", "get_perturbation", "list_perturbations",
+    "Perturbation", "PhotometricPerturbation", "PrepareContext", "Warp", "get_perturbation", "list_perturbations",
     "register_perturbation", "unregister_perturbation",
 ]

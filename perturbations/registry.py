@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Any, Callable, Mapping, Sequence, TypeVar, overload
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -34,15 +36,63 @@ def _no_params(rng: SampleRNG, level: Any, batch: Batch) -> Params:
     return {}
 
 
+@dataclass
+class PrepareContext:
+    """What a model-aware or data-aware perturbation may use in the prepare phase, before the loop.
+
+    `batches()` starts a fresh pass over the run's dataset (host `Batch`es with their targets, and
+    `foreground` when the perturbation `needs_foreground`); `adapter` is the task's model adapter (the
+    model in eval mode: a perturbation must never change its weights or buffers); `state_dir` is where
+    the fitted or collected state is saved, beside the scorecard, so that `load_prepared` can reload it
+    (resume, other ranks, `--patch-from`). `options` are the run's resolved options.
+    """
+
+    task: str
+    adapter: Any
+    batches: Callable[[], Iterator[Batch]]
+    severities: tuple[int, ...]
+    seed: int
+    device: torch.device
+    options: Mapping[str, Any]
+    state_dir: Path
+    class_names: Sequence[str] = ()
+    log: Callable[[str], None] = print
+
+
 class Perturbation:
     """A named, registered image perturbation with a five-level severity table.
 
     Subclasses implement `apply(batch, params, level)` on a float32 RGB batch; `level` is the
     severity table's entry for the requested severity. Override `sample_params` (or pass `sample=`)
     to draw per-sample parameters.
+
+    Model-aware and data-aware perturbations may also override `prepare` (fit state on the model or
+    collect it from the dataset before the loop; returns a prepared copy) and `load_prepared`, and
+    `sample_filter` when their passes score only some images (an attack scored on the images it was
+    not fitted on).
     """
 
     kind: str = "photometric"
+    needs_foreground: bool = False
+    """Whether `apply` reads `Batch.foreground` (the run then loads object masks with the images)."""
+
+    def prepare(self, context: PrepareContext) -> Perturbation:
+        """Fit or collect what this perturbation needs, save it under `context.state_dir`, and return
+        the perturbation to use in the loop (a copy carrying the state). The default has nothing to do."""
+        return self
+
+    def load_prepared(self, state_dir: Path, context: PrepareContext) -> Perturbation:
+        """The prepared perturbation from state saved by `prepare` (in `state_dir`); the default has none."""
+        return self
+
+    def prepared_summary(self) -> dict[str, Any]:
+        """JSON-ready facts about the prepared state for the scorecard (what was fitted, on which images)."""
+        return {}
+
+    def sample_filter(self, sample_ids: Tensor) -> Tensor | None:
+        """Which of `sample_ids` this perturbation's passes score (bool, same device), or None for all.
+        Must depend on the sample id alone, so that sharding and batching never change the choice."""
+        return None
 
     def __init__(
         self,

@@ -126,6 +126,7 @@ class Batch:
     masks: Tensor | None = None  # [B, H, W] int64 class indices (semantic segmentation)
     ignore_index: int = DEFAULT_IGNORE_INDEX
     params: dict[str, Tensor] = field(default_factory=dict)
+    foreground: Tensor | None = None  # [B, H, W] bool object pixels, for background / cue perturbations
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, Tensor):
@@ -158,6 +159,11 @@ class Batch:
             self.masks = torch.as_tensor(self.masks, device=device).long()
             if tuple(self.masks.shape) != (b, h, w):
                 raise ValueError(f"Batch.masks must be [B, H, W] = {(b, h, w)}, got {tuple(self.masks.shape)}")
+        if self.foreground is not None:
+            self.foreground = torch.as_tensor(self.foreground, device=device).bool()
+            if tuple(self.foreground.shape) != (b, h, w):
+                raise ValueError(f"Batch.foreground must be [B, H, W] = {(b, h, w)}, "
+                                 f"got {tuple(self.foreground.shape)}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -192,6 +198,7 @@ class Batch:
             boxes=None if self.boxes is None else [t.to(device) for t in self.boxes],
             masks=None if self.masks is None else self.masks.to(device),
             params={k: v.to(device) for k, v in self.params.items()},
+            foreground=None if self.foreground is None else self.foreground.to(device),
         )
 
     def select(self, index: Sequence[int] | Tensor | slice) -> Batch:
@@ -208,4 +215,5 @@ class Batch:
             masks=None if self.masks is None else self.masks[dev_idx],
             ignore_index=self.ignore_index,
             params={k: v[dev_idx] for k, v in self.params.items()},
+            foreground=None if self.foreground is None else self.foreground[dev_idx],
         )

@@ -1,0 +1,44 @@
+"""The run options every task shares (model, data, suite, device, ...), and those of perturbation
+families that need settings of their own. Task-specific options are declared in their task's module.
+
+This module must stay light (no torch): the pytest plugin reads these declarations when pytest starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from visionstress.options import Option, OptionError, register_options
+
+
+def _seed(value: int) -> None:
+    if value < 0 or value >= 2 ** 63:
+        raise OptionError(f"--seed must be a whole number from 0 to 2**63 - 1, got {value}")
+
+
+register_options(
+    Option("model", str, None, "torchvision:NAME, timm:NAME, package.module:function, or a .pt2 / TorchScript / "
+           ".onnx file. Omit with --data to run the bundled demo.", short="-m", group="model"),
+    Option("weights", Path, None, "State dict (.pth/.pt/.safetensors), loaded with weights_only.", short="-w",
+           group="model"),
+    Option("trust_model", bool, False, "Allow model files that execute code (.pt2, TorchScript, full pickles).",
+           group="model"),
+    Option("num_classes", int, None, "Build the architecture with this many outputs.", minimum=1, group="model"),
+    Option("data", Path, None, "The dataset (its form depends on --task). Omit with --model to run the bundled "
+           "demo.", short="-d", group="data"),
+    Option("suite", str, "default", "Preset (quick, default, imagenet-c, ...) or a YAML/TOML suite file.",
+           short="-s", group="run"),
+    Option("device", str, None, "cpu, cuda, cuda:1 ... (default: CUDA when present).", group="run"),
+    Option("batch_size", int, 64, "Images per batch.", short="-b", minimum=1, group="run"),
+    Option("workers", int, 2, "DataLoader workers decoding images.", minimum=0, group="run"),
+    Option("amp", bool, False, "bf16 autocast for the model.", group="run"),
+    Option("limit", int, None, "Only the first N images (a quick look).", minimum=1, group="data"),
+    Option("seed", int, None, "Overrides the suite's seed.", check=_seed, group="run"),
+    Option("out", Path, None, "Output directory (default: reports/<name>).", short="-o", group="output"),
+    Option("strict", bool, False, "A corrupt image is an error instead of a recorded skip.", group="data"),
+    Option("bootstrap", int, 1000, "Bootstrap resamples for the 95% intervals (0: none).", minimum=0,
+           group="output"),
+    Option("gallery", int, 12, "Worst failures kept as thumbnails for the report (0: none).", minimum=0,
+           group="output"),
+    Option("progress", object, None, "progress(done, total), called as predictions are scored.", exposed=False),
+)
