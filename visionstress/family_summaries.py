@@ -27,7 +27,8 @@ class SummaryContext:
     `records` holds every per-image record of the run (all passes; columns as the task writes them,
     plus `sample_id`, `path`, `perturbation`, `family`, `severity`); `statistics(columns)` is the task's
     statistics function for one pass's columns (sample-id order); `rows` are the scorecard's result
-    rows; `prepared` the prepared-state summaries of model-/data-aware perturbations.
+    rows and `breakdowns` its breakdowns (e.g. detection error types per pass, keyed "name@severity");
+    `prepared` the prepared-state summaries of model-/data-aware perturbations.
     """
 
     task: str
@@ -40,6 +41,7 @@ class SummaryContext:
     seed: int
     prepared: Mapping[str, Any]
     options: Mapping[str, Any]
+    breakdowns: Mapping[str, Any]
 
 
 SummaryFn = Callable[[SummaryContext], dict[str, Any]]
