@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from visionstress.batch import Batch
+
 from .bootstrap import bootstrap_ci
-from .calibration import bin_index, per_sample_brier, per_sample_nll, reliability_bins
+from .calibration import bin_index, reliability_bins
+from .protocol import PassKey, Update
 from .confusion import (balanced_accuracy_from_counts, confusion_matrix, macro_f1_from_counts, per_class_metrics,
                         top_confusions)
 
@@ -128,34 +131,65 @@ class ClassificationEvaluator:
         self._passes: dict[tuple[str, int], _Pass] = {}
         self._clean_prediction = np.full(0, -1, dtype=np.int64)  # indexed by sample id, -1 = not seen yet
 
-    def update(self, perturbation: str, severity: int, sample_ids: Tensor, labels: Tensor,
-               logits: Tensor) -> dict[str, np.ndarray | list]:
-        """Reduce one batch of one pass; return its per-sample record columns.
+    def update(self, key: PassKey, batch: Batch, predictions: Any) -> Update:
+        """The evaluator protocol: score one batch of one pass (`predictions.logits`, on any device,
+        against `batch.labels`); the per-sample reduction runs on the logits' device and reaches the host
+        in one copy. Returns the record columns and the state chunk (for a run's journal)."""
+        return self._score(key.perturbation, key.severity, batch.sample_ids, batch.labels, predictions.logits)
+
+    def update_arrays(self, perturbation: str, severity: int, sample_ids: Tensor, labels: Tensor,
+                      logits: Tensor) -> dict[str, np.ndarray | list]:
+        """Reduce one batch of one pass given as plain arrays; return its per-sample record columns.
 
         Columns: `sample_id`, `label`, `prediction`, `confidence` (max softmax probability), `correct`,
         `top5` (lists of the top min(5, K) class indices), `nll`, and `flipped` (prediction differs
         from this sample's clean prediction; None on the clean pass).
         """
+        return self._score(perturbation, severity, sample_ids, labels, logits).records
+
+    def _score(self, perturbation: str, severity: int, sample_ids: Tensor, labels: Tensor, logits: Tensor) -> Update:
         where = f"ClassificationEvaluator.update({perturbation!r}, severity={severity})"
         ids, y, z = self._validate(where, perturbation, int(severity), sample_ids, labels, logits)
-        probs = torch.softmax(z, dim=1)
-        confidence, prediction = probs.max(dim=1)
-        top = torch.topk(z, min(TOP_K, self.num_classes), dim=1).indices
-        pred = prediction.numpy()
-        label = y.numpy()
-        correct = pred == label
-        nll = per_sample_nll(z, y)
+        chunk = self._reduce(z, y)
+        pred = chunk["prediction"]
         flipped = self._flips(where, perturbation, ids, pred)
-        self._passes.setdefault((perturbation, int(severity)), _Pass()).chunks.append({
-            "sample_id": ids, "label": label, "prediction": pred, "confidence": confidence.numpy(),
-            "correct": correct, "top5_correct": (top == y[:, None]).any(dim=1).numpy(), "nll": nll,
-            "brier": per_sample_brier(probs, y), "flipped": np.zeros(len(ids), bool) if flipped is None else flipped,
-        })
-        return {
-            "sample_id": ids, "label": label, "prediction": pred, "confidence": confidence.numpy().astype(np.float32),
-            "correct": correct, "top5": top.tolist(), "nll": nll.astype(np.float32),
+        chunk = {"sample_id": ids, **chunk,
+                 "flipped": np.zeros(len(ids), bool) if flipped is None else flipped}
+        self.absorb(perturbation, int(severity), chunk)
+        records = {
+            "sample_id": ids, "label": chunk["label"], "prediction": pred,
+            "confidence": chunk["confidence"].astype(np.float32), "correct": chunk["correct"],
+            "top5": chunk["top5"].tolist(), "nll": chunk["nll"].astype(np.float32),
             "flipped": [None] * len(ids) if flipped is None else flipped.tolist(),
         }
+        return Update(records, chunk)
+
+    def _reduce(self, z: Tensor, y: Tensor) -> dict[str, np.ndarray]:
+        """Per-sample values of one batch, computed where the logits are (float64) and copied to the host
+        once: prediction, confidence, correctness, top-5 (hit and indices), NLL and Brier score."""
+        z = z.to(torch.float64)
+        y = y.to(z.device)
+        log_probs = torch.log_softmax(z, dim=1)
+        probs = log_probs.exp()
+        confidence, prediction = probs.max(dim=1)
+        top = torch.topk(z, min(TOP_K, self.num_classes), dim=1).indices
+        nll = -log_probs.gather(1, y[:, None])[:, 0]
+        brier = (probs.square().sum(dim=1) - 2 * probs.gather(1, y[:, None])[:, 0] + 1.0)
+        packed = torch.cat([torch.stack([prediction.double(), confidence, (prediction == y).double(), nll, brier,
+                                         (top == y[:, None]).any(dim=1).double(), y.double()], dim=1),
+                            top.double()], dim=1).cpu().numpy()
+        return {
+            "label": packed[:, 6].astype(np.int64), "prediction": packed[:, 0].astype(np.int64),
+            "confidence": packed[:, 1], "correct": packed[:, 2].astype(bool),
+            "top5_correct": packed[:, 5].astype(bool), "nll": packed[:, 3], "brier": packed[:, 4],
+            "top5": packed[:, 7:].astype(np.int64),
+        }
+
+    def absorb(self, perturbation: str, severity: int, chunk: dict[str, np.ndarray]) -> None:
+        """Add one batch's state chunk of one pass (from `update`, or from a run's journal on resume)."""
+        if perturbation == CLEAN:
+            self._remember_clean(chunk["sample_id"], chunk["prediction"])
+        self._passes.setdefault((perturbation, int(severity)), _Pass()).chunks.append(chunk)
 
     def finalize(self) -> ClassificationResults:
         """Metric rows (clean first, then passes in arrival order) with intervals, and the breakdowns."""
@@ -238,14 +272,10 @@ class ClassificationEvaluator:
 
     def _flips(self, where: str, perturbation: str, ids: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
         if perturbation == CLEAN:
-            if ids.max() >= len(self._clean_prediction):
-                grown = np.full(max(int(ids.max()) + 1, 2 * len(self._clean_prediction)), -1, dtype=np.int64)
-                grown[: len(self._clean_prediction)] = self._clean_prediction
-                self._clean_prediction = grown
-            seen = ids[self._clean_prediction[ids] >= 0]
+            known = ids[ids < len(self._clean_prediction)]
+            seen = known[self._clean_prediction[known] >= 0]
             if seen.size:
                 raise ValueError(f"{where}: sample ids {seen[:10].tolist()} already had a clean pass")
-            self._clean_prediction[ids] = pred
             return None
         known = ids < len(self._clean_prediction)
         clean = np.full(len(ids), -1, dtype=np.int64)
@@ -254,6 +284,13 @@ class ClassificationEvaluator:
             raise ValueError(f"{where}: sample ids {ids[clean < 0][:10].tolist()} have no clean prediction yet; "
                              f"the clean pass of a sample must be given before its perturbed passes")
         return pred != clean
+
+    def _remember_clean(self, ids: np.ndarray, pred: np.ndarray) -> None:
+        if ids.size and ids.max() >= len(self._clean_prediction):
+            grown = np.full(max(int(ids.max()) + 1, 2 * len(self._clean_prediction)), -1, dtype=np.int64)
+            grown[: len(self._clean_prediction)] = self._clean_prediction
+            self._clean_prediction = grown
+        self._clean_prediction[ids] = pred
 
     def _validate(self, where: str, perturbation: str, severity: int, sample_ids: Tensor, labels: Tensor,
                   logits: Tensor) -> tuple[np.ndarray, Tensor, Tensor]:
@@ -265,7 +302,6 @@ class ClassificationEvaluator:
         if z.ndim != 2 or z.shape[1] != self.num_classes:
             raise ValueError(f"{where}: logits must be [B, {self.num_classes}] (one column per class), "
                              f"got shape {tuple(z.shape)}")
-        z = z.to("cpu", torch.float64)
         ids = torch.as_tensor(sample_ids).detach().to("cpu", torch.int64).reshape(-1).numpy()
         y = torch.as_tensor(labels).detach().to("cpu", torch.int64).reshape(-1)
         if not (len(ids) == len(y) == z.shape[0]) or len(ids) == 0:
@@ -279,7 +315,7 @@ class ClassificationEvaluator:
         if bad.any():
             raise ValueError(f"{where}: labels {y[bad][:10].tolist()} are outside the model's "
                              f"{self.num_classes} classes")
-        if not torch.isfinite(z).all():
+        if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{where}: logits contain NaN or inf")
         return ids, y, z
 

@@ -18,19 +18,20 @@ instance-segmentation models, and rows gain mask AP/AR as `segm_*` next to the b
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from visionstress.batch import ObjectTargets
+from visionstress.batch import Batch, ObjectTargets
 
 from .bootstrap import bootstrap_ci
 from .classification import CLEAN, MetricRow, find_row, result_key
 from .coco_matching import COCO_AREA_RANGES, MAX_DETS, MatchTable, coco_mean, coco_stats, evaluate_batch
 from .error_types import classify_detections, error_type_breakdown
+from .protocol import PassKey, Update
 
 DEFAULT_SIZE_BINS: dict[str, tuple[float, float]] = {"tiny": (0.0, 16.0 ** 2)}
 """User size bins (area in px², [low, high]) evaluated on top of COCO's small / medium / large."""
@@ -100,7 +101,8 @@ class DetectionEvaluator:
     """
 
     def __init__(self, categories: list[dict], *, size_bins: dict[str, tuple[float, float]] | None = None,
-                 score_threshold: float = 0.5, bootstrap: int = 200, seed: int = 0, masks: bool = False) -> None:
+                 score_threshold: float = 0.5, bootstrap: int = 200, seed: int = 0, masks: bool = False,
+                 letterbox: Callable[[list[int]], tuple[list[tuple[int, int]], list[float]]] | None = None) -> None:
         self.category_ids, self.category_names = _check_categories(categories)
         self.size_bins = _check_size_bins(DEFAULT_SIZE_BINS if size_bins is None else size_bins)
         if not np.isfinite(score_threshold):
@@ -112,10 +114,27 @@ class DetectionEvaluator:
         self.seed = int(seed)
         self.masks = bool(masks)
         self.area_ranges = {**COCO_AREA_RANGES, **self.size_bins}
+        self.letterbox = letterbox
         self._passes: dict[tuple[str, int], _Pass] = {}
 
-    def update(self, perturbation: str, severity: int, sample_ids, image_sizes: list[tuple[int, int]],
-               targets: list[ObjectTargets], predictions) -> dict[str, Any]:
+    def update(self, key: PassKey, batch: Batch, predictions: Any) -> Update:
+        """The evaluator protocol: match one batch of one pass against `batch.boxes` (as the pass moved
+        them). With `letterbox` (sample ids -> original (height, width) and canvas scale per image), boxes
+        of letterboxed images are mapped back to the original pixels before matching."""
+        ids = batch.sample_ids.tolist()
+        targets = [t.to("cpu") for t in batch.boxes]
+        predictions = _to_host(predictions)
+        if self.letterbox is None:
+            sizes = [batch.image_size] * len(ids)
+        else:
+            sizes, scales = self.letterbox(ids)
+            targets = [replace(t, boxes=t.boxes / f, area=None if t.area is None else t.area / (f * f))
+                       for t, f in zip(targets, scales)]
+            predictions = replace(predictions, boxes=[b / f for b, f in zip(predictions.boxes, scales)])
+        return self._score(key.perturbation, key.severity, batch.sample_ids, sizes, targets, predictions)
+
+    def update_arrays(self, perturbation: str, severity: int, sample_ids, image_sizes: list[tuple[int, int]],
+                      targets: list[ObjectTargets], predictions) -> dict[str, Any]:
         """Match one batch of one pass; return its per-image record columns (one value per image).
 
         `predictions` has `boxes` ([M, 4] xyxy), `scores` ([M]) and `labels` ([M] category ids):
@@ -126,6 +145,10 @@ class DetectionEvaluator:
         'all', top 100 per category, by descending score), gt_category, gt_ignore, and for display
         pred_boxes / pred_scores / pred_labels (top 20 by score, xyxy) and gt_boxes / gt_labels.
         """
+        return self._score(perturbation, severity, sample_ids, image_sizes, targets, predictions).records
+
+    def _score(self, perturbation: str, severity: int, sample_ids, image_sizes: list[tuple[int, int]],
+               targets: list[ObjectTargets], predictions) -> Update:
         where = f"DetectionEvaluator.update({perturbation!r}, severity={severity})"
         severity = int(severity)
         if severity < 0 or (perturbation == CLEAN and severity != 0):
@@ -133,7 +156,8 @@ class DetectionEvaluator:
         ids = torch.as_tensor(sample_ids).detach().to("cpu", torch.int64).reshape(-1).numpy()
         gts, dets = self._inputs(where, ids, image_sizes, targets, predictions)
         matches = evaluate_batch(ids.tolist(), image_sizes, gts, dets, self.category_ids, self.area_ranges)
-        state = self._passes.setdefault((perturbation, severity), _Pass())
+        occlusion = np.zeros((len(OCCLUSION_BINS), 2), np.int64)
+        has_occlusion = False
 
         bit0 = np.uint16(1)
         m0, i0 = (matches.det_match[:, 0] & bit0) != 0, (matches.det_ignore[:, 0] & bit0) != 0
@@ -157,10 +181,10 @@ class DetectionEvaluator:
             found = np.zeros(len(counted), dtype=bool)
             found[matched_by >= 0] = above[matched_by[matched_by >= 0]]
             if g["occluded"] is not None:
-                state.has_occlusion = True
+                has_occlusion = True
                 occ_bin = np.minimum((np.clip(g["occluded"], 0.0, 1.0) * 4).astype(np.int64), 3)[counted]
-                np.add.at(state.occlusion, (occ_bin, 0), 1)
-                np.add.at(state.occlusion, (occ_bin, 1), (~found[counted]).astype(np.int64))
+                np.add.at(occlusion, (occ_bin, 0), 1)
+                np.add.at(occlusion, (occ_bin, 1), (~found[counted]).astype(np.int64))
             tp = int((det_tp[rows] & above[rows]).sum())
             top = np.argsort(-d["scores"], kind="stable")[:RECORD_TOP_BOXES]
             values = {
@@ -177,27 +201,44 @@ class DetectionEvaluator:
             }
             for name, value in values.items():
                 columns[name].append(value)
-        state.images.append({name: np.asarray(columns[name], dtype=np.int64)
-                             for name in ("sample_id", "tp", "fp", "fn")}
-                            | {"dropped": np.array([g["dropped"] for g in gts], dtype=np.int64)})
+        parts = {"images": {name: np.asarray(columns[name], dtype=np.int64) for name in ("sample_id", "tp", "fp", "fn")}
+                 | {"dropped": np.array([g["dropped"] for g in gts], dtype=np.int64)}}
         # compact dtypes: a pass keeps these for every detection (rank < MAX_DETS[-1] fits a uint8)
-        state.dets.append({"sample": ids[matches.det_image], "category": matches.det_category.astype(np.int32),
-                           "rank": matches.det_rank.astype(np.uint8), "score": matches.det_score,
-                           "match": matches.det_match, "ignore": matches.det_ignore, "error": error,
-                           "fix": fix.astype(np.int32)})
+        parts["dets"] = {"sample": ids[matches.det_image], "category": matches.det_category.astype(np.int32),
+                         "rank": matches.det_rank.astype(np.uint8), "score": matches.det_score,
+                         "match": matches.det_match, "ignore": matches.det_ignore, "error": error,
+                         "fix": fix.astype(np.int32)}
         gt_category = np.searchsorted(self.category_ids, np.concatenate([g["category"] for g in gts]))
         gt_sample = np.repeat(ids, np.diff(gt_bounds))
-        state.gts.append({"sample": gt_sample, "category": gt_category.astype(np.int32),
-                          "ignore": matches.gt_ignore, "missed": missed})
+        parts["gts"] = {"sample": gt_sample, "category": gt_category.astype(np.int32),
+                        "ignore": matches.gt_ignore, "missed": missed}
         if self.masks:
             segm = evaluate_batch(ids.tolist(), image_sizes, gts, dets, self.category_ids, COCO_AREA_RANGES,
                                   iou_type="segm")
-            state.segm_dets.append({"sample": ids[segm.det_image], "category": segm.det_category.astype(np.int32),
-                                    "rank": segm.det_rank.astype(np.uint8), "score": segm.det_score,
-                                    "match": segm.det_match, "ignore": segm.det_ignore})
-            state.segm_gts.append({"sample": gt_sample, "category": gt_category.astype(np.int32),
-                                   "ignore": segm.gt_ignore})
-        return columns
+            parts["segm_dets"] = {"sample": ids[segm.det_image], "category": segm.det_category.astype(np.int32),
+                                  "rank": segm.det_rank.astype(np.uint8), "score": segm.det_score,
+                                  "match": segm.det_match, "ignore": segm.det_ignore}
+            parts["segm_gts"] = {"sample": gt_sample, "category": gt_category.astype(np.int32),
+                                 "ignore": segm.gt_ignore}
+        chunk = {f"{part}/{name}": value for part, values in parts.items() for name, value in values.items()}
+        chunk["occlusion"], chunk["has_occlusion"] = occlusion, np.array(has_occlusion)
+        self.absorb(perturbation, severity, chunk)
+        return Update(columns, chunk)
+
+    def absorb(self, perturbation: str, severity: int, chunk: dict[str, np.ndarray]) -> None:
+        """Add one batch's state chunk of one pass (from `update`, or from a run's journal on resume)."""
+        state = self._passes.setdefault((perturbation, int(severity)), _Pass())
+        parts: dict[str, dict[str, np.ndarray]] = {}
+        for name, value in chunk.items():
+            if "/" in name:
+                part, field_name = name.split("/", 1)
+                parts.setdefault(part, {})[field_name] = value
+        for part, values in parts.items():
+            getattr(state, part).append(values)
+        state.occlusion += np.asarray(chunk["occlusion"], dtype=np.int64)
+        state.has_occlusion = state.has_occlusion or bool(chunk["has_occlusion"])
+
+
 
     def finalize(self) -> DetectionResults:
         """Metric rows (clean first, then passes in arrival order) with intervals, and the breakdowns."""
@@ -441,3 +482,12 @@ def _check_size_bins(bins: Mapping[str, tuple[float, float]]) -> dict[str, tuple
             raise DetectionEvaluatorError(f"DetectionEvaluator: size bin {name!r} needs 0 <= low < high, got {rng!r}")
         out[str(name)] = (lo, hi)
     return out
+
+
+def _to_host(predictions: Any) -> Any:
+    """Detections as float32 / int64 CPU tensors (COCO matching runs on the host)."""
+    return replace(predictions, boxes=[b.float().cpu() for b in predictions.boxes],
+                   scores=[x.float().cpu() for x in predictions.scores],
+                   labels=[lab.cpu() for lab in predictions.labels],
+                   **({} if getattr(predictions, "masks", None) is None else
+                      {"masks": [m.cpu() for m in predictions.masks]}))

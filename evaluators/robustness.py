@@ -122,9 +122,10 @@ def robustness_summary(rows: Iterable[Any], families: Mapping[str, str], metric:
     """The headline numbers of a run, JSON-ready.
 
     `rows` are MetricRow objects or scorecard result dicts; `families` maps each perturbation to its
-    family. Gives the clean accuracy, the mean accuracy under perturbation (mPC over every perturbed
-    row of the suite), relative robustness (that mean / clean), the same per family and per
-    perturbation, and the `worst` perturbation x severity cells with their drop from clean. With
+    family. Gives, in the main `metric` of the task (keys named for no task): `clean`, `mpc` (the mean
+    under perturbation: over perturbations of the mean over severities), `rpc` (mpc / clean), the same per
+    family (`per_family[f]["mpc"|"rpc"]`) and per perturbation (`mean`, `rpc`, `by_severity`), and the
+    `worst` perturbation x severity cells with their drop from clean. With
     `baseline_errors` (e.g. `ALEXNET_SEVERITY_ERRORS` and `ALEXNET_CLEAN_ERROR` for the `imagenet-c`
     preset on an ImageNet model) it adds mCE and relative mCE over the perturbations the baseline covers.
     Values that cannot be defined (no perturbed rows, a clean accuracy of 0) are None.
@@ -143,8 +144,8 @@ def robustness_summary(rows: Iterable[Any], families: Mapping[str, str], metric:
         return None if value is None or clean_acc <= 0 else value / clean_acc
 
     per_perturbation = {
-        name: {"family": families[name], "mean_accuracy": float(np.mean(list(acc.values()))),
-               "relative_robustness": relative(float(np.mean(list(acc.values())))),
+        name: {"family": families[name], "mean": float(np.mean(list(acc.values()))),
+               "rpc": relative(float(np.mean(list(acc.values())))),
                "by_severity": {str(s): acc[s] for s in sorted(acc)}}
         for name, acc in accuracy.items()
     }
@@ -152,14 +153,14 @@ def robustness_summary(rows: Iterable[Any], families: Mapping[str, str], metric:
     for family in sorted({families[n] for n in accuracy}):
         names = [n for n in accuracy if families[n] == family]
         mean = mean_performance_under_corruption({n: accuracy[n] for n in names})
-        per_family[family] = {"mean_accuracy": mean, "relative_robustness": relative(mean), "perturbations": names}
+        per_family[family] = {"mpc": mean, "rpc": relative(mean), "perturbations": names}
     cells = sorted(((acc[s], name, s) for name, acc in accuracy.items() for s in acc), key=lambda c: (c[0], c[1], c[2]))
     mean_acc = mean_performance_under_corruption(accuracy) if accuracy else None
     summary: dict[str, Any] = {
         "metric": metric,
-        "clean_accuracy": clean_acc,
-        "mean_accuracy_under_perturbation": mean_acc,
-        "relative_robustness": relative(mean_acc),
+        "clean": clean_acc,
+        "mpc": mean_acc,
+        "rpc": relative(mean_acc),
         "per_family": per_family,
         "per_perturbation": per_perturbation,
         "worst": [{"perturbation": name, "family": families[name], "severity": s, metric: value,

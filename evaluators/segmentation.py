@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,8 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visionstress.batch import Batch
+
 from .bootstrap import bootstrap_ci
 from .classification import CLEAN, MetricRow, by_sample_id, find_row, result_key
+from .protocol import PassKey, Update
 
 DEFAULT_REGION_BINS: dict[str, tuple[float, float]] = {
     "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, math.inf),
@@ -144,8 +148,13 @@ class SegmentationEvaluator:
         self.seed = int(seed)
         self._passes: dict[tuple[str, int], _Pass] = {}
 
-    def update(self, perturbation: str, severity: int, sample_ids, masks: Tensor,
-               predictions) -> dict[str, np.ndarray | list]:
+    def update(self, key: PassKey, batch: Batch, predictions: Any) -> Update:
+        """The evaluator protocol: score one batch of one pass against `batch.masks` (as the pass moved
+        them); the counting runs on the masks' device and reaches the host once per batch."""
+        return self._score(key.perturbation, key.severity, batch.sample_ids, batch.masks, predictions)
+
+    def update_arrays(self, perturbation: str, severity: int, sample_ids, masks: Tensor,
+                      predictions) -> dict[str, np.ndarray | list]:
         """Reduce one batch of one pass; return its per-image record columns.
 
         `masks` is the (moved) ground truth `[B, H, W]`; `predictions` any object with `labels`
@@ -154,36 +163,52 @@ class SegmentationEvaluator:
         in its GT or prediction; NaN when every pixel is ignored), and per-class lists `intersection`,
         `gt_pixels`, `pred_pixels` (length C).
         """
+        return self._score(perturbation, severity, sample_ids, masks, predictions).records
+
+    def _score(self, perturbation: str, severity: int, sample_ids, masks: Tensor, predictions) -> Update:
         where = f"SegmentationEvaluator.update({perturbation!r}, severity={severity})"
         ids, gt, pred = self._validate(where, perturbation, int(severity), sample_ids, masks, predictions)
         c = self.num_classes
-        state = self._passes.get((perturbation, int(severity)))
-        if state is None:
-            state = _Pass(torch.zeros(c * c, dtype=torch.int64, device=gt.device),
-                          torch.zeros(4, dtype=torch.int64, device=gt.device),
-                          np.zeros((len(self.region_bins), 3), dtype=np.int64))
-            self._passes[(perturbation, int(severity))] = state
         valid = gt != self.ignore_index
         g, p = gt[valid], pred[valid]
-        state.confusion += torch.bincount(g * c + p, minlength=c * c)
+        confusion = torch.bincount(g * c + p, minlength=c * c)
         # One bincount for all per-image counts: slot (image, kind, class), kind 0 GT, 1 prediction, 2 both.
         image = torch.arange(len(ids), device=gt.device)[:, None, None].expand_as(gt)[valid] * (3 * c)
         hit = g == p
         slots = torch.cat([image + g, image + c + p, image[hit] + 2 * c + g[hit]])
-        counts = torch.bincount(slots, minlength=len(ids) * 3 * c).view(len(ids), 3, c).cpu().numpy()
+        counts = torch.bincount(slots, minlength=len(ids) * 3 * c)
+        boundary = self._boundary_counts(gt, pred, valid) if self.boundary else torch.zeros(4, dtype=torch.int64)
+        packed = torch.cat([counts, confusion, boundary.to(counts.device)]).cpu().numpy()
+        counts = packed[:len(ids) * 3 * c].reshape(len(ids), 3, c)
         gt_pixels, pred_pixels, inter = counts[:, 0], counts[:, 1], counts[:, 2]
-        if self.boundary:
-            state.boundary += self._boundary_counts(gt, pred, valid)
-        if self.region_bins:
-            state.region += self._region_counts(gt, (pred == gt) & valid, gt_pixels)
-        state.chunks.append({"sample_id": ids, "intersection": inter, "gt_pixels": gt_pixels,
-                             "pred_pixels": pred_pixels})
+        region = (self._region_counts(gt, (pred == gt) & valid, gt_pixels) if self.region_bins
+                  else np.zeros((0, 3), dtype=np.int64))
+        chunk = {"sample_id": ids, "intersection": inter, "gt_pixels": gt_pixels, "pred_pixels": pred_pixels,
+                 "confusion": packed[len(ids) * 3 * c:len(ids) * 3 * c + c * c], "boundary": packed[-4:],
+                 "region": region}
+        self.absorb(perturbation, int(severity), chunk)
         per_image = _metrics_from_totals(inter, gt_pixels, pred_pixels)
-        return {
+        records = {
             "sample_id": ids, "pixel_accuracy": per_image["pixel_accuracy"].astype(np.float32),
             "miou": per_image["mIoU"].astype(np.float32), "intersection": inter.tolist(),
             "gt_pixels": gt_pixels.tolist(), "pred_pixels": pred_pixels.tolist(),
         }
+        return Update(records, chunk)
+
+    def absorb(self, perturbation: str, severity: int, chunk: dict[str, np.ndarray]) -> None:
+        """Add one batch's state chunk of one pass (from `update`, or from a run's journal on resume)."""
+        c = self.num_classes
+        state = self._passes.get((perturbation, int(severity)))
+        if state is None:
+            state = _Pass(torch.zeros(c * c, dtype=torch.int64), torch.zeros(4, dtype=torch.int64),
+                          np.zeros((len(self.region_bins), 3), dtype=np.int64))
+            self._passes[(perturbation, int(severity))] = state
+        state.confusion += torch.from_numpy(np.asarray(chunk["confusion"], dtype=np.int64))
+        state.boundary += torch.from_numpy(np.asarray(chunk["boundary"], dtype=np.int64))
+        if self.region_bins:
+            state.region += np.asarray(chunk["region"], dtype=np.int64)
+        state.chunks.append({name: chunk[name] for name in ("sample_id", "intersection", "gt_pixels",
+                                                           "pred_pixels")})
 
     def finalize(self) -> SegmentationResults:
         """Metric rows (clean first when present, then passes in arrival order) and the breakdowns."""

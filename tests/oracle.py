@@ -3,29 +3,23 @@ built from the batch itself (e.g. the ground truth as the pass moved it), everyt
 
 from __future__ import annotations
 
-import visionstress.runner as runner_module
-from visionstress.engine import stream_passes
+from visionstress.engine import Loop
 
 
 def route_predictions(monkeypatch, make_prediction) -> None:
     """Route every prediction through `make_prediction(view, original)`: `view` is the batch as the pass
-    perturbed it (targets moved), `original` the batch as loaded."""
+    perturbed it (targets moved), `original` the batch as loaded (on the device)."""
+    one = Loop._one
 
-    def patched(batches, passes, predict, consume, device, seed, timing, on_batch=None, on_pass=None):
-        loaded = {}
+    def patched(self, p, batch, host_ids):
+        view, predictions, events = one(self, p, batch, host_ids)
+        if view is None:
+            return view, predictions, events
+        original = batch if len(view) == len(batch) else batch.select(
+            [i for i, s in enumerate(batch.sample_ids.tolist()) if s in set(view.sample_ids.tolist())])
+        return view, make_prediction(view, original), events
 
-        def remember(batch, extra):
-            loaded["batch"] = batch.to(device)
-            if on_batch is not None:
-                on_batch(batch, extra)
-
-        def oracle_consume(p, view, prediction):
-            consume(p, view, make_prediction(view, loaded["batch"]))
-
-        stream_passes(batches, passes, predict, oracle_consume, device, seed, timing, on_batch=remember,
-                      on_pass=on_pass)
-
-    monkeypatch.setattr(runner_module, "stream_passes", patched)
+    monkeypatch.setattr(Loop, "_one", patched)
 
 
 def geometric_suite_file(path, names, severities) -> None:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import visionstress as vs
-from visionstress.engine import demo_arguments
+from visionstress.demo import demo_arguments
 
 LIMIT = 48
 

@@ -322,17 +322,18 @@ def test_shape_batches_hold_every_sample_once(mixed: DetectionImages, batch_size
     assert sorted(seen) == list(range(11))
 
 
-def test_workers_and_memory_bound_keep_every_sample_once(mixed: DetectionImages):
-    from visionstress.datasets import iterate_shape_batches
+def test_workers_and_the_plan_keep_every_sample_once(mixed: DetectionImages):
+    from visionstress.datasets import load_planned, plan_batches
 
     def ids(batches):
         return [b.sample_ids.tolist() for b, _ in batches]
 
-    def make(items):
-        return vs.Batch(torch.stack([it[0] for it in items]), sample_ids=[it[2] for it in items])
-
-    bounded = ids(iterate_shape_batches(mixed, 4, 0, make, max_buffered=4))
-    assert sorted(sum(bounded, [])) == list(range(11)) and max(map(len, bounded)) <= 4
+    plan = plan_batches(mixed, 4)  # decided from the JSON sizes alone: one planned batch in memory at a time
+    assert sorted(sum(map(list, plan), [])) == list(range(11)) and max(map(len, plan)) <= 4
+    assert all(len({mixed.shape(i) for i in batch}) == 1 for batch in plan)
+    loaded = [[b.sample_ids.tolist() for b in batches] for batches, _ in load_planned(mixed, plan)]
+    assert loaded == [[list(batch)] for batch in plan]
+    assert plan_batches(mixed, 4, indices=[3, 5, 7]) == [tuple(b) for b in plan_batches(mixed, 4, [3, 5, 7])]
     assert ids(iterate_detection_batches(mixed, 3, workers=2)) == ids(iterate_detection_batches(mixed, 3))
     with pytest.raises(DatasetError, match="batch_size must be a positive integer"):
         next(iterate_detection_batches(mixed, 0))

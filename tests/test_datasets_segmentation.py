@@ -188,9 +188,9 @@ def test_unreadable_files_are_skipped_or_strict(voc: Path):
     images = SegmentationImages(dataset)
     assert isinstance(images[1], SkippedFile) and images[1].path == str(voc / "masks" / "b.png")
     batches = list(iterate_segmentation_batches(images, 4))
-    assert [b.sample_ids.tolist() for b, _ in batches] == [[0]]
+    assert [b.sample_ids.tolist() for b, _ in batches if len(b)] == [[0]]
     expected = [str(voc / "masks" / "b.png"), str(voc / "images" / "city" / "c.png")]
-    assert [s.path for s in batches[0][1].skipped] == expected
+    assert [s.path for _, info in batches for s in info.skipped] == expected
     with pytest.raises(DatasetError, match=r"masks/b\.png: not a readable mask"):
         SegmentationImages(dataset, strict=True)[1]
 

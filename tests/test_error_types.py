@@ -24,7 +24,7 @@ def _errors(gt_boxes, gt_labels, dets):
                            labels=torch.tensor(gt_labels))
     preds = SimpleNamespace(boxes=[d[:, :4].float()], scores=[d[:, 4].float()], labels=[d[:, 5].long()])
     ev = DetectionEvaluator(CATS, bootstrap=0)
-    ev.update("clean", 0, [0], [(128, 128)], [target], preds)
+    ev.update_arrays("clean", 0, [0], [(128, 128)], [target], preds)
     res = ev.finalize()
     return res.error_types["clean@0"], res.rows[0].metrics["AP50"]
 
@@ -155,7 +155,7 @@ def _run(scenes, drop_background=False, drop_missed=False):
         preds = SimpleNamespace(boxes=[torch.tensor(dets[keep], dtype=torch.float32).reshape(-1, 4)],
                                 scores=[torch.tensor(scores[keep], dtype=torch.float32)],
                                 labels=[torch.tensor(det_labels[keep])])
-        ev.update("clean", 0, [i], [(400, 400)], [target], preds)
+        ev.update_arrays("clean", 0, [i], [(400, 400)], [target], preds)
     res = ev.finalize()
     return res.error_types["clean@0"], res.rows[0].metrics["AP50"]
 

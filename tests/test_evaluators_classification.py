@@ -33,7 +33,7 @@ def _feed(ev: ClassificationEvaluator, name: str, severity: int, labels, logits,
     columns = []
     for start in range(0, len(order), batch):
         ids = order[start:start + batch]
-        columns.append(ev.update(name, severity, ids, labels[ids], logits[ids]))
+        columns.append(ev.update_arrays(name, severity, ids, labels[ids], logits[ids]))
     return columns
 
 
@@ -161,7 +161,7 @@ def test_a_perturbed_pass_before_its_clean_pass_is_an_error():
     ev = ClassificationEvaluator(K, NAMES)
     _feed(ev, "clean", 0, labels[:4], logits[:4])
     with pytest.raises(ValueError, match=r"sample ids \[4, 5, 6, 7\] have no clean prediction"):
-        ev.update("fog", 1, torch.arange(8), labels, logits)
+        ev.update_arrays("fog", 1, torch.arange(8), labels, logits)
 
 
 def test_results_do_not_depend_on_batching_or_order():
@@ -253,11 +253,11 @@ def test_robustness_summary_from_rows():
     families = {"fog": "weather", "snow": "weather", "rotation": "geometric"}
     summary = robustness_summary(rows, families, baseline_errors=ALEXNET_SEVERITY_ERRORS,
                                  baseline_clean_error=ALEXNET_CLEAN_ERROR)
-    assert summary["clean_accuracy"] == 0.8
-    assert summary["mean_accuracy_under_perturbation"] == pytest.approx((0.6 + 0.4 + 0.4) / 3)
-    assert summary["relative_robustness"] == pytest.approx((1.4 / 3) / 0.8)
-    assert summary["per_family"]["weather"]["mean_accuracy"] == pytest.approx(0.5)
-    assert summary["per_family"]["geometric"]["relative_robustness"] == pytest.approx(0.5)
+    assert summary["clean"] == 0.8
+    assert summary["mpc"] == pytest.approx((0.6 + 0.4 + 0.4) / 3)
+    assert summary["rpc"] == pytest.approx((1.4 / 3) / 0.8)
+    assert summary["per_family"]["weather"]["mpc"] == pytest.approx(0.5)
+    assert summary["per_family"]["geometric"]["rpc"] == pytest.approx(0.5)
     assert [(w["perturbation"], w["severity"]) for w in summary["worst"]] == [
         ("snow", 3), ("rotation", 2), ("fog", 3), ("snow", 1), ("fog", 1)]
     assert summary["worst"][0]["drop"] == pytest.approx(0.6)
@@ -277,18 +277,18 @@ def test_evaluator_rows_feed_the_summary():
     _feed(ev, "fog", 1, labels, logits * 0.2)
     res = ev.finalize()
     summary = robustness_summary(res.rows, {"fog": "weather"})
-    assert summary["clean_accuracy"] == res.rows[0].metrics["top1"]
+    assert summary["clean"] == res.rows[0].metrics["top1"]
     assert summary["per_perturbation"]["fog"]["by_severity"]["1"] == res.row("fog", 1).metrics["top1"]
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda ev, y, z: ev.update("clean", 0, torch.arange(4), y, z[:, :5]), r"logits must be \[B, 7\]"),
-    (lambda ev, y, z: ev.update("clean", 0, torch.arange(4), y + 7, z), r"outside the model's 7 classes"),
-    (lambda ev, y, z: ev.update("clean", 0, torch.arange(4), y, z * float("nan")), "NaN or inf"),
-    (lambda ev, y, z: ev.update("clean", 2, torch.arange(4), y, z), "clean pass has severity 0"),
-    (lambda ev, y, z: ev.update("clean", 0, torch.arange(3), y, z), "same non-zero length"),
-    (lambda ev, y, z: ev.update("clean", 0, torch.tensor([0, 1, 1, 2]), y, z), "appears twice"),
-    (lambda ev, y, z: (ev.update("clean", 0, torch.arange(4), y, z), ev.update("clean", 0, torch.arange(4), y, z)),
+    (lambda ev, y, z: ev.update_arrays("clean", 0, torch.arange(4), y, z[:, :5]), r"logits must be \[B, 7\]"),
+    (lambda ev, y, z: ev.update_arrays("clean", 0, torch.arange(4), y + 7, z), r"outside the model's 7 classes"),
+    (lambda ev, y, z: ev.update_arrays("clean", 0, torch.arange(4), y, z * float("nan")), "NaN or inf"),
+    (lambda ev, y, z: ev.update_arrays("clean", 2, torch.arange(4), y, z), "clean pass has severity 0"),
+    (lambda ev, y, z: ev.update_arrays("clean", 0, torch.arange(3), y, z), "same non-zero length"),
+    (lambda ev, y, z: ev.update_arrays("clean", 0, torch.tensor([0, 1, 1, 2]), y, z), "appears twice"),
+    (lambda ev, y, z: (ev.update_arrays("clean", 0, torch.arange(4), y, z), ev.update_arrays("clean", 0, torch.arange(4), y, z)),
      "already had a clean pass"),
     (lambda ev, y, z: ev.finalize(), "no predictions"),
 ])

@@ -80,7 +80,7 @@ def _feed(ev: DetectionEvaluator, name: str, severity: int, ids, targets, preds,
     columns = []
     for start in range(0, len(order), batch):
         idx = order[start:start + batch]
-        columns.append(ev.update(name, severity, torch.as_tensor(ids[idx]), [(400, 400)] * len(idx),
+        columns.append(ev.update_arrays(name, severity, torch.as_tensor(ids[idx]), [(400, 400)] * len(idx),
                                  [targets[i] for i in idx], _select(preds, idx)))
     return pd.concat([pd.DataFrame(c) for c in columns], ignore_index=True)
 
@@ -276,7 +276,7 @@ def test_operating_point_counts_by_hand():
         [(100, 100, 120, 120, .95, 2)],  # fp; the object is missed
     )
     ev = DetectionEvaluator(cats, score_threshold=0.5, bootstrap=0)
-    cols = ev.update("clean", 0, [10, 11], [(128, 128)] * 2, targets, preds)
+    cols = ev.update_arrays("clean", 0, [10, 11], [(128, 128)] * 2, targets, preds)
     assert cols["tp"] == [1, 0] and cols["fp"] == [1, 1] and cols["fn"] == [1, 1]
     assert cols["num_gt"] == [2, 1] and cols["num_pred"] == [3, 1]
     assert cols["gt_ignore"][0].tolist() == [False, False, True]
@@ -294,7 +294,7 @@ def test_occlusion_bins_and_dropped_objects():
     t.dropped = 2
     preds = _preds([(0, 0, 10, 10, .9, 1), (20, 0, 30, 10, .9, 1), (40, 0, 50, 10, .2, 1), (60, 0, 70, 10, .8, 1)])
     ev = DetectionEvaluator(cats, bootstrap=0)
-    ev.update("occlusion", 2, [0], [(100, 100)], [t], preds)
+    ev.update_arrays("occlusion", 2, [0], [(100, 100)], [t], preds)
     res = ev.finalize()
     occ = res.occlusion["occlusion@2"]
     assert occ["0-25%"] == {"miss_rate": 0.0, "num_gt": 2}
@@ -333,18 +333,18 @@ def test_bad_input_is_reported_clearly():
         DetectionEvaluator(cats, size_bins={"tiny": (10, 5)})
     ev = DetectionEvaluator(cats, bootstrap=0)
     with pytest.raises(DetectionEvaluatorError, match="not dataset category ids"):
-        ev.update("clean", 0, [0], [(20, 20)], [_image([[0, 0, 10, 10]], [5])], _preds([]))
+        ev.update_arrays("clean", 0, [0], [(20, 20)], [_image([[0, 0, 10, 10]], [5])], _preds([]))
     with pytest.raises(DetectionEvaluatorError, match="x2 >= x1"):
-        ev.update("clean", 0, [0], [(20, 20)], good, _preds([(5, 5, 2, 2, .5, 1)]))
+        ev.update_arrays("clean", 0, [0], [(20, 20)], good, _preds([(5, 5, 2, 2, .5, 1)]))
     with pytest.raises(DetectionEvaluatorError, match="1 sample ids"):
-        ev.update("clean", 0, [0], [(20, 20)], good + good, _preds([], []))
+        ev.update_arrays("clean", 0, [0], [(20, 20)], good + good, _preds([], []))
     with pytest.raises(DetectionEvaluatorError, match="`boxes`, `scores` and `labels`"):
-        ev.update("clean", 0, [0], [(20, 20)], good, {"boxes": []})
+        ev.update_arrays("clean", 0, [0], [(20, 20)], good, {"boxes": []})
     with pytest.raises(DetectionEvaluatorError, match="severity"):
-        ev.update("clean", 2, [0], [(20, 20)], good, _preds([]))
+        ev.update_arrays("clean", 2, [0], [(20, 20)], good, _preds([]))
     with pytest.raises(DetectionEvaluatorError, match="no predictions"):
         ev.finalize()
-    ev.update("clean", 0, [0], [(20, 20)], good, _preds([]))
-    ev.update("clean", 0, [0], [(20, 20)], good, _preds([]))
+    ev.update_arrays("clean", 0, [0], [(20, 20)], good, _preds([]))
+    ev.update_arrays("clean", 0, [0], [(20, 20)], good, _preds([]))
     with pytest.raises(DetectionEvaluatorError, match=r"sample ids \[0\] more than once"):
         ev.finalize()

@@ -39,7 +39,7 @@ def _feed(ev, name, severity, gt, pred, batch=4, order=None, as_logits=False):
         p = pred[ids]
         out = SimpleNamespace(logits=torch.nn.functional.one_hot(p, C).permute(0, 3, 1, 2).float()) if as_logits \
             else _labels(p)
-        columns.append(ev.update(name, severity, ids, gt[ids], out))
+        columns.append(ev.update_arrays(name, severity, ids, gt[ids], out))
     return columns
 
 
@@ -104,8 +104,8 @@ def test_resample_weights_change_the_metrics_like_repeated_images():
     weighted = segmentation_metrics_from_counts(cols["intersection"], cols["gt_pixels"], cols["pred_pixels"],
                                                 [2, 0, 1])
     repeated = SegmentationEvaluator(C, NAMES, bootstrap=0)
-    repeated.update("clean", 0, [0, 1], gt[[0, 0]], _labels(pred[[0, 0]]))
-    repeated.update("clean", 0, [2], gt[[2]], _labels(pred[[2]]))
+    repeated.update_arrays("clean", 0, [0, 1], gt[[0, 0]], _labels(pred[[0, 0]]))
+    repeated.update_arrays("clean", 0, [2], gt[[2]], _labels(pred[[2]]))
     expected = repeated.finalize().row("clean", 0).metrics
     for name in weighted:
         assert weighted[name] == pytest.approx(expected[name], rel=1e-12)
@@ -124,7 +124,7 @@ def _scene() -> torch.Tensor:
 def test_perfect_prediction_scores_one():
     gt = _scene()
     ev = SegmentationEvaluator(C, NAMES, bootstrap=0)
-    ev.update("clean", 0, [0], gt, _labels(torch.where(gt == IGNORE, 4, gt)))  # ignored pixels: any prediction
+    ev.update_arrays("clean", 0, [0], gt, _labels(torch.where(gt == IGNORE, 4, gt)))  # ignored pixels: any prediction
     res = ev.finalize()
     m = res.row("clean", 0).metrics
     assert m["mIoU"] == 1 and m["pixel_accuracy"] == 1 and m["mDice"] == 1 and m["boundary_f1"] == 1
@@ -142,11 +142,11 @@ def test_shifted_prediction_lowers_boundary_f1_and_missed_tiny_region_only_small
     gt = _scene()
     ev = SegmentationEvaluator(C, NAMES, bootstrap=0)
     perfect = gt.clamp(max=C - 1)
-    ev.update("clean", 0, [0], gt, _labels(perfect))
-    ev.update("shift", 1, [0], gt, _labels(torch.roll(perfect, shifts=6, dims=2)))
+    ev.update_arrays("clean", 0, [0], gt, _labels(perfect))
+    ev.update_arrays("shift", 1, [0], gt, _labels(torch.roll(perfect, shifts=6, dims=2)))
     missed = perfect.clone()
     missed[0, 10:16, 170:176] = 0
-    ev.update("miss", 1, [0], gt, _labels(missed))
+    ev.update_arrays("miss", 1, [0], gt, _labels(missed))
     res = ev.finalize()
     # the radius is round(0.0075 * 283) = 2 px; a 6 px shift puts the vertical edges out of tolerance
     assert res.row("shift", 1).metrics["boundary_f1"] < 0.9
@@ -168,7 +168,7 @@ def test_region_recall_is_pixel_weighted_and_eight_connected():
     ev = SegmentationEvaluator(C, NAMES, bootstrap=0, boundary=False,
                                region_bins={"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2),
                                             "everything": (0, math.inf)})
-    ev.update("clean", 0, [0], gt, _labels(pred))
+    ev.update_arrays("clean", 0, [0], gt, _labels(pred))
     res = ev.finalize()
     bins = res.region_recall["clean@0"]
     assert bins["small"] == {"recall": pytest.approx((50 + 60) / (100 + 60)), "num_regions": 2}
@@ -229,27 +229,27 @@ def test_bad_inputs_raise_clear_errors():
     gt, pred = _random_maps(n=2)
     ev = SegmentationEvaluator(C, NAMES, bootstrap=0)
     with pytest.raises(SegmentationInputError, match="must not predict the ignore index"):
-        ev.update("clean", 0, [0, 1], gt, _labels(torch.where(gt == IGNORE, IGNORE, pred)))
+        ev.update_arrays("clean", 0, [0, 1], gt, _labels(torch.where(gt == IGNORE, IGNORE, pred)))
     with pytest.raises(SegmentationInputError, match=r"predicted labels \[5\] are outside the 5 classes"):
-        ev.update("clean", 0, [0, 1], gt, _labels(torch.full_like(pred, 5)))
+        ev.update_arrays("clean", 0, [0, 1], gt, _labels(torch.full_like(pred, 5)))
     with pytest.raises(SegmentationInputError, match=r"mask values \[7\]"):
-        ev.update("clean", 0, [0, 1], torch.full_like(gt, 7), _labels(pred))
+        ev.update_arrays("clean", 0, [0, 1], torch.full_like(gt, 7), _labels(pred))
     with pytest.raises(SegmentationInputError, match="shaped like the masks"):
-        ev.update("clean", 0, [0, 1], gt, _labels(pred[:, :10]))
+        ev.update_arrays("clean", 0, [0, 1], gt, _labels(pred[:, :10]))
     with pytest.raises(SegmentationInputError, match=r"logits must be float \(2, 5, 40, 56\)"):
-        ev.update("clean", 0, [0, 1], gt, SimpleNamespace(logits=torch.zeros(2, 3, 40, 56)))
+        ev.update_arrays("clean", 0, [0, 1], gt, SimpleNamespace(logits=torch.zeros(2, 3, 40, 56)))
     with pytest.raises(SegmentationInputError, match="`labels`.*or `logits`"):
-        ev.update("clean", 0, [0, 1], gt, pred)
+        ev.update_arrays("clean", 0, [0, 1], gt, pred)
     with pytest.raises(ValueError, match="2 sample ids for 1 masks"):
-        ev.update("clean", 0, [0, 1], gt[:1], _labels(pred[:1]))
+        ev.update_arrays("clean", 0, [0, 1], gt[:1], _labels(pred[:1]))
     with pytest.raises(ValueError, match="ignore_index 3 is one of the 5 classes"):
         SegmentationEvaluator(C, NAMES, ignore_index=3)
     with pytest.raises(ValueError, match="region bin 'x'"):
         SegmentationEvaluator(C, NAMES, region_bins={"x": (10, 5)})
     with pytest.raises(ValueError, match="no predictions"):
         ev.finalize()
-    ev.update("clean", 0, [0, 1], gt, _labels(pred))
-    ev.update("clean", 0, [1], gt[:1], _labels(pred[:1]))
+    ev.update_arrays("clean", 0, [0, 1], gt, _labels(pred))
+    ev.update_arrays("clean", 0, [1], gt[:1], _labels(pred[:1]))
     with pytest.raises(ValueError, match=r"clean@0 received sample ids \[1\] more than once"):
         ev.finalize()
     with pytest.raises(ValueError, match="must have the same"):
@@ -261,7 +261,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_all_ignored_image_gives_nan_image_metrics():
     gt = torch.full((1, 8, 8), IGNORE)
     ev = SegmentationEvaluator(C, NAMES, bootstrap=10)
-    cols = ev.update("clean", 0, [0], gt, _labels(torch.zeros(1, 8, 8, dtype=torch.long)))
+    cols = ev.update_arrays("clean", 0, [0], gt, _labels(torch.zeros(1, 8, 8, dtype=torch.long)))
     assert math.isnan(cols["miou"][0]) and math.isnan(cols["pixel_accuracy"][0])
     assert cols["gt_pixels"] == [[0] * C]
     m = ev.finalize().row("clean", 0).metrics

@@ -115,7 +115,7 @@ def _dataset(seed: int = 0, n: int = 14):
 def _feed(ev: DetectionEvaluator, ids, sizes, targets, preds, order, batch: int) -> None:
     for start in range(0, len(order), batch):
         idx = order[start:start + batch]
-        ev.update("clean", 0, torch.as_tensor(ids[idx]), [sizes[i] for i in idx], [targets[i] for i in idx],
+        ev.update_arrays("clean", 0, torch.as_tensor(ids[idx]), [sizes[i] for i in idx], [targets[i] for i in idx],
                   SimpleNamespace(**{f: [getattr(preds, f)[i] for i in idx]
                                      for f in ("boxes", "scores", "labels", "masks")}))
 
@@ -190,7 +190,7 @@ def test_mask_scoring_refuses_missing_or_mismatched_masks(data):
     def update(targets_, **changes):
         fields = {f: [getattr(preds, f)[i] for i in idx] for f in ("boxes", "scores", "labels", "masks")}
         ev = DetectionEvaluator(CATEGORIES, bootstrap=0, masks=True)
-        ev.update("clean", 0, torch.as_tensor(ids[idx]), [sizes[i] for i in idx], targets_,
+        ev.update_arrays("clean", 0, torch.as_tensor(ids[idx]), [sizes[i] for i in idx], targets_,
                   SimpleNamespace(**(fields | changes)))
 
     chosen = [targets[i] for i in idx]
@@ -251,7 +251,7 @@ def test_instance_masks_are_refused_with_canvas_and_outside_detection(tmp_path):
     assert result.exit_code == 2 and "--instance-masks cannot be combined with --canvas" in result.output
     result = CliRunner().invoke(app, ["run", "--task", "segmentation", "--instance-masks",
                                       "--out", str(tmp_path / "b")])
-    assert result.exit_code == 2 and "--task detection only" in result.output
+    assert result.exit_code == 2 and "--instance-masks does not apply to --task segmentation" in result.output
     with pytest.raises(RunError, match="--canvas"):
         vs.run(task="detection", instance_masks=True, canvas=(64, 64), out=tmp_path / "c")
 

@@ -91,7 +91,7 @@ def _card(task: str, metric: str, clean: float, breakdowns: dict, class_names: l
 def _classification_card(class_names=("cat", "dog", "bird")) -> Scorecard:
     """Breakdowns produced by the real evaluator and runner code (not hand-written shapes)."""
     from visionstress.evaluators import ClassificationEvaluator
-    from visionstress.runner import _breakdowns
+    from visionstress.tasks import get_task
 
     names = list(class_names)
     k = len(names)
@@ -100,15 +100,15 @@ def _classification_card(class_names=("cat", "dog", "bird")) -> Scorecard:
     labels = torch.arange(40) % k
     ids = torch.arange(40)
     signal = torch.nn.functional.one_hot(labels, k) * 4.0
-    evaluator.update("clean", 0, ids, labels, signal + torch.randn(40, k, generator=generator))
+    evaluator.update_arrays("clean", 0, ids, labels, signal + torch.randn(40, k, generator=generator))
     for name in PERTURBATIONS:
         for s in SEVERITIES:
-            evaluator.update(name, s, ids, labels, signal + torch.randn(40, k, generator=generator) * s)
+            evaluator.update_arrays(name, s, ids, labels, signal + torch.randn(40, k, generator=generator) * s)
     results = evaluator.finalize()
     card = _card("classification", "top1", 0.0, {}, names)
     card.results = [{"perturbation": r.perturbation, "family": PERTURBATIONS.get(r.perturbation, "clean"),
                      "severity": r.severity, "metrics": r.metrics, "ci": {}} for r in results.rows]
-    card.breakdowns = _breakdowns(results)
+    card.breakdowns = get_task("classification").breakdowns(results, None, set())
     return card
 
 

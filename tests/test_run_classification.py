@@ -85,7 +85,7 @@ def test_torchvision_state_dict_runs(tmp_path):
     torch.save(resnet18(num_classes=3).state_dict(), weights)
     data = _image_folder(tmp_path / "data")
     card = vs.run("torchvision:resnet18", data, weights=weights, suite=str(_tiny_suite(tmp_path)), workers=0,
-                  data_config_overrides={"input_size": 32, "resize": 36}, out=tmp_path / "out", device="cpu")
+                  input_size=32, resize=36, out=tmp_path / "out", device="cpu")
     assert len(card.results) == 1 + 1 + 5
     assert card.model["sha256"] and card.data_config["input_size"] == [32, 32]
     assert Scorecard.load(tmp_path / "out").suite["perturbations"][0]["table"][1] == 0.9
@@ -108,10 +108,10 @@ def test_exported_archive_runs_only_when_trusted(tmp_path):
     data = _image_folder(tmp_path / "data")
     overrides = {"input_size": 32, "resize": 32}
     with pytest.raises(ValueError, match="trust"):
-        vs.run(str(archive), data, suite=str(_tiny_suite(tmp_path)), workers=0, data_config_overrides=overrides,
+        vs.run(str(archive), data, suite=str(_tiny_suite(tmp_path)), workers=0, **overrides,
                out=tmp_path / "refused", device="cpu")
     card = vs.run(str(archive), data, suite=str(_tiny_suite(tmp_path)), trust_model=True, workers=0,
-                  data_config_overrides=overrides, out=tmp_path / "out", device="cpu", batch_size=2)
+                  **overrides, out=tmp_path / "out", device="cpu", batch_size=2)
     assert card.model["format"]
 
 
@@ -123,7 +123,7 @@ def test_output_width_mismatch_is_refused_before_work(tmp_path):
     data = _image_folder(tmp_path / "data")
     with pytest.raises(ValueError, match="outputs 5 classes but the dataset has 3"):
         vs.run("torchvision:resnet18", data, weights=weights, workers=0, out=tmp_path / "out",
-               data_config_overrides={"input_size": 32, "resize": 32}, device="cpu")
+               input_size=32, resize=32, device="cpu")
     assert not (tmp_path / "out" / "records.parquet").exists()
 
 
@@ -135,7 +135,7 @@ def test_corrupt_image_is_skipped_and_recorded(tmp_path):
     data = _image_folder(tmp_path / "data")
     (data / "class1" / "broken.png").write_bytes(b"not a png")
     card = vs.run("torchvision:resnet18", data, weights=weights, suite=str(_tiny_suite(tmp_path)), workers=0,
-                  data_config_overrides={"input_size": 32, "resize": 32}, out=tmp_path / "out", device="cpu")
+                  input_size=32, resize=32, out=tmp_path / "out", device="cpu")
     assert [Path(s["path"]).name for s in card.dataset["skipped"]] == ["broken.png"]
     records = read_records(tmp_path / "out" / "records.parquet")
     assert len(records) == 6 * (1 + 1 + 5)
@@ -185,7 +185,7 @@ def test_model_returning_nan_is_a_clear_error_and_keeps_the_records(tmp_path, mo
     data = _image_folder(tmp_path / "data")
     with pytest.raises(RuntimeError, match="NaN"):
         vs.run("test_run_classification:nan_after_two_calls", data, suite=str(_tiny_suite(tmp_path)), workers=0,
-               data_config_overrides={"input_size": 32, "resize": 32}, out=tmp_path / "out", device="cpu")
+               input_size=32, resize=32, out=tmp_path / "out", device="cpu")
     records = read_records(tmp_path / "out" / "records.parquet")  # what ran before the failure is kept, readable
     assert len(records) == 6  # the probe call, then the clean pass of all six images, then the NaN
 
@@ -200,4 +200,4 @@ def test_cli_preprocessing_flags_reach_the_data_config(tmp_path):
     assert config["mean"] == [0.4, 0.4, 0.4] and config["std"] == [0.6, 0.6, 0.6] and "flags" in config["source"]
     result = runner.invoke(app, ["run", "--suite", "quick", "--limit", "4", "--mean", "0.5,x",
                                  "--out", str(tmp_path / "bad")])
-    assert result.exit_code == 2 and "flags: mean" in result.output
+    assert result.exit_code == 2 and "--mean '0.5,x'" in result.output

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import visionstress as vs
 from oracle import geometric_suite_file, route_predictions
 from visionstress.cli import app
-from visionstress.engine import demo_dir
+from visionstress.demo import demo_dir
 from visionstress.records import read_records
 
 GEOMETRIC = ("rotation", "perspective", "zoom_in", "zoom_out", "elastic_transform", "lens_distortion")
@@ -202,7 +202,7 @@ def test_detection_run_refuses_bad_annotations_with_the_file_named(tmp_path):
 
 
 def test_dense_only_options_are_refused_for_classification(tmp_path):
-    with pytest.raises(ValueError, match="--task detection only"):
+    with pytest.raises(ValueError, match=r"--canvas does not apply to --task classification \(it is for detection\)"):
         vs.run(canvas=(64, 64), out=tmp_path)
 
 

@@ -199,10 +199,10 @@ def test_markdown_summary_has_headline_numbers(tmp_path):
     assert "Clean top1: 80.0%" in text and "75.0% – 85.0%" in text
     perturbed = [0.7, 0.5, 0.3, 0.7, 0.6, 0.5]
     mean = sum(perturbed) / len(perturbed)
-    assert f"Mean top1 under perturbation: {100 * mean:.1f}%" in text
-    relative = re.search(r"Relative robustness \(perturbed / clean\): ([0-9.]+)", text)
+    assert f"Mean top1 under perturbation (mPC): {100 * mean:.1f}%" in text
+    relative = re.search(r"Relative robustness \(mPC / clean, rPC\): ([0-9.]+)", text)
     assert relative and float(relative.group(1)) == pytest.approx(mean / 0.8, abs=6e-4)  # 0.6875 rounds either way
-    assert "mce: 1.234" in text
+    assert "mCE: 123.4%" in text
     assert "| fog | weather | 70.0% | 50.0% | 30.0% | 50.0% | -30.0 pp |" in text
     worst = text.split("## Worst perturbations")[1]
     assert worst.index("| fog | 5 | 30.0% | +50.0 pp |") < worst.index("| fog | 3 |")
@@ -241,9 +241,9 @@ def test_load_errors_for_unreadable_files(tmp_path):
     path.write_text('{"schema_version": "1.0",\n  "task": }')
     with pytest.raises(ScorecardError, match=r"scorecard\.json: not valid JSON \(line 2, column 11"):
         Scorecard.load(path)
-    data["schema_version"] = "2.0"
+    data["schema_version"] = "3.0"
     path.write_text(json.dumps(data))
-    with pytest.raises(ScorecardError, match=r"schema version 2\.0 is not readable .* reads 1\.x"):
+    with pytest.raises(ScorecardError, match=r"schema version 3\.0 is not readable .* reads 1\.x, 2\.x"):
         Scorecard.load(path)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -108,122 +109,127 @@ def show_command(
     console.print(f"wrote {output} ({len(names)} perturbations x severities {','.join(map(str, levels))})")
 
 
-@app.command("run")
-def run_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="torchvision:NAME, timm:NAME, package.module:function, "
-                                        "or a .pt2 / TorchScript / .onnx file. Omit with --data to run the bundled demo."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="ImageFolder directory, or a .csv/.json list of path,label."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="State dict (.pth/.pt/.safetensors), loaded with weights_only."),
-    task: str = typer.Option("classification", help="classification, detection or segmentation."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Detection: images root of a COCO JSON (default: "
-                                          "beside it). Segmentation: the images folder."),
-    masks: Optional[Path] = typer.Option(None, "--masks", help="Segmentation: folder of class-index mask PNGs "
-                                         "(same stems as the images)."),
-    ignore_index: int = typer.Option(255, "--ignore-index", help="Segmentation: mask value that is not scored."),
-    canvas: Optional[str] = typer.Option(None, "--canvas", help="Detection: letterbox every image into HxW "
-                                         "(e.g. 640x640); predictions are mapped back."),
-    label_map: Optional[str] = typer.Option(None, "--label-map", help="Detection: model label -> dataset category "
-                                            "id (JSON/YAML file, 'coco80' or 'identity'; default: by name)."),
-    postprocess: Optional[str] = typer.Option(None, "--postprocess", help="Detection: package.module:function "
-                                              "turning the raw model output into torchvision's list of dicts."),
-    score_threshold: float = typer.Option(0.5, "--score-threshold", help="Detection: score for false detections "
-                                          "per image and miss rate."),
-    size_bin: list[str] = typer.Option([], "--size-bin", help="Detection: extra object-size bin NAME=MIN:MAX "
-                                       "in px² (e.g. tiny=0:256); repeatable."),
-    instance_masks: bool = typer.Option(False, "--instance-masks", help="Detection: also score instance masks "
-                                        "(mask AP, COCO segm) for models that return masks, e.g. maskrcnn."),
-    suite: str = typer.Option("default", "--suite", "-s", help="Preset (quick, default, imagenet-c) or a YAML/TOML suite file."),
-    class_names: Optional[Path] = typer.Option(None, "--class-names", help="One class name per line, in model index order."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Build the architecture with this many outputs."),
-    data_config: Optional[Path] = typer.Option(None, "--data-config", help="YAML/JSON preprocessing: input_size, resize, "
-                                               "interpolation, mean, std, channel_order."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Model input side in pixels."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Shorter side before the centre crop."),
-    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="bilinear, bicubic or nearest."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 0.485,0.456,0.406"),
-    std: Optional[str] = typer.Option(None, "--std", help="e.g. 0.229,0.224,0.225"),
-    channel_order: Optional[str] = typer.Option(None, "--channel-order", help="RGB or BGR."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    workers: int = typer.Option(2, help="DataLoader workers decoding images."),
-    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the model."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N images (a quick look)."),
-    seed: Optional[int] = typer.Option(None, help="Overrides the suite's seed."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: reports/<name>)."),
-    strict: bool = typer.Option(False, "--strict", help="A corrupt image is an error instead of a recorded skip."),
-    trust_model: bool = typer.Option(False, "--trust-model", help="Allow model files that execute code (.pt2, TorchScript)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A scorecard to normalise corruption errors by (mCE)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
-    gallery: int = typer.Option(12, "--gallery", help="Worst failures kept as thumbnails for the report (0: none)."),
-) -> None:
+_GROUPS = {"model": "Model", "data": "Data", "run": "Run", "output": "Output"}
+
+
+def _cli_parameters() -> list[inspect.Parameter]:
+    """One typer option per declared run option (visionstress.options), so the command line always
+    offers exactly what `visionstress.run` accepts: booleans are plain switches, values that need parsing
+    (e.g. --canvas 640x640) arrive as text and are converted by the option itself."""
+    from visionstress.options import all_options
+
+    parameters = []
+    for option in all_options(exposed_only=True):
+        decls = [option.flag] + ([option.short] if option.short else [])
+        panel = _GROUPS.get(option.group, option.group.capitalize())
+        tasks = "" if option.tasks is None or len(option.tasks) > 2 else f" [{'/'.join(sorted(option.tasks))}]"
+        if option.kind is bool:
+            annotation, default = bool, bool(option.default)
+        elif option.multiple:
+            annotation, default = list[str], []
+        elif option.kind in (int, float) and option.default is not None:
+            annotation, default = option.kind, option.default
+        elif option.kind in (int, float, Path):
+            annotation, default = Optional[option.kind], option.default
+        else:
+            annotation, default = Optional[str], None if option.default is None else str(option.default)
+        metavar = "" if option.kind is bool else option.metavar  # a switch takes no value: show none
+        info = typer.Option(default, *decls, help=option.help + tasks, rich_help_panel=panel,
+                            metavar=metavar, show_default=option.default not in (None, (), False))
+        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                            annotation=annotation))
+    return parameters
+
+
+def run_command(**given: Any) -> None:
     """Stress a saved model on a dataset and write its robustness scorecard (no arguments: the bundled demo)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from visionstress.options import OptionError, all_options
+    from visionstress.runner import RunInterrupted, run
 
-    from visionstress.runner import run
-
-    overrides = {"input_size": input_size, "resize": resize, "interpolation": interpolation,
-                 "mean": mean, "std": std, "channel_order": channel_order}
-    columns = (TextColumn("[bold]stressing"), BarColumn(), MofNCompleteColumn(), TextColumn("predictions"),
-               TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task_id = bar.add_task("run", total=None, rate="-")
-        start = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            import time
-
-            now = time.perf_counter()
-            start[0] = start[0] or now
-            elapsed = max(now - start[0], 1e-9)
-            bar.update(task_id, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
-
+    defaults = {o.name: o.default for o in all_options(exposed_only=True)}
+    chosen = {k: v for k, v in given.items() if v not in (None, [], ()) and v != defaults.get(k)}
+    with _Progress(console) as progress:
         try:
-            card = run(model=model, data=data, task=task, suite=suite, weights=weights, trust_model=trust_model,
-                       num_classes=num_classes,
-                       data_config=data_config, data_config_overrides=overrides, class_names=class_names,
-                       device=device, batch_size=batch_size, workers=workers, amp=amp, limit=limit, seed=seed,
-                       out=out, strict=strict, baseline=baseline, bootstrap=bootstrap, images=images, masks=masks,
-                       ignore_index=ignore_index, canvas=_parse_canvas(canvas), label_map=label_map,
-                       postprocess=postprocess, score_threshold=score_threshold,
-                       size_bins=_parse_size_bins(size_bin), instance_masks=instance_masks, gallery=gallery,
-                       progress=progress)
+            card = run(**chosen, progress=progress)
+        except RunInterrupted as exc:
+            progress.close()
+            err_console.print(Text(str(exc), style="yellow"), soft_wrap=True)
+            raise typer.Exit(code=130)
         except KeyboardInterrupt:
-            _fail("interrupted; the records written so far are in the output directory's records.parquet")
-        except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+            progress.close()
+            _fail("interrupted; the batches finished so far are saved: run the same command with --resume to continue")
+        except (OptionError, ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+            progress.close()
             _fail(str(exc))
-    _print_summary(card)
+    if card is not None:
+        _print_summary(card)
 
 
-def _parse_canvas(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        _fail(f"--canvas {text!r}: expected HEIGHTxWIDTH, e.g. 640x640")
-    if height < 16 or width < 16:
-        _fail(f"--canvas {text!r}: both sides must be at least 16 pixels")
-    return height, width
+run_command.__signature__ = inspect.Signature(_cli_parameters())  # type: ignore[attr-defined]
+run_command.__annotations__ = {p.name: p.annotation for p in run_command.__signature__.parameters.values()}
+app.command("run")(run_command)
 
 
-def _parse_size_bins(specs: list[str]) -> dict[str, tuple[float, float]] | None:
-    bins: dict[str, tuple[float, float]] = {}
-    for spec in specs:
-        name, _, bounds = spec.partition("=")
-        low, _, high = bounds.partition(":")
-        try:
-            lo, hi = float(low), float(high)
-        except ValueError:
-            _fail(f"--size-bin {spec!r}: expected NAME=MIN:MAX in px², e.g. tiny=0:256")
-        if not name.isidentifier() or not 0 <= lo < hi:
-            _fail(f"--size-bin {spec!r}: needs a name (letters, digits, _) and 0 <= MIN < MAX")
-        bins[name] = (lo, hi)
-    return bins or None
+class _Progress:
+    """Progress of a run: a live bar on a terminal; elsewhere (CI logs) a plain line every `LOG_EVERY`
+    seconds, so a long run never looks dead. Both show the known total from the start, the rate once
+    there is one to measure, and an estimate of the time left."""
+
+    LOG_EVERY = 30.0
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.start = self.last_log = 0.0
+        self.calls = 0
+        self.bar: Any = None
+        self.task_id: Any = None
+
+    def __enter__(self) -> _Progress:
+        import time
+
+        self.start = self.last_log = time.perf_counter()
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]stressing"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("predictions"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.bar.__enter__()
+            self.task_id = self.bar.add_task("run", total=None, rate="")
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        now = time.perf_counter()
+        elapsed = now - self.start
+        rate = f"{done / elapsed:,.0f} img/s" if elapsed > 1.0 and done else ""
+        self.calls += 1
+        if self.bar is not None:
+            self.bar.update(self.task_id, completed=done, total=total, rate=rate)
+        elif self.calls == 0 or now - self.last_log >= self.LOG_EVERY or done == total:
+            self.last_log = now
+            left = (total - done) / (done / elapsed) if done and elapsed > 1.0 and done < total else None
+            eta = "" if left is None else f", about {_duration(left)} left"
+            self.console.print(f"stressing: {done:,}/{total:,} predictions ({100 * done / max(total, 1):.0f}%)"
+                               f"{', ' + rate if rate else ''}{eta}", highlight=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
-_SECOND_METRIC = {"classification": "flip_rate", "detection": "miss_rate", "segmentation": "pixel_accuracy"}
-"""The column printed beside the main metric's severities: what else a reader looks at first."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @app.command("report")
@@ -243,9 +249,10 @@ def report_command(
 
 def _print_summary(card) -> None:
     """Headline, then the task's main metric per perturbation x severity (one row per perturbation)."""
-    from visionstress.scorecard import MAIN_METRIC
+    from visionstress.tasks import get_task
 
-    metric, second = MAIN_METRIC[card.task], _SECOND_METRIC[card.task]
+    task = get_task(card.task)
+    metric, second = task.main_metric, task.secondary_metric
     clean = next(r for r in card.results if r["perturbation"] == "clean")
     interval = clean["ci"].get(metric)
     summary = card.summaries or {}
@@ -254,8 +261,7 @@ def _print_summary(card) -> None:
     line = f"clean {metric} {clean['metrics'][metric]:.3f}"
     if interval and None not in interval:
         line += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
-    for key, label in (("mean_accuracy_under_perturbation", "mean under perturbation (mPC)"),
-                       ("relative_robustness", "relative (rPC)"), ("mce", "mCE")):
+    for key, label in (("mpc", "mean under perturbation (mPC)"), ("rpc", "relative (rPC)"), ("mce", "mCE")):
         value = summary.get(key)
         if isinstance(value, (int, float)):
             line += f" · {label} {value:.3f}"

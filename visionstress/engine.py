@@ -1,19 +1,27 @@
-"""One stress run: the image-major loop of DESIGN §1.
+"""One stress run's loop (DESIGN §1), the same for every task.
 
-Each batch is decoded once, moved to the device once, and every perturbation x severity of the suite
-runs on it while it is resident; the clean pass of a sample always comes first, so flip rates can
-be computed as the perturbed passes stream by. Per-sample records go to Parquet as they are
-produced; only compact per-sample arrays and confusion matrices stay in memory.
+Each planned batch is decoded once, moved to the device once, and every perturbation x severity of the
+suite runs on it while it is resident; the clean pass of a sample always comes first. The main thread
+only perturbs and predicts; scoring (the evaluator's `update`, which copies to the host once per batch),
+records and the failure gallery run on one host worker thread, in order, so the device is never kept
+waiting for numpy, pycocotools or Parquet. A planned batch's records and evaluator state are committed to
+the run's journal (visionstress.journal) when all its passes are scored: that is the checkpoint a killed
+run resumes from, and what the shards of a distributed run are merged from.
+
+A CUDA out-of-memory error in a perturbation or the model halves the batch and carries on; because every
+random draw is per sample, the result is what a run started with the smaller batch gives.
 """
 
 from __future__ import annotations
 
 import copy
+import queue
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,21 +29,6 @@ from visionstress.batch import Batch
 from visionstress.perturbations import Perturbation, get_perturbation
 
 CLEAN = "clean"
-DEMO_SUBDIR = Path("data") / "demo" / "shapes"
-
-
-def demo_dir() -> Path:
-    """Where the bundled demo lives: beside the package in a source checkout (editable install),
-    else under the current directory (a wheel install run from a clone of the repository)."""
-    candidates = [Path(__file__).resolve().parents[1] / DEMO_SUBDIR, Path.cwd() / DEMO_SUBDIR]
-    for candidate in candidates:
-        if (candidate / "classifier.safetensors").is_file():
-            return candidate
-    raise FileNotFoundError(
-        "the bundled demo (data/demo/shapes) was not found beside the package or in the current directory; "
-        "run from a clone of the visionstress repository, or regenerate it with `python data/make_demo_dataset.py "
-        "&& python data/train_demo.py`"
-    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +40,11 @@ class Pass:
     family: str
     severity: int
     table: tuple[Any, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        """`name@severity`, the key of breakdowns and of the journal."""
+        return f"{self.perturbation}@{self.severity}"
 
 
 def suite_passes(suite: Any) -> list[Pass]:
@@ -70,79 +68,190 @@ def perturbation_for(p: Pass) -> Perturbation:
 
 @dataclass
 class RunTiming:
-    """Where the time went, in seconds: reading+decoding, perturbing, model forward."""
+    """Where the time went, in seconds: reading+decoding (main thread waiting for the loader), perturbing,
+    the model, scoring (on the host worker, overlapped with the others), and the batch sizes used."""
 
     data: float = 0.0
     perturb: float = 0.0
     model: float = 0.0
+    score: float = 0.0
     total: float = 0.0
     images: int = 0
     predictions: int = 0
+    batch_sizes: set[int] = field(default_factory=set)
+    out_of_memory: int = 0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "total_seconds": round(self.total, 4),
             "data_seconds": round(self.data, 4),
             "perturb_seconds": round(self.perturb, 4),
             "model_seconds": round(self.model, 4),
+            "score_seconds": round(self.score, 4),
             "images": self.images,
             "predictions": self.predictions,
             "predictions_per_second": round(self.predictions / self.total, 2) if self.total > 0 else 0.0,
+            "batch_sizes": sorted(self.batch_sizes),
+            "out_of_memory_retries": self.out_of_memory,
         }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class HostWorker:
+    """One background thread running submitted jobs in order; an exception in a job is raised in the
+    submitting thread at the next `submit` or at `close`, and stops the rest. `depth` bounds the jobs in
+    flight (each holds a batch's device tensors)."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="visionstress-host", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the submitting thread)
+                    self._error = exc
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self._jobs.put(job)
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Finish the queued jobs and stop the thread (re-raising a job's exception)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        if raise_errors:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
-def stream_passes(
-    batches: Iterator[tuple[Batch, Any]],
-    passes: Sequence[Pass],
-    predict: Callable[[torch.Tensor], Any],
-    consume: Callable[[Pass, Batch, Any], None],
-    device: torch.device,
-    seed: int,
-    timing: RunTiming,
-    on_batch: Callable[[Batch, Any], None] | None = None,
-    on_pass: Callable[[int], None] | None = None,
-) -> None:
-    """Run every pass on every batch, image-major: each batch goes to the device once.
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower() and isinstance(
+        exc, RuntimeError)
 
-    `on_batch(batch, extra)` sees each batch as loaded (on the host); `consume(pass, batch,
-    prediction)` receives the (moved) targets with each prediction, so geometric perturbations are
-    scored against the targets they produced.
-    """
-    perturbations = {p.perturbation: perturbation_for(p) for p in passes if p.perturbation != CLEAN}
-    start = time.perf_counter()
-    while True:
+
+@dataclass
+class Loop:
+    """What one run's loop works with. `score(pass_index, view, predictions)` runs on the host worker;
+    `perturbations` are the prepared ones by name; `batch_limit` is the largest batch the device took so
+    far (halved on each out-of-memory error)."""
+
+    passes: Sequence[Pass]
+    perturbations: dict[str, Perturbation]
+    predict: Callable[[torch.Tensor], Any]
+    score: Callable[[int, Batch, Any], None]
+    worker: HostWorker
+    device: torch.device
+    seed: int
+    timing: RunTiming
+    batch_limit: int
+    sample_filters: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = field(default_factory=dict)
+
+    def run_batch(self, batch: Batch) -> None:
+        """Every pass on `batch` (already on the device), in chunks of at most `batch_limit`."""
+        for start in range(0, len(batch), self.batch_limit):
+            chunk = batch if len(batch) <= self.batch_limit else batch.select(slice(start, start + self.batch_limit))
+            self._passes(chunk, 0)
+
+    def _passes(self, batch: Batch, first: int) -> None:
+        self.timing.batch_sizes.add(len(batch))
+        host_ids = batch.sample_ids.cpu()
+        for index in range(first, len(self.passes)):
+            p = self.passes[index]
+            try:
+                view, predictions, events = self._one(p, batch, host_ids)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc) or len(batch) == 1:
+                    raise
+                self.timing.out_of_memory += 1
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.batch_limit = max(1, len(batch) // 2)
+                half = (len(batch) + 1) // 2
+                for part in (batch.select(slice(0, half)), batch.select(slice(half, len(batch)))):
+                    self._passes(part, index)
+                return
+            if view is not None:
+                self.worker.submit(lambda i=index, v=view, pr=predictions: self.score(i, v, pr))
+                if events is not None:
+                    self.worker.submit(lambda e=events: self._cuda_times(*e))
+
+    def _one(self, p: Pass, batch: Batch, host_ids: torch.Tensor) -> tuple[Batch | None, Any, Any]:
+        """Perturb and predict. On CUDA nothing here waits for the device: the time is measured with events
+        that the host worker reads later; on the CPU with the wall clock."""
+        cuda = self.device.type == "cuda"
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else None
+        if events:
+            events[0].record()
         t0 = time.perf_counter()
-        try:
-            batch, extra = next(batches)
-        except StopIteration:
-            break
-        if on_batch is not None:  # before the move: what it reads stays on the host
-            on_batch(batch, extra)
-        batch = batch.to(device)
-        timing.data += time.perf_counter() - t0
-        if len(batch) == 0:  # every file of this batch was unreadable; its skips are recorded above
-            continue
-        timing.images += len(batch)
-        for p in passes:
-            t2 = time.perf_counter()
-            view = batch if p.perturbation == CLEAN else perturbations[p.perturbation](batch, severity=p.severity, seed=seed)
-            _sync(device)
-            t3 = time.perf_counter()
-            prediction = predict(view.images)
-            _sync(device)
-            t4 = time.perf_counter()
-            timing.perturb += t3 - t2
-            timing.model += t4 - t3
-            timing.predictions += len(batch)
-            consume(p, view, prediction)
-            if on_pass is not None:
-                on_pass(len(batch))
-    timing.total += time.perf_counter() - start
+        view = batch
+        if p.perturbation != CLEAN:
+            perturbation = self.perturbations[p.perturbation]
+            keep = perturbation.sample_filter(host_ids)
+            if keep is not None:
+                chosen = torch.nonzero(torch.as_tensor(keep, dtype=torch.bool).cpu()).reshape(-1)
+                if chosen.numel() == 0:
+                    return None, None, None
+                if chosen.numel() < len(batch):
+                    view = batch.select(chosen)
+            if not perturbation.needs_foreground and view.foreground is not None:
+                view = view.replace(foreground=None)
+            view = perturbation(view, severity=p.severity, seed=self.seed)
+        if events:
+            events[1].record()
+        t1 = time.perf_counter()
+        predictions = self.predict(view.images)
+        if events:
+            events[2].record()
+        else:
+            self.timing.perturb += t1 - t0
+            self.timing.model += time.perf_counter() - t1
+        self.timing.predictions += len(view)
+        return view, predictions, events
+
+    def _cuda_times(self, start: Any, perturbed: Any, predicted: Any) -> None:
+        predicted.synchronize()
+        self.timing.perturb += start.elapsed_time(perturbed) / 1000.0
+        self.timing.model += perturbed.elapsed_time(predicted) / 1000.0
+
+
+def stream(batches: Iterator[tuple[int, list[Batch], list[Any]]], loop: Loop,
+           on_batch_done: Callable[[int, list[Any]], None]) -> None:
+    """Run `loop` over planned batches `(plan index, same-shape batches, skipped files)`; after each one,
+    `on_batch_done(plan index, skipped)` is run on the host worker (after that batch's scoring)."""
+    start = time.perf_counter()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                index, parts, skipped = next(batches)
+            except StopIteration:
+                break
+            loop.timing.data += time.perf_counter() - t0
+            for part in parts:
+                if len(part) == 0:
+                    continue
+                t1 = time.perf_counter()
+                part = part.to(loop.device)
+                loop.timing.data += time.perf_counter() - t1
+                loop.timing.images += len(part)
+                loop.run_batch(part)
+            loop.worker.submit(lambda i=index, s=skipped: on_batch_done(i, s))
+        loop.worker.close()
+    finally:
+        loop.worker.close(raise_errors=False)
+        loop.timing.total += time.perf_counter() - start
 
 
 def default_device() -> str:
@@ -156,20 +265,4 @@ def autocast_context(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def demo_arguments(task: str = "classification") -> dict[str, Any]:
-    """What `visionstress run` with no model and no data evaluates for `task`: the bundled demo (the same
-    images for all three tasks, with their class labels, COCO boxes or class-index masks)."""
-    root = demo_dir()
-    if task == "detection":
-        return {"model": "visionstress.models.demo:tiny_detector", "weights": str(root / "detector.safetensors"),
-                "data": str(root / "val_instances.json"), "name": "demo-detection"}
-    if task == "segmentation":
-        return {"model": "visionstress.models.demo:tiny_segmenter", "weights": str(root / "segmenter.safetensors"),
-                "data": str(root / "val"), "masks": str(root / "val_masks"),
-                "class_names": str(root / "segmentation_classes.txt"), "name": "demo-segmentation"}
-    return {
-        "model": "visionstress.models.demo:tiny_classifier",
-        "weights": str(root / "classifier.safetensors"),
-        "data": str(root / "val"),
-        "name": "demo",
-    }
+from visionstress.demo import demo_arguments, demo_dir  # noqa: E402,F401  (kept importable from here for now)

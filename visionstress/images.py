@@ -39,3 +39,19 @@ def read_image(path: str | Path) -> torch.Tensor:
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: image has zero size")
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+"""EXIF orientations that swap width and height (the image is stored rotated by 90 or 270 degrees)."""
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the image `read_image` would return, from the file's header alone (no decoding):
+    what batch planning needs. An unreadable header gives (0, 0), which groups the file apart."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 0, 0
+    return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)

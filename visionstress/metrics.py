@@ -70,6 +70,8 @@ def register_metric(metric: Metric) -> Metric:
 def find_metric(name: str, task: str | None = None) -> Metric | None:
     """The metric called `name` for `task` (task-specific first, then task-neutral; exact names before
     patterns), or None when nobody registered it."""
+    import visionstress.tasks  # noqa: F401  (the task modules register their metrics)
+
     for owner in dict.fromkeys((task, None)):
         exact = _METRICS.get((owner, name))
         if exact is not None:
@@ -109,6 +111,8 @@ def format_delta(delta: float | None, metric: str, task: str | None = None) -> s
 
 def registered_metrics(task: str | None = None) -> list[Metric]:
     """Every registered metric of `task` (and the task-neutral ones), in registration order."""
+    import visionstress.tasks  # noqa: F401  (the task modules register their metrics)
+
     return [m for (t, _), m in _METRICS.items() if task is None or t in (task, None)]
 
 
@@ -123,40 +127,4 @@ _register(None, [
      "mean of the main metric under perturbation: over perturbations of the mean over severities"),
     ("rPC", True, False, "ratio", "bootstrap", "relative performance under perturbation: mPC / clean"),
     ("mPC[*]", True, True, "main metric", "bootstrap", "mPC over the perturbations of one family"),
-])
-
-_register("classification", [
-    ("top1", True, True, "fraction", "mcnemar", "top-1 accuracy"),
-    ("top5", True, True, "fraction", "mcnemar", "top-5 accuracy"),
-    ("macro_f1", True, True, "fraction", "bootstrap", "F1 averaged over classes"),
-    ("balanced_accuracy", True, True, "fraction", "bootstrap", "recall averaged over classes"),
-    ("ece", False, True, "fraction", "bootstrap", "expected calibration error (15 equal-width bins)"),
-    ("nll", False, False, "nats", "bootstrap", "mean negative log-likelihood of the true class"),
-    ("brier", False, False, "score", "none", "mean Brier score (needs every class probability)"),
-    ("flip_rate", False, True, "fraction", "mcnemar", "share of images whose prediction differs from the clean one"),
-])
-
-_COCO = [("AP", "AP@[.50:.95]"), ("AP50", "AP@.50"), ("AP75", "AP@.75"), ("APs", "AP, small objects"),
-         ("APm", "AP, medium objects"), ("APl", "AP, large objects"), ("AR1", "AR, 1 detection per image"),
-         ("AR10", "AR, 10 detections"), ("AR100", "AR, 100 detections"), ("ARs", "AR, small objects"),
-         ("ARm", "AR, medium objects"), ("ARl", "AR, large objects")]
-_BOOTSTRAPPED_COCO = {"AP", "AP50", "AP75", "AR1", "AR10", "AR100"}
-_register("detection", [
-    *[(name, True, True, "fraction", "bootstrap" if name in _BOOTSTRAPPED_COCO else "none", f"COCO {text}")
-      for name, text in _COCO],
-    *[(f"segm_{name}", True, True, "fraction", "none", f"COCO mask {text}") for name, text in _COCO],
-    ("AP_*", True, True, "fraction", "none", "AP@[.50:.95] of a user size bin"),
-    ("recall_*", True, True, "fraction", "none", "AR100 of a user size bin"),
-    ("fp_per_image", False, False, "detections per image", "bootstrap",
-     "false detections per image at the score threshold"),
-    ("miss_rate", False, True, "fraction", "bootstrap", "share of objects not found at the score threshold"),
-    ("objects_dropped", False, False, "objects", "none", "ground-truth objects a geometric perturbation moved out of frame"),
-])
-
-_register("segmentation", [
-    ("mIoU", True, True, "fraction", "bootstrap", "mean intersection over union over classes"),
-    ("pixel_accuracy", True, True, "fraction", "bootstrap", "share of scored pixels labelled right"),
-    ("mDice", True, True, "fraction", "bootstrap", "mean Dice coefficient over classes"),
-    ("boundary_f1", True, True, "fraction", "none", "class-agnostic boundary F-score"),
-    ("region_recall_*", True, True, "fraction", "none", "pixel recall of connected ground-truth regions of one size bin"),
 ])

@@ -73,8 +73,6 @@ class Option:
         if isinstance(value, str) and self.parse is not None:
             try:
                 value = self.parse(value)
-            except OptionError:
-                raise
             except (TypeError, ValueError) as exc:
                 raise OptionError(f"{where} {value!r}: {exc}") from None
         else:
@@ -93,8 +91,6 @@ class Option:
         if self.check is not None:
             try:
                 self.check(value)
-            except OptionError:
-                raise
             except (TypeError, ValueError) as exc:
                 raise OptionError(f"{where} {value!r}: {exc}") from None
         return value

@@ -280,9 +280,7 @@ def _model_name(spec: str) -> str:
 
 
 def _main_metric(card: Scorecard) -> str:
-    from visionstress.scorecard import MAIN_METRIC
-
-    return MAIN_METRIC.get(card.task) or next(iter(card.results[0]["metrics"]))
+    return card.main_metric
 
 
 def _evaluation_summary(card: Scorecard, report: Path) -> dict[str, Any]:

@@ -24,60 +24,14 @@ _IDENTITY = [
     pa.field("severity", pa.int8(), nullable=False),
 ]
 """Columns every task's records share: which image, under which pass."""
-
-_BITS = pa.list_(pa.uint16())
-_BOXES = pa.list_(pa.list_(pa.float32()))
-
-TASK_FIELDS: dict[str, list[pa.Field]] = {
-    "classification": [
-        pa.field("label", pa.int64(), nullable=False),
-        pa.field("prediction", pa.int64(), nullable=False),
-        pa.field("confidence", pa.float32(), nullable=False),
-        pa.field("correct", pa.bool_(), nullable=False),
-        pa.field("top5", pa.list_(pa.int64()), nullable=False),
-        pa.field("nll", pa.float32()),
-        pa.field("flipped", pa.bool_()),  # null on the clean pass: there is nothing to flip from
-    ],
-    # Detection keeps, per image, COCOeval's own matching for area 'all' (bit t of dt_match/dt_ignore is
-    # IoU threshold t of 0.50:0.05:0.95), so AP can be recomputed for any resample of images: that is what
-    # makes a paired bootstrap between two runs exact. The top boxes are kept for the failure gallery.
-    "detection": [
-        pa.field("num_gt", pa.int32(), nullable=False),
-        pa.field("num_pred", pa.int32(), nullable=False),
-        pa.field("tp", pa.int32(), nullable=False),
-        pa.field("fp", pa.int32(), nullable=False),
-        pa.field("fn", pa.int32(), nullable=False),
-        pa.field("dt_category", pa.list_(pa.int32()), nullable=False),
-        pa.field("dt_score", pa.list_(pa.float64()), nullable=False),
-        pa.field("dt_match", _BITS, nullable=False),
-        pa.field("dt_ignore", _BITS, nullable=False),
-        pa.field("gt_category", pa.list_(pa.int32()), nullable=False),
-        pa.field("gt_ignore", pa.list_(pa.bool_()), nullable=False),
-        pa.field("pred_boxes", _BOXES),
-        pa.field("pred_scores", pa.list_(pa.float32())),
-        pa.field("pred_labels", pa.list_(pa.int32())),
-        pa.field("gt_boxes", _BOXES),
-        pa.field("gt_labels", pa.list_(pa.int32())),
-    ],
-    # Per-class pixel counts per image: enough to recompute mIoU / Dice / accuracy for any resample.
-    "segmentation": [
-        pa.field("pixel_accuracy", pa.float32()),
-        pa.field("miou", pa.float32()),
-        pa.field("intersection", pa.list_(pa.int64()), nullable=False),
-        pa.field("gt_pixels", pa.list_(pa.int64()), nullable=False),
-        pa.field("pred_pixels", pa.list_(pa.int64()), nullable=False),
-    ],
-}
-
+_IDENTITY_NAMES = frozenset(f.name for f in _IDENTITY)
 
 def record_schema(task: str) -> pa.Schema:
-    """The Parquet schema of one task's records: identity columns, then the task's own."""
-    if task not in TASK_FIELDS:
-        raise ValueError(f"no record schema for task {task!r}; known: {', '.join(TASK_FIELDS)}")
-    return pa.schema(_IDENTITY + TASK_FIELDS[task])
+    """The Parquet schema of one task's records: identity columns, then the task's own (declared by the
+    task module: visionstress.tasks)."""
+    from visionstress.tasks import get_task
 
-
-RECORD_SCHEMA = record_schema("classification")
+    return pa.schema(_IDENTITY + list(get_task(task).record_fields()))
 
 
 def _numpy(value: Any) -> Any:
@@ -105,17 +59,56 @@ def _plain_list(value: Any) -> Any:
     return value
 
 
+def record_table(schema: pa.Schema, columns: Mapping[str, Sequence | np.ndarray], perturbation: str, family: str,
+                 severity: int, paths: Sequence[str]) -> pa.Table:
+    """One batch of one pass as a table of `schema`: evaluator columns plus the pass identity and paths.
+    Raises ValueError naming the columns that do not fit."""
+    fields = [f for f in schema if f.name not in _IDENTITY_NAMES]
+    names = {f.name for f in fields}
+    required = [f.name for f in fields if not f.nullable]
+    unknown = sorted(set(columns) - names - {"sample_id"})
+    missing = [c for c in ["sample_id", *required] if c not in columns]
+    if unknown or missing:
+        raise ValueError(f"record columns do not fit the schema: missing {missing or 'none'}, "
+                         f"unexpected {unknown or 'none'}")
+    n = len(paths)
+    data = {name: _numpy(columns[name]) for name in columns}
+    for name, values in data.items():
+        if len(values) != n:
+            raise ValueError(f"record column {name!r} has {len(values)} values for {n} paths")
+    arrays = {
+        "sample_id": pa.array(np.asarray(data["sample_id"], dtype=np.int64)),
+        "path": pa.array([display_path(p) for p in paths], pa.string()),
+        "perturbation": pa.array([perturbation] * n, pa.string()),
+        "family": pa.array([family] * n, pa.string()),
+        "severity": pa.array(np.full(n, severity, dtype=np.int8)),
+    }
+    for field in fields:
+        arrays[field.name] = (_column(data[field.name], field) if field.name in data else pa.nulls(n, field.type))
+    return pa.Table.from_pydict(arrays, schema=schema)
+
+
+def display_path(path: Any) -> str:
+    """A path as text that any UTF-8 writer accepts: undecodable bytes of a file name (kept by Python as
+    surrogates) are shown as `\\xNN` escapes instead of failing the whole run."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class RecordWriter:
-    """Appends per-sample records of one task to a Parquet file, one row group per `write`.
+    """Appends per-sample records to a Parquet file, one row group per `write` (the schema of `task`).
 
     Use as a context manager so the file's footer is written even when the run fails part-way;
     a file whose writer was never closed cannot be read.
     """
 
-    def __init__(self, path: str | Path, task: str = "classification") -> None:
+    def __init__(self, path: str | Path, task: str = "classification", schema: pa.Schema | None = None) -> None:
         self.path = Path(path)
-        self.schema = record_schema(task)
-        self._fields = TASK_FIELDS[task]
+        self.schema = schema if schema is not None else record_schema(task)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
         self.rows_written = 0
@@ -125,30 +118,17 @@ class RecordWriter:
         """Append one batch of one pass: evaluator columns plus the pass identity and the image paths."""
         if self._writer is None:
             raise ValueError(f"{self.path}: the record writer is closed")
-        names = {f.name for f in self._fields}
-        required = [f.name for f in self._fields if not f.nullable]
-        unknown = sorted(set(columns) - names - {"sample_id"})
-        missing = [c for c in ["sample_id", *required] if c not in columns]
-        if unknown or missing:
-            raise ValueError(f"{self.path}: record columns do not fit the schema: "
-                             f"missing {missing or 'none'}, unexpected {unknown or 'none'}")
-        n = len(paths)
-        data = {name: _numpy(columns[name]) for name in columns}
-        for name, values in data.items():
-            if len(values) != n:
-                raise ValueError(f"{self.path}: record column {name!r} has {len(values)} values for {n} paths")
-        arrays = {
-            "sample_id": pa.array(np.asarray(data["sample_id"], dtype=np.int64)),
-            "path": pa.array([str(p) for p in paths], pa.string()),
-            "perturbation": pa.array([perturbation] * n, pa.string()),
-            "family": pa.array([family] * n, pa.string()),
-            "severity": pa.array(np.full(n, severity, dtype=np.int8)),
-        }
-        for field in self._fields:
-            arrays[field.name] = (_column(data[field.name], field) if field.name in data
-                                  else pa.nulls(n, field.type))
-        self._writer.write_table(pa.Table.from_pydict(arrays, schema=self.schema))
-        self.rows_written += n
+        try:
+            table = record_table(self.schema, columns, perturbation, family, severity, paths)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
+        self.write_table(table)
+
+    def write_table(self, table: pa.Table) -> None:
+        if self._writer is None:
+            raise ValueError(f"{self.path}: the record writer is closed")
+        self._writer.write_table(table)
+        self.rows_written += table.num_rows
 
     def close(self) -> None:
         """Write the Parquet footer; idempotent."""

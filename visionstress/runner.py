@@ -1,131 +1,344 @@
-"""`visionstress.run`: a saved model, a dataset and a suite in; a Scorecard (and its files) out."""
+"""`visionstress.run`: a saved model, a dataset and a suite in; a Scorecard (and its files) out.
+
+The same steps for every task (the task module answers the task-specific questions, see
+visionstress.tasks.base):
+
+1. resolve and check every option before any work (visionstress.options);
+2. prepare the output folder: refuse another run's files unless `overwrite`, check a `resume` against
+   the manifest of the run it continues, hold a lock so two runs never share a folder;
+3. `task.setup`: dataset, model, adapter, evaluator;
+4. the prepare phase: model-aware and data-aware perturbations fit or collect their state (saved in
+   `prepared/`, reloaded on resume and on the other ranks);
+5. the loop (visionstress.engine) over the planned batches not yet in the journal;
+6. finalize from the journal's state (identical whether the run was resumed or sharded), merge the
+   records, write scorecard.json, summary.md and report.html atomically.
+
+Under `torchrun`, each rank scores every world-size-th planned batch on its own device, and rank 0
+merges the shards' journals and computes the metrics once.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import math
+import os
 import re
-from dataclasses import replace
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-import numpy as np
-import torch
+from visionstress.tasks.base import RunError
 
-from visionstress.evaluators.classification import result_key
-from visionstress.gallery import Boxes, FailureGallery, LabelMap
-from visionstress.engine import (
-    CLEAN,
-    Pass,
-    RunTiming,
-    autocast_context,
-    default_device,
-    demo_arguments,
-    stream_passes,
-    suite_passes,
-)
+__all__ = ["RunError", "RunInterrupted", "run"]
 
-TASKS = ("classification", "detection", "segmentation")
+MANIFEST = "run.json"
+LOCK = ".visionstress.lock"
+PREPARED_DIR = "prepared"
+_RUN_FILES = ("scorecard.json", "summary.md", "report.html", "records.parquet", MANIFEST)
+_RUN_DIRS = ("records.parts", "gallery", PREPARED_DIR)
 
 
-class RunError(ValueError):
-    """A run that cannot start: the message says which input is wrong and how."""
+class RunInterrupted(RuntimeError):
+    """Ctrl-C stopped the run after a batch; the message says how to resume it."""
 
 
-def run(
-    model: str | None = None,
-    data: str | Path | None = None,
-    *,
-    task: str = "classification",
-    suite: str = "default",
-    weights: str | Path | None = None,
-    trust_model: bool = False,
-    num_classes: int | None = None,
-    data_config: str | Path | None = None,
-    data_config_overrides: Mapping[str, Any] | None = None,
-    class_names: str | Path | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = 64,
-    workers: int = 2,
-    amp: bool = False,
-    limit: int | None = None,
-    seed: int | None = None,
-    out: str | Path | None = None,
-    strict: bool = False,
-    baseline: str | Path | None = None,
-    bootstrap: int = 1000,
-    images: str | Path | None = None,
-    masks: str | Path | None = None,
-    ignore_index: int = 255,
-    canvas: tuple[int, int] | None = None,
-    label_map: str | Path | Mapping[int, int] | None = None,
-    postprocess: str | Callable[..., Any] | None = None,
-    score_threshold: float = 0.5,
-    size_bins: Mapping[str, tuple[float, float]] | None = None,
-    instance_masks: bool = False,
-    gallery: int = 12,
-    progress: Callable[[int, int], None] | None = None,
-):
-    """Stress `model` on `data` with `suite`; returns the Scorecard and writes it under `out`.
+def run(model: str | None = None, data: str | Path | None = None, **options: Any):
+    """Stress `model` on `data` with the `suite`; returns the Scorecard and writes it under `out`.
 
-    With neither `model` nor `data`, runs the bundled demo for `task` (a tiny classifier, detector or
-    segmenter on data/demo/shapes) and writes reports/demo[-task]/. `progress(done, total)` is called
-    after every pass of every batch.
-
-    Detection: `data` is a COCO instances JSON (images under `images`, else beside it) or a folder
-    holding annotations.json; `label_map` maps model labels to dataset category ids (a file, a dict,
-    "coco80"; by default by category name when the model knows its names, else identity);
-    `postprocess` (a callable or "package.module:function") turns a raw model output into torchvision's
-    list of dicts; `canvas=(H, W)` letterboxes every image into one size and maps predictions back;
-    `instance_masks` also scores the model's instance masks against the annotations' segmentations
-    (mask AP, COCOeval "segm", as `segm_*` row metrics) for models that return masks, e.g. maskrcnn.
-    Segmentation: `data` is a folder with images/, masks/ and classes.txt, or give `images`, `masks` and
-    `class_names` separately; mask pixels equal to `ignore_index` are not scored.
-    `gallery` is how many of the worst failures are kept as clean/perturbed thumbnails for the report.
+    Keywords are the run options (`visionstress run --help` lists them, each declared once in
+    visionstress.tasks: e.g. `task`, `suite`, `weights`, `device`, `batch_size`, `limit`, `out`,
+    `resume`, `bootstrap`; task options such as `canvas`, `masks`, `class_names`). With neither `model`
+    nor `data`, runs the bundled demo of `task` and writes reports/demo[-task]/. `progress(done, total)`
+    is called as predictions are scored. Under torchrun, ranks other than 0 return None.
     """
-    if task not in TASKS:
-        raise RunError(f"task {task!r} is not supported yet; supported: {', '.join(TASKS)}")
+    from visionstress.options import resolve_options
+    from visionstress.tasks import get_task
+
+    given = dict(options)
+    if model is not None:
+        given["model"] = model
+    if data is not None:
+        given["data"] = data
+    task = get_task(str(given.get("task") or "classification"))
+    given["task"] = task.name
+    opts = resolve_options(task.name, given)
     name = None
-    if model is None and data is None:
-        demo = demo_arguments(task)
-        model, weights, data, name = demo["model"], demo["weights"], demo["data"], demo["name"]
-        masks = demo.get("masks", masks)
-        class_names = demo.get("class_names", class_names)
-    elif model is None or data is None:
+    if opts.model is None and opts.data is None:
+        demo = task.demo()
+        name = demo.pop("name")
+        opts = opts.replace(**{k: v for k, v in demo.items() if not (k in opts.given and opts[k] is not None)})
+        opts = resolve_options(task.name, {**{k: opts[k] for k in opts.given}, **demo})
+    elif opts.model is None or opts.data is None:
         raise RunError("give both --model and --data, or neither to run the bundled demo")
-    if batch_size < 1:
-        raise RunError(f"batch size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise RunError(f"--limit must be at least 1, got {limit}")
-    if bootstrap < 0:
-        raise RunError(f"--bootstrap must be 0 (no intervals) or more resamples, got {bootstrap}")
-    if gallery < 0:
-        raise RunError(f"--gallery must be 0 (none) or more images, got {gallery}")
-    if not 0.0 <= score_threshold <= 1.0:
-        raise RunError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    if task != "detection" and (canvas or label_map or postprocess or instance_masks):
-        raise RunError("--canvas, --label-map, --postprocess and --instance-masks apply to --task detection only")
-    if instance_masks and canvas:
-        raise RunError("--instance-masks cannot be combined with --canvas: masks are scored at each image's own "
-                       "size; drop --canvas (the model resizes images itself)")
-    common = dict(
-        model=str(model), data=Path(data), suite_name=suite, weights=weights, trust_model=trust_model,
-        num_classes=num_classes, device=torch.device(device or default_device()), batch_size=batch_size,
-        workers=workers, amp=amp, limit=limit, seed=seed, out=out, strict=strict, bootstrap=bootstrap,
-        progress=progress, name=name, gallery_size=gallery,
-    )
-    if task == "detection":
-        return _run_detection(**common, images=images, label_map=label_map, postprocess=postprocess,
-                              canvas=canvas, score_threshold=score_threshold, size_bins=size_bins,
-                              instance_masks=instance_masks)
-    if task == "segmentation":
-        return _run_segmentation(**common, images=images, masks=masks, class_names=class_names,
-                                 ignore_index=ignore_index, data_config=data_config,
-                                 overrides=dict(data_config_overrides or {}))
-    return _run_classification(**common, data_config=data_config, overrides=dict(data_config_overrides or {}),
-                               class_names=class_names, baseline=baseline)
+    if not Path(opts.data).exists():
+        raise RunError(f"{opts.data}: --data not found")
+    return _Run(task, opts, name).execute()
+
+
+class _Run:
+    """One call of `run`: the steps of the module docstring, in order."""
+
+    def __init__(self, task: Any, opts: Any, name: str | None) -> None:
+        import torch
+
+        from visionstress.distributed import World
+        from visionstress.engine import default_device, suite_passes
+        from visionstress.suite import load_suite
+
+        self.task = task
+        self.suite = load_suite(opts.suite)
+        self.opts = opts.replace(seed=self.suite.seed if opts.seed is None else int(opts.seed))
+        self.passes = suite_passes(self.suite)
+        self.world = World.from_environment()
+        device = self.opts.device or default_device()
+        if self.world.size > 1 and str(device) == "cuda":
+            device = f"cuda:{self.world.local_rank}"
+        self.device = torch.device(device)
+        self.out_dir = _out_dir(self.opts.out, name, str(self.opts.model), Path(self.opts.data))
+
+    def execute(self):
+        with _locked(self.out_dir, self.world) as lock:
+            del lock
+            _prepare_out_dir(self.out_dir, self.opts, self.world)
+            return self._execute()
+
+    def _execute(self):
+        from visionstress.datasets import load_planned, plan_batches
+        from visionstress.engine import HostWorker, Loop, RunTiming, perturbation_for, stream
+        from visionstress.gallery import FailureGallery
+        from visionstress.journal import Journal, iter_todo
+        from visionstress.records import record_schema
+
+        opts, world = self.opts, self.world
+        setup = self.task.setup(opts, self.device)
+        self.setup = setup
+        manifest = _manifest(self.task, opts, setup, self.suite, self.passes)
+        _check_manifest(self.out_dir, manifest, opts, world)
+        perturbations = self._prepare({p.perturbation: perturbation_for(p) for p in self.passes if p.severity > 0})
+        journal = Journal(self.out_dir, record_schema(self.task.name), self.passes, rank=world.rank)
+        plan = plan_batches(setup.dataset.images, opts.batch_size)
+        mine = plan[world.rank::world.size]
+        done_parts = journal.parts(world.rank)
+        done = {p.first for p in done_parts}
+        journal.replay(lambda i, chunk: setup.evaluator.absorb(self.passes[i].perturbation, self.passes[i].severity,
+                                                                chunk), done_parts)
+        todo = list(iter_todo(mine, done))
+        timing = RunTiming()
+        gallery = FailureGallery(size=opts.gallery)
+        scored = [sum(p.images for p in done_parts) * len(self.passes)]
+        total = sum(len(batch) for batch in mine) * len(self.passes)
+
+        def score(pass_index: int, view: Any, predictions: Any) -> None:
+            import time
+
+            t0 = time.perf_counter()
+            p = self.passes[pass_index]
+            update = setup.evaluator.update(p, view, predictions)
+            ids = view.sample_ids.tolist()
+            paths = [setup.dataset.paths[i] for i in ids]
+            first = current[ids[0]]
+            journal.add(first, pass_index, update.records, paths, update.state)
+            if setup.gallery is not None and opts.gallery:
+                if pass_index == 0:
+                    setup.gallery.clean(view, predictions, update.records)
+                else:
+                    setup.gallery.offer(gallery, p, view, predictions, update.records, paths)
+            scored[0] += len(ids)
+            if opts.progress is not None:
+                opts.progress(scored[0], total)
+            timing.score += time.perf_counter() - t0
+
+        current: dict[int, int] = {}  # sample id -> first sample id of its planned batch
+
+        def batches() -> Iterator[tuple[int, list[Any], list[Any]]]:
+            loaded = load_planned(setup.dataset.images, [b for _, b in todo], opts.workers,
+                                  pin_memory=self.device.type == "cuda")
+            for (index, batch), (parts, skipped) in zip(todo, loaded):
+                for i in batch:
+                    current[i] = batch[0]
+                yield index, parts, skipped
+
+        def committed(index: int, skipped: list[Any]) -> None:
+            journal.commit(mine[index][0], skipped)
+
+        loop = Loop(passes=self.passes, perturbations=perturbations, predict=setup.adapter.predict, score=score,
+                    worker=HostWorker(), device=self.device, seed=opts.seed, timing=timing,
+                    batch_limit=opts.batch_size)
+        with _stop_on_interrupt() as stopped:
+            try:
+                stream(_until(batches(), stopped), loop, committed)
+            except BaseException:
+                journal.salvage(self.out_dir / "records.parquet")  # what ran stays readable
+                raise
+        if stopped.is_set():
+            raise RunInterrupted(f"interrupted: {len(journal.parts(world.rank))} batches are saved in "
+                                 f"{self.out_dir}; run the same command with --resume to continue")
+        if world.size > 1:
+            world.barrier()
+            if world.rank != 0:
+                return None
+        return self._finish(journal, timing, gallery, mine)
+
+    def _prepare(self, perturbations: dict[str, Any]) -> dict[str, Any]:
+        """The prepare phase: fit or collect, or reload what this run (or rank 0) already saved."""
+        from visionstress.perturbations import Perturbation, PrepareContext
+
+        prepared = {}
+        for name, perturbation in perturbations.items():
+            if type(perturbation).prepare is Perturbation.prepare:
+                prepared[name] = perturbation
+                continue
+            state_dir = self.out_dir / PREPARED_DIR / name
+            context = PrepareContext(
+                task=self.task.name, adapter=self.setup.adapter, batches=self._host_batches,
+                severities=tuple(p.severity for p in self.passes if p.perturbation == name), seed=self.opts.seed,
+                device=self.device, options=self.opts, state_dir=state_dir,
+                class_names=self.setup.dataset.class_names, log=lambda message: None)
+            ready = (state_dir / "prepared.json").is_file()
+            if not ready and self.world.rank == 0:
+                state_dir.mkdir(parents=True, exist_ok=True)
+                perturbation = perturbation.prepare(context)
+                (state_dir / "prepared.json").write_text(json.dumps(perturbation.prepared_summary(), default=str))
+                prepared[name] = perturbation
+            else:
+                if self.world.size > 1:
+                    self.world.barrier()
+                prepared[name] = perturbation.load_prepared(state_dir, context)
+        self.prepared = prepared
+        return prepared
+
+    def _host_batches(self) -> Iterator[Any]:
+        """A fresh pass over the run's dataset for the prepare phase (host batches with targets)."""
+        from visionstress.datasets import iterate_planned
+
+        for batch, _ in iterate_planned(self.setup.dataset.images, self.opts.batch_size, self.opts.workers):
+            if len(batch):
+                yield batch
+
+    def _finish(self, journal: Any, timing: Any, gallery: Any, mine: Any):
+        from visionstress.family_summaries import SummaryContext, family_summaries
+        from visionstress.report import write_report
+        from visionstress.scorecard import SCHEMA_VERSION, Scorecard, environment_info
+
+        opts, setup, world = self.opts, self.setup, self.world
+        parts = journal.parts()
+        evaluator = setup.evaluator
+        if world.size > 1:  # the shards' state, absorbed in the canonical order into a fresh evaluator
+            evaluator = self.task.setup(opts, self.device).evaluator
+            journal.replay(lambda i, chunk: evaluator.absorb(self.passes[i].perturbation, self.passes[i].severity,
+                                                              chunk), parts)
+        skipped = [s for part in parts for s in part.skipped]
+        images = sum(part.images for part in parts)
+        if images == 0:
+            raise RunError(f"{opts.data}: no image could be read ({len(skipped)} skipped); see the reasons with "
+                           f"--strict")
+        records_path = self.out_dir / "records.parquet"
+        journal.merge(records_path, parts)
+        results = evaluator.finalize()
+        families = {p.perturbation: p.family for p in self.passes}
+        rows = [_row(r, families, len(setup.dataset), images) for r in results.rows]
+        warnings = self.task.check_clean(results, setup)
+        summaries = self.task.summaries(results.rows, {k: v for k, v in families.items() if k != "clean"}, setup, opts)
+        keep = {p.key for p in self.passes if self.prepared.get(p.perturbation) is not None
+                and getattr(self.prepared[p.perturbation], "keep_breakdowns", False)}
+        breakdowns = {**self.task.breakdowns(results, setup, keep), "gallery": gallery.save(self.out_dir)}
+        prepared = {name: p.prepared_summary() for name, p in self.prepared.items() if p.prepared_summary()}
+        suite = self.suite.to_dict()
+        for item in suite["perturbations"]:
+            item["version"] = int(getattr(self.prepared.get(item["name"]), "version", 1) or 1)
+        extra_families = {p.family for p in self.passes if p.severity > 0}
+        if extra_families:
+            from visionstress.records import read_records
+
+            context = SummaryContext(task=self.task.name, records=None, rows=rows, statistics=self.task.statistics,
+                                     main_metric=self.task.main_metric, class_names=setup.dataset.class_names,
+                                     bootstrap=opts.bootstrap, seed=opts.seed, prepared=prepared, options=opts,
+                                     breakdowns=breakdowns)
+            context.records = _LazyFrame(lambda: read_records(records_path))
+            summaries.update(family_summaries(sorted(extra_families), context))
+        dataset = {**setup.dataset.info, "num_samples": images,
+                   "skipped": [{"path": s["path"], "reason": s["reason"]} for s in skipped]}
+        if warnings:
+            dataset["warnings"] = list(dataset.get("warnings", [])) + warnings
+        data_config = dict(setup.data_config)
+        for name, value in setup.extra.items():
+            data_config[name] = value() if callable(value) else value
+        loaded = setup.model
+        card = Scorecard(
+            schema_version=SCHEMA_VERSION,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            task=self.task.name,
+            model={"spec": _shown_spec(str(opts.model)), "path": None if loaded.path is None else Path(loaded.path).name,
+                   "sha256": loaded.sha256, "format": loaded.format,
+                   "weights": None if opts.weights is None else Path(opts.weights).name},
+            dataset=dataset, suite=suite, seed=opts.seed, data_config=data_config,
+            environment=environment_info(self.device), results=rows, summaries=summaries, breakdowns=breakdowns,
+            timing=timing.as_dict(), records_path=str(records_path.resolve()), prepared=prepared,
+            run={"world_size": world.size, "resumed": bool(opts.resume), "options": _given(opts)},
+        )
+        card.save(self.out_dir)
+        write_report(card, self.out_dir)
+        return card
+
+
+def _row(row: Any, families: dict[str, str], listed: int, images: int) -> dict[str, Any]:
+    out = {"perturbation": row.perturbation, "family": families.get(row.perturbation, row.perturbation),
+           "severity": row.severity, "metrics": row.metrics, "ci": {k: list(v) for k, v in row.ci.items()}}
+    for name in ("images", "clean_same_images"):
+        value = getattr(row, name, None)
+        if value:
+            out[name] = value
+    return out
+
+
+class _LazyFrame:
+    """The run's records, read from Parquet only if a family summary asks for them."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._frame = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._frame is None:
+            self._frame = self._load()
+        return getattr(self._frame, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        if self._frame is None:
+            self._frame = self._load()
+        return self._frame[key]
+
+
+def _until(batches: Iterator[Any], stopped: threading.Event) -> Iterator[Any]:
+    for item in batches:
+        yield item
+        if stopped.is_set():
+            return
+
+
+@contextmanager
+def _stop_on_interrupt():
+    """The first Ctrl-C asks the loop to stop after the current batch (its work is saved); a second one
+    interrupts at once."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stopped.is_set():
+            raise KeyboardInterrupt
+        stopped.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _report_name(model: str, data: Path) -> str:
@@ -133,495 +346,100 @@ def _report_name(model: str, data: Path) -> str:
     return f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _prepare(suite_name: str, seed: int | None, out: str | Path | None, name: str | None, model: str, data: Path):
-    """The suite, its passes, the run's seed and the output folder (created)."""
-    from visionstress.suite import load_suite
-
-    suite = load_suite(suite_name)
-    run_seed = suite.seed if seed is None else int(seed)
+def _out_dir(out: Path | None, name: str | None, model: str, data: Path) -> Path:
     out_dir = Path(out) if out is not None else Path("reports") / (name or _report_name(model, data))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return suite, run_seed, suite_passes(suite), out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"{out_dir}: --out is an existing file; give a folder")
+    return out_dir
 
 
-def _stream(task: str, batches, passes: list[Pass], predict, score, *, device: torch.device, seed: int,
-            out_dir: Path, total: int, progress, on_batch) -> tuple[RunTiming, Path]:
-    """Run every pass on every batch, writing `score(pass, batch, prediction) -> (columns, paths)` to the
-    records as it goes; returns the timing and the records path."""
-    from visionstress.records import RecordWriter
+@contextmanager
+def _locked(out_dir: Path, world: Any):
+    """A lock file in the output folder, so that a second run on the same folder refuses instead of
+    silently overwriting the first; released when the process ends, however it ends. Rank 0 holds it."""
+    if world.rank != 0:
+        yield None
+        return
+    from filelock import FileLock, Timeout
 
-    timing = RunTiming()
-    records_path = out_dir / "records.parquet"
-    done = 0
-    with RecordWriter(records_path, task) as writer:
-        def consume(p: Pass, batch, prediction) -> None:
-            nonlocal done
-            columns, paths = score(p, batch, prediction)
-            writer.write(columns, perturbation=p.perturbation, family=p.family, severity=p.severity, paths=paths)
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
-
-        stream_passes(batches, passes, predict, consume, device, seed, timing, on_batch=on_batch)
-    return timing, records_path
-
-
-def _rows(metric_rows, passes: list[Pass]) -> list[dict[str, Any]]:
-    families = _families(passes)
-    return [{"perturbation": r.perturbation, "family": families.get(r.perturbation, r.perturbation),
-             "severity": r.severity, "metrics": r.metrics, "ci": {k: list(v) for k, v in r.ci.items()}}
-            for r in metric_rows]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+    lock = FileLock(str(out_dir / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunError(f"{out_dir}: another visionstress run is writing into this folder; wait for it or give "
+                       f"another --out") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
-def _families(passes: list[Pass]) -> dict[str, str]:
-    return {p.perturbation: p.family for p in passes}
+def _prepare_out_dir(out_dir: Path, opts: Any, world: Any) -> None:
+    """Refuse a folder that holds another run unless --overwrite (then clear it) or --resume."""
+    if world.rank != 0:
+        world.barrier()
+        return
+    existing = [name for name in _RUN_FILES + _RUN_DIRS if (out_dir / name).exists()]
+    if opts.resume and opts.overwrite:
+        raise RunError("--resume and --overwrite contradict each other: resume continues the run in --out, "
+                       "overwrite deletes it")
+    if existing and not opts.resume:
+        if not opts.overwrite:
+            raise RunError(f"{out_dir}: holds another run's files ({', '.join(existing)}); --resume continues it, "
+                           f"--overwrite replaces it, or give another --out")
+        for name in existing:
+            target = out_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if opts.resume and not (out_dir / MANIFEST).is_file():
+        raise RunError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume")
+    if world.size > 1:
+        world.barrier()
 
 
-def _scorecard(*, task: str, model: str, loaded, weights, dataset: dict[str, Any], suite, seed: int,
-               data_config: dict[str, Any], device: torch.device, rows, summaries, breakdowns, timing: RunTiming,
-               records_path: Path, out_dir: Path):
-    """Assemble, save (scorecard.json + summary.md + report.html) and return the run's Scorecard."""
-    from visionstress.scorecard import SCHEMA_VERSION, Scorecard, environment_info
-
-    card = Scorecard(
-        schema_version=SCHEMA_VERSION,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        task=task,
-        model={"spec": model, "path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
-               "weights": None if weights is None else str(weights)},
-        dataset=dataset,
-        suite=suite.to_dict(),
-        seed=seed,
-        data_config=data_config,
-        environment=environment_info(device),
-        results=rows,
-        summaries=summaries,
-        breakdowns=breakdowns,
-        timing=timing.as_dict(),
-        records_path=str(records_path.resolve()),
-    )
-    card.save(out_dir)
-    from visionstress.report import write_report
-
-    write_report(card, out_dir)
-    return card
+def _manifest(task: Any, opts: Any, setup: Any, suite: Any, passes: Any) -> dict[str, Any]:
+    """What must match for a resume: the model's bytes, the images, the suite, the seed, the batching."""
+    return {"task": task.name, "model": str(opts.model), "model_sha256": setup.model.sha256,
+            "dataset_fingerprint": setup.dataset.info.get("fingerprint"), "suite": suite.to_dict(),
+            "seed": opts.seed, "batch_size": opts.batch_size, "limit": opts.limit}
 
 
-def _run_classification(*, model, data, suite_name, weights, trust_model, num_classes, data_config, overrides,
-                        class_names, device, batch_size, workers, amp, limit, seed, out, strict, baseline,
-                        bootstrap, progress, name, gallery_size):
-    from visionstress.datasets import (ClassificationImages, dataset_fingerprint, iterate_batches,
-                                       load_classification_samples, read_class_names)
-    from visionstress.evaluators import ClassificationEvaluator
-    from visionstress.models import ClassifierAdapter, load_model, resolve_data_config
-
-    suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
-    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
-                        num_classes=num_classes)
-    config, config_source = resolve_data_config(loaded.data_config,
-                                                None if data_config is None else str(data_config), overrides)
-    names = read_class_names(class_names) if class_names is not None else None
-    samples, class_list = load_classification_samples(data, names)
-    if limit is not None:
-        samples = samples[:limit]
-    adapter = ClassifierAdapter(loaded, config, device=device, amp=amp)
-    width = adapter.num_classes
-    if names is None and width > len(class_list) and class_list == [str(i) for i in range(len(class_list))]:
-        # integer labels name model indices directly; the dataset need not contain the highest classes
-        class_list = [str(i) for i in range(width)]
-    if width != len(class_list):
-        raise RunError(
-            f"{model}: the model outputs {width} classes but the dataset has {len(class_list)} "
-            f"({'from --class-names' if names is not None else 'one per class folder/label'}); pass --class-names "
-            f"with the model's {width} class names in index order"
-        )
-
-    dataset = ClassificationImages(samples, config, strict=strict)
-    evaluator = ClassificationEvaluator(len(class_list), class_list, bootstrap=bootstrap, seed=run_seed)
-    skipped: list[Any] = []
-    host: dict[str, Any] = {}  # the current batch's ids, labels and paths, copied to the host once
-
-    def on_batch(batch, batch_skipped) -> None:
-        skipped.extend(batch_skipped)
-        host["ids"], host["labels"] = batch.sample_ids.cpu(), batch.labels.cpu()
-        host["paths"] = [samples[i].path for i in host["ids"].tolist()]
-
-    def predict(images: torch.Tensor):
-        with autocast_context(device, amp):
-            return adapter.predict(images)
-
-    gallery = FailureGallery(size=gallery_size)
-
-    def score(p: Pass, batch, prediction):
-        columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["labels"],
-                                   prediction.logits.float().cpu())
-        correct, confidence = np.asarray(columns["correct"], bool), np.asarray(columns["confidence"], np.float64)
-        if p.perturbation == CLEAN:
-            host["clean_images"], host["clean_correct"] = batch.images, correct
-        else:  # a failure: right on the clean image, wrong here; the more confident, the worse
-            def caption(i: int) -> str:
-                label, predicted = int(columns["label"][i]), int(columns["prediction"][i])
-                return f"{class_list[label]} → {class_list[predicted]} ({100 * confidence[i]:.0f}% confident)"
-
-            gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
-                          paths=_relative(host["paths"], data), scores=torch.from_numpy(confidence * (host["clean_correct"] & ~correct)),
-                          clean_images=host["clean_images"], perturbed_images=batch.images, captions=caption)
-        return columns, host["paths"]
-
-    timing, records_path = _stream("classification", iterate_batches(dataset, batch_size, workers), passes, predict,
-                                   score, device=device, seed=run_seed, out_dir=out_dir,
-                                   total=len(samples) * len(passes), progress=progress, on_batch=on_batch)
-    _check_read(timing, data, skipped)
-    results = evaluator.finalize()
-    rows = _rows(results.rows, passes)
-    return _scorecard(
-        task="classification", model=model, loaded=loaded, weights=weights,
-        dataset={"path": str(data), "fingerprint": dataset_fingerprint(samples, data),
-                 "num_samples": timing.images, "num_listed": len(samples), "num_classes": len(class_list),
-                 "class_names": list(class_list), "skipped": _skipped(skipped)},
-        suite=suite, seed=run_seed, data_config={**config.to_dict(), "source": config_source}, device=device,
-        rows=rows, summaries=_summaries(results.rows, _families(passes), suite.name, len(class_list), baseline),
-        breakdowns={**_breakdowns(results), "gallery": gallery.save(out_dir)}, timing=timing,
-        records_path=records_path, out_dir=out_dir,
-    )
+def _check_manifest(out_dir: Path, manifest: dict[str, Any], opts: Any, world: Any) -> None:
+    path = out_dir / MANIFEST
+    if opts.resume and path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        differences = [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in manifest.items()
+                       if saved.get(key) != value and key != "suite"]
+        if saved.get("suite") != manifest["suite"]:
+            differences.append("suite: its perturbations, severities or seed differ")
+        if differences:
+            raise RunError(f"{out_dir}: cannot resume: the run there differs from this command ("
+                           + "; ".join(differences) + "); use the same command, or --overwrite to start again")
+        return
+    if world.rank == 0:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
 
-def _relative(paths: list[str], root: Path) -> list[str]:
-    """Paths as the gallery captions show them: relative to the dataset root when inside it."""
-    out = []
-    for path in paths:
-        try:
-            out.append(Path(path).relative_to(root).as_posix())
-        except ValueError:
-            out.append(str(path))
+def _given(opts: Any) -> dict[str, Any]:
+    """The options the user set (JSON-ready, paths as file names): how the run was asked for."""
+    out = {}
+    for name in sorted(opts.given):
+        value = opts[name]
+        if callable(value) or name in ("progress",):
+            continue
+        if isinstance(value, Path):
+            value = value.name
+        out[name] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
     return out
 
 
-def _f1(columns: dict[str, Any]) -> np.ndarray:
-    """Per-image F1 at the score threshold (IoU 0.5): 1 for an image with nothing to find and nothing found."""
-    tp, fp, fn = (np.asarray(columns[k], np.float64) for k in ("tp", "fp", "fn"))
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
-def _soft_f1(columns: dict[str, Any]) -> np.ndarray:
-    """Per-image F1 at IoU 0.5 with every detection counted by its score instead of a threshold.
-
-    Ranks the gallery: a detection that vanishes (0.9 -> nothing) is a worse failure than one that dips
-    just under the score threshold (0.51 -> 0.49), which the thresholded F1 cannot tell apart."""
-    out = []
-    for num_gt, scores, match, ignore in zip(columns["num_gt"], columns["dt_score"], columns["dt_match"],
-                                             columns["dt_ignore"]):
-        scores = np.asarray(scores, np.float64)
-        matched = (np.asarray(match, np.uint16) & 1).astype(bool)
-        ignored = (np.asarray(ignore, np.uint16) & 1).astype(bool)
-        tp = scores[matched & ~ignored].sum()
-        fp = scores[~matched & ~ignored].sum()
-        out.append(_ratio(np.float64(2 * tp), np.float64(tp + fp + num_gt)))
-    return np.asarray(out, np.float64)
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    return np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
-
-
-def _box_overlays(targets, prediction, names: dict[int, str], threshold: float, scales):
-    """Gallery overlays for image i: its ground truth (green) and its detections above the threshold (red),
-    in the batch's pixels (letterboxed ones scaled back onto the canvas)."""
-    def overlays(i: int):
-        scale = 1.0 if scales is None else float(scales[i])
-        keep = prediction.scores[i] >= threshold
-        return [Boxes(targets[i].boxes * scale, [names.get(int(c), str(int(c))) for c in targets[i].labels]),
-                Boxes(prediction.boxes[i][keep] * scale,
-                      [names.get(int(c), str(int(c))) for c in prediction.labels[i][keep]],
-                      scores=prediction.scores[i][keep])]
-
-    return overlays
-
-
-def _check_read(timing: RunTiming, data: Path, skipped: list[Any]) -> None:
-    if timing.images == 0:
-        raise RunError(f"{data}: no image could be read ({len(skipped)} skipped); see the reasons with --strict")
-
-
-def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
-    return [{"path": s.path, "reason": s.reason} for s in skipped]
-
-
-def _run_detection(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers, amp,
-                   limit, seed, out, strict, bootstrap, progress, name, images, label_map, postprocess, canvas,
-                   score_threshold, size_bins, instance_masks, gallery_size):
-    from visionstress.datasets import DetectionImages, iterate_detection_batches, load_coco_dataset
-    from visionstress.evaluators import DetectionEvaluator, robustness_summary
-    from visionstress.models import DetectorAdapter, load_model, resolve_label_map
-
-    suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
-    dataset = load_coco_dataset(data, images)
-    if limit is not None:
-        dataset.samples = dataset.samples[:limit]
-    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
-                        num_classes=num_classes, task="detection")
-    mapping = resolve_label_map(label_map, dataset.categories, loaded.categories)
-    adapter = DetectorAdapter(loaded, device=device, amp=amp, data_config=loaded.data_config,
-                              postprocess=_callable(postprocess), label_map=mapping)
-    evaluator = DetectionEvaluator(dataset.categories, size_bins=size_bins, score_threshold=score_threshold,
-                                   bootstrap=bootstrap, seed=run_seed, masks=instance_masks)
-    samples = dataset.samples
-    names = {int(c["id"]): str(c["name"]) for c in dataset.categories}
-    gallery = FailureGallery(size=gallery_size)
-    skipped: list[Any] = []
-    host: dict[str, Any] = {}
-
-    def on_batch(batch, info) -> None:
-        skipped.extend(info.skipped)
-        host["ids"] = batch.sample_ids.cpu()
-        host["paths"] = [samples[i].path for i in host["ids"].tolist()]
-        host["sizes"] = [(samples[i].height, samples[i].width) for i in host["ids"].tolist()]
-        host["scales"] = None if info.scales is None else info.scales.cpu()
-
-    def score(p: Pass, batch, prediction):
-        targets = [t.to("cpu") for t in batch.boxes]
-        prediction = _detections_to_host(prediction)
-        if host["scales"] is not None:  # letterboxed: back to the original image's pixels
-            targets, prediction = _unscale(targets, prediction, host["scales"])
-        columns = evaluator.update(p.perturbation, p.severity, host["ids"], host["sizes"], targets, prediction)
-        f1, soft = _f1(columns), _soft_f1(columns)
-        if p.perturbation == CLEAN:
-            host["clean"] = (batch.images, targets, prediction, f1, soft)
-        else:  # a failure: the image's score-weighted F1 dropped from the clean pass
-            clean_images, clean_targets, clean_prediction, clean_f1, clean_soft = host["clean"]
-
-            def caption(i: int) -> str:
-                return (f"F1@0.5 {clean_f1[i]:.2f} → {f1[i]:.2f}, score-weighted {clean_soft[i]:.2f} → "
-                        f"{soft[i]:.2f} ({columns['fn'][i]} missed, {columns['fp'][i]} false)")
-
-            gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
-                          paths=host["paths"], scores=torch.from_numpy(clean_soft - soft),
-                          clean_images=clean_images, perturbed_images=batch.images, captions=caption,
-                          clean_overlays=_box_overlays(clean_targets, clean_prediction, names, score_threshold,
-                                                       host["scales"]),
-                          perturbed_overlays=_box_overlays(targets, prediction, names, score_threshold,
-                                                           host["scales"]))
-        return columns, host["paths"]
-
-    batches = iterate_detection_batches(DetectionImages(dataset, with_masks=instance_masks, strict=strict), batch_size,
-                                        workers, canvas=canvas)
-    timing, records_path = _stream("detection", batches, passes, adapter.predict, score, device=device,
-                                   seed=run_seed, out_dir=out_dir, total=len(samples) * len(passes),
-                                   progress=progress, on_batch=on_batch)
-    _check_read(timing, data, skipped)
-    results = evaluator.finalize()
-    class_names = [c["name"] for c in dataset.categories]
-    worst = _worst_key(results.rows, "AP")
-    keep = {result_key(CLEAN, 0), worst} - {None}
-    return _scorecard(
-        task="detection", model=model, loaded=loaded, weights=weights,
-        dataset={"path": str(data), "fingerprint": _coco_fingerprint(dataset), "num_samples": timing.images,
-                 "num_listed": len(samples), "num_classes": len(class_names), "class_names": class_names,
-                 "category_ids": [int(c["id"]) for c in dataset.categories], "skipped": _skipped(skipped),
-                 "warnings": list(dataset.warnings)},
-        suite=suite, seed=run_seed,
-        data_config={"canvas": list(canvas) if canvas else None, "score_threshold": score_threshold,
-                     "instance_masks": instance_masks,
-                     "label_map": None if mapping is None else {str(k): v for k, v in mapping.items()},
-                     "unmapped_predictions": adapter.unmapped,
-                     **({} if loaded.data_config is None else loaded.data_config.to_dict())},
-        device=device, rows=_rows(results.rows, passes),
-        summaries=robustness_summary(results.rows, _families(passes), "AP"),
-        breakdowns={"per_class_ap": results.per_class_ap, "size": results.size,
-                    "error_types": {k: v for k, v in results.error_types.items() if k in keep},
-                    "occlusion": results.occlusion, "gallery": gallery.save(out_dir)},
-        timing=timing, records_path=records_path, out_dir=out_dir,
-    )
-
-
-def _run_segmentation(*, model, data, suite_name, weights, trust_model, num_classes, device, batch_size, workers,
-                      amp, limit, seed, out, strict, bootstrap, progress, name, images, masks, class_names,
-                      ignore_index, data_config, overrides, gallery_size):
-    from visionstress.datasets import SegmentationImages, iterate_segmentation_batches, load_segmentation_dataset
-    from visionstress.evaluators import SegmentationEvaluator, robustness_summary
-    from visionstress.models import SegmenterAdapter, load_model, resolve_data_config
-
-    suite, run_seed, passes, out_dir = _prepare(suite_name, seed, out, name, model, data)
-    if masks is not None:  # --data is then the images folder
-        images = images or data
-        dataset = load_segmentation_dataset(images=images, masks=masks, class_names=class_names,
-                                            ignore_index=ignore_index)
-    else:
-        dataset = load_segmentation_dataset(data, images=images, class_names=class_names, ignore_index=ignore_index)
-    if limit is not None:
-        dataset.samples = dataset.samples[:limit]
-    num = len(dataset.class_names)
-    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
-                        num_classes=num_classes or num, task="segmentation")
-    config, config_source = resolve_data_config(loaded.data_config,
-                                                None if data_config is None else str(data_config), overrides)
-    adapter = SegmenterAdapter(loaded, config, device=device, amp=amp, num_classes=num)
-    evaluator = SegmentationEvaluator(num, dataset.class_names, ignore_index=dataset.ignore_index,
-                                      bootstrap=bootstrap, seed=run_seed)
-    samples = dataset.samples
-    skipped: list[Any] = []
-    host: dict[str, Any] = {}
-
-    def on_batch(batch, info) -> None:
-        skipped.extend(info.skipped)
-        host["ids"] = batch.sample_ids.cpu()
-        host["paths"] = [samples[i].image_path for i in host["ids"].tolist()]
-
-    gallery = FailureGallery(size=gallery_size)
-
-    def score(p: Pass, batch, prediction):
-        columns = evaluator.update(p.perturbation, p.severity, host["ids"], batch.masks, prediction)
-        miou = np.nan_to_num(np.asarray(columns["miou"], np.float64), nan=0.0)
-        labels = prediction.labels
-        if p.perturbation == CLEAN:
-            host["clean"] = (batch.images, labels, miou)
-        else:  # a failure: the image's own mIoU dropped from the clean pass
-            clean_images, clean_labels, clean_miou = host["clean"]
-
-            def caption(i: int) -> str:
-                return f"image mIoU {clean_miou[i]:.2f} → {miou[i]:.2f}"
-
-            gallery.offer(perturbation=p.perturbation, severity=p.severity, sample_ids=host["ids"],
-                          paths=_relative(host["paths"], dataset.images_root), scores=torch.from_numpy(clean_miou - miou),
-                          clean_images=clean_images, perturbed_images=batch.images, captions=caption,
-                          clean_overlays=lambda i: [LabelMap(clean_labels[i], dataset.ignore_index)],
-                          perturbed_overlays=lambda i: [LabelMap(labels[i], dataset.ignore_index)])
-        return columns, host["paths"]
-
-    batches = iterate_segmentation_batches(SegmentationImages(dataset, strict=strict), batch_size, workers)
-    timing, records_path = _stream("segmentation", batches, passes, adapter.predict, score, device=device,
-                                   seed=run_seed, out_dir=out_dir, total=len(samples) * len(passes),
-                                   progress=progress, on_batch=on_batch)
-    _check_read(timing, data, skipped)
-    results = evaluator.finalize()
-    worst = _worst_key(results.rows, "mIoU")
-    keep = {result_key(CLEAN, 0), worst} - {None}
-    return _scorecard(
-        task="segmentation", model=model, loaded=loaded, weights=weights,
-        dataset={"path": str(data), "fingerprint": _segmentation_fingerprint(dataset),
-                 "num_samples": timing.images, "num_listed": len(samples), "num_classes": num,
-                 "class_names": list(dataset.class_names), "ignore_index": dataset.ignore_index,
-                 "skipped": _skipped(skipped)},
-        suite=suite, seed=run_seed, data_config={**config.to_dict(), "source": config_source}, device=device,
-        rows=_rows(results.rows, passes),
-        summaries=robustness_summary(results.rows, _families(passes), "mIoU"),
-        breakdowns={"per_class_iou": results.per_class_iou,
-                    "confusion": {k: v for k, v in results.confusion.items()
-                                  if k in keep and v.shape[0] <= _MAX_CONFUSION_CLASSES},
-                    "region_recall": results.region_recall, "gallery": gallery.save(out_dir)},
-        timing=timing, records_path=records_path, out_dir=out_dir,
-    )
-
-
-def _worst_key(rows, metric: str) -> str | None:
-    perturbed = [r for r in rows if r.severity > 0 and math.isfinite(r.metrics.get(metric, math.nan))]
-    if not perturbed:
-        return None
-    worst = min(perturbed, key=lambda r: r.metrics[metric])
-    return result_key(worst.perturbation, worst.severity)
-
-
-def _callable(spec: str | Callable[..., Any] | None) -> Callable[..., Any] | None:
-    """A post-processing hook given as a callable or as "package.module:function"."""
-    if spec is None or callable(spec):
-        return spec
-    import importlib
-
-    module_name, _, attr = str(spec).partition(":")
-    if not attr:
-        raise RunError(f"--postprocess {spec!r}: expected package.module:function")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RunError(f"--postprocess {spec!r}: cannot import it ({exc})") from None
-    if not callable(fn):
-        raise RunError(f"--postprocess {spec!r}: not a function")
-    return fn
-
-
-def _detections_to_host(prediction):
-    return replace(prediction, boxes=[b.float().cpu() for b in prediction.boxes],
-                   scores=[s.float().cpu() for s in prediction.scores],
-                   labels=[lab.cpu() for lab in prediction.labels])
-
-
-def _unscale(targets, prediction, scales: torch.Tensor):
-    """Letterboxed coordinates back to the original image's: boxes / scale, areas / scale²."""
-    factors = scales.tolist()
-    moved = [replace(t, boxes=t.boxes / s, area=None if t.area is None else t.area / (s * s))
-             for t, s in zip(targets, factors)]
-    return moved, replace(prediction, boxes=[b / s for b, s in zip(prediction.boxes, factors)])
-
-
-def _coco_fingerprint(dataset) -> str:
-    """SHA-256 of the sorted (file name, its annotations) of the scored images: which images with which
-    boxes, independent of where the dataset lives or of id numbering."""
-    entries = []
-    for sample in dataset.samples:
-        anns = dataset.coco.imgToAnns.get(sample.image_id, [])
-        objects = sorted([int(a["category_id"]), [round(float(v), 2) for v in a["bbox"]], int(a.get("iscrowd", 0))]
-                         for a in anns)
-        entries.append(json.dumps([sample.path, objects]))
-    return _digest(entries)
-
-
-def _segmentation_fingerprint(dataset) -> str:
-    """SHA-256 of the sorted (image, mask, mask size in bytes) names and the class names."""
-    entries = [json.dumps([s.image_path, s.mask_path, (Path(dataset.masks_root) / s.mask_path).stat().st_size])
-               for s in dataset.samples]
-    return _digest(entries + [json.dumps(list(dataset.class_names))])
-
-
-def _digest(entries: list[str]) -> str:
-    digest = hashlib.sha256()
-    for entry in sorted(entries):
-        digest.update(entry.encode("utf-8") + b"\n")
-    return digest.hexdigest()
-
-
-_MAX_CONFUSION_CLASSES = 100
-"""Full confusion matrices are kept for at most this many classes (1000 classes x 76 passes would be
-hundreds of MB of JSON); the most-confused pairs are kept always."""
-
-
-def _breakdowns(results) -> dict[str, Any]:
-    """Per-class metrics, confusion (clean and the worst cell), most-confused pairs and reliability
-    bins; the scorecard converts numpy values when it saves."""
-    perturbed = [r for r in results.rows if r.severity > 0]
-    worst = min(perturbed, key=lambda r: r.metrics["top1"]) if perturbed else None
-    keep = [result_key(CLEAN, 0)] + ([] if worst is None else [result_key(worst.perturbation, worst.severity)])
-    confusion = {k: results.confusion[k] for k in keep
-                 if k in results.confusion and results.confusion[k].shape[0] <= _MAX_CONFUSION_CLASSES}
-    return {
-        "per_class": results.per_class,
-        "confusion": confusion,
-        "most_confused": results.most_confused,
-        "calibration": results.calibration,
-    }
-
-
-def _summaries(rows, families: dict[str, str], suite_name: str, num_classes: int,
-               baseline: str | Path | None) -> dict[str, Any]:
-    """Robustness summary; mCE normalised by a user's baseline scorecard, or by the published AlexNet
-    errors for the imagenet-c preset on a 1000-class (ImageNet) model."""
-    from visionstress.evaluators import (ALEXNET_CLEAN_ERROR, ALEXNET_SEVERITY_ERRORS, corruption_errors,
-                                         robustness_summary)
-    from visionstress.scorecard import Scorecard
-
-    if baseline is not None:
-        base = Scorecard.load(baseline)
-        base_rows = base.results
-        base_errors = corruption_errors(base_rows)
-        if not set(base_errors) & {r.perturbation for r in rows if r.severity > 0}:
-            raise RunError(f"{baseline}: the baseline scorecard shares no perturbation with this run")
-        clean = next(r for r in base_rows if r["perturbation"] == CLEAN)
-        summary = robustness_summary(rows, families, baseline_errors=base_errors,
-                                     baseline_clean_error=1.0 - float(clean["metrics"]["top1"]))
-        summary["mce_baseline"] = str(baseline)
-        return summary
-    if suite_name == "imagenet-c" and num_classes == 1000:
-        summary = robustness_summary(rows, families, baseline_errors=ALEXNET_SEVERITY_ERRORS,
-                                     baseline_clean_error=ALEXNET_CLEAN_ERROR)
-        summary["mce_baseline"] = "AlexNet (Hendrycks & Dietterich, 2019)"
-        return summary
-    return robustness_summary(rows, families)
+def _shown_spec(spec: str) -> str:
+    """A model spec without the machine: a file path keeps only its file name."""
+    if "/" in spec or "\\" in spec:
+        return Path(spec).name
+    return spec

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,23 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.0"
-SCHEMA_PATH = Path(__file__).parent / "schema" / "scorecard.schema.json"
+SCHEMA_VERSION = "2.0"
+SCHEMA_DIR = Path(__file__).parent / "schema"
+SCHEMA_PATHS = {"1": SCHEMA_DIR / "scorecard-1.schema.json", "2": SCHEMA_DIR / "scorecard.schema.json"}
+SCHEMA_PATH = SCHEMA_PATHS["2"]
 SCORECARD_FILE = "scorecard.json"
 SUMMARY_FILE = "summary.md"
 CLEAN = "clean"
 
-MAIN_METRIC = {"classification": "top1", "detection": "AP", "segmentation": "mIoU"}
-"""The metric the Markdown summary tabulates, per task (higher is better for each)."""
-
-_FRACTION_METRICS = frozenset({
-    "top1", "top5", "macro_f1", "balanced_accuracy", "ece", "flip_rate",
-    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "miss_rate",
-    "mIoU", "pixel_accuracy", "mDice", "boundary_f1", "region_recall_small", "region_recall_medium",
-    "region_recall_large", "AP_tiny", "recall_tiny",
-    *(f"segm_{m}" for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")),
-})
-_HEADLINE_SUMMARIES = frozenset({"clean_accuracy", "mean_accuracy_under_perturbation", "relative_robustness"})
+_V1_SUMMARY_KEYS = {"clean_accuracy": "clean", "mean_accuracy_under_perturbation": "mpc", "relative_robustness": "rpc"}
+"""Version 1 named the task-neutral summaries after accuracy even when they held AP or mIoU."""
+_V1_NESTED_KEYS = {"mean_accuracy": "mpc", "relative_robustness": "rpc"}
+_HEADLINE_SUMMARIES = frozenset({"metric", "clean", "mpc", "rpc"})
 """Summaries the headline already states (computed from the rows), so they are not listed twice."""
 _SKIPPED_SHOWN = 20
 _WORST_SHOWN = 5
@@ -74,6 +70,14 @@ class Scorecard:
     breakdowns: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
     records_path: str | None = None
+    prepared: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    skew: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main_metric(self) -> str:
+        """The metric the task is judged by (top1, AP, mIoU, ...)."""
+        return main_metric(self.task, self.summaries, self.results)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: numpy values and tuples converted, non-finite floats as None."""
@@ -96,6 +100,9 @@ class Scorecard:
                     data["records_path"] = records.relative_to(directory.resolve()).as_posix()
                 except ValueError:
                     pass  # outside the report folder: keep the absolute path
+        for optional in ("prepared", "run", "skew"):
+            if not data[optional]:
+                del data[optional]
         validate_scorecard(data, str(target))
         _write_text(target, json.dumps(data, indent=2, allow_nan=False) + "\n")
         _write_text(directory / SUMMARY_FILE, self.to_markdown())
@@ -116,6 +123,8 @@ class Scorecard:
         except UnicodeDecodeError as exc:
             raise ScorecardError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
         validate_scorecard(data, str(path))
+        if str(data["schema_version"]).split(".")[0] == "1":
+            data = upgrade_v1(data)
         known = {f.name for f in dataclasses.fields(cls)}
         card = cls(**{k: v for k, v in data.items() if k in known})  # later minor versions may add fields
         for row in card.results:
@@ -162,6 +171,37 @@ class Scorecard:
         return _markdown(self)
 
 
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 scorecard in version-2 form: the summaries' task-neutral keys (v1 called the main
+    metric's clean value, mean and ratio `clean_accuracy`, `mean_accuracy_under_perturbation` and
+    `relative_robustness` even for AP or mIoU)."""
+    summaries = {_V1_SUMMARY_KEYS.get(k, k): v for k, v in (data.get("summaries") or {}).items()}
+    for group in ("per_family", "per_perturbation"):
+        if isinstance(summaries.get(group), dict):
+            summaries[group] = {name: ({_V1_NESTED_KEYS.get(k, "mean" if group == "per_perturbation" and k == "mpc"
+                                                            else k): v for k, v in entry.items()}
+                                       if isinstance(entry, dict) else entry)
+                                for name, entry in summaries[group].items()}
+            if group == "per_perturbation":
+                for entry in summaries[group].values():
+                    if isinstance(entry, dict) and "mpc" in entry:
+                        entry["mean"] = entry.pop("mpc")
+    return {**data, "schema_version": SCHEMA_VERSION, "summaries": summaries,
+            "run": {**(data.get("run") or {}), "upgraded_from": data["schema_version"]}}
+
+
+def main_metric(task: str, summaries: dict[str, Any] | None = None, results: list[dict[str, Any]] | None = None) -> str:
+    """The task's main metric: from its task module, else what the summaries say, else the first metric."""
+    try:
+        from visionstress.tasks import get_task
+
+        return get_task(task).main_metric
+    except ValueError:
+        if summaries and isinstance(summaries.get("metric"), str):
+            return summaries["metric"]
+        return next(iter(results[0]["metrics"])) if results else "top1"
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write via a temporary file so an interrupted save never leaves a half-written scorecard."""
     tmp = path.with_name(path.name + ".tmp")
@@ -196,11 +236,11 @@ def _plain(value: Any, where: str) -> Any:
     raise ScorecardError(f"scorecard key {where}: cannot store a {type(value).__name__} in JSON")
 
 
-@functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+@functools.lru_cache(maxsize=2)
+def _validator(major: str = "2") -> Any:
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(SCHEMA_PATHS[major].read_text(encoding="utf-8"))
     return jsonschema.Draft202012Validator(schema)
 
 
@@ -213,15 +253,16 @@ def validate_scorecard(data: Any, source: str) -> None:
     import jsonschema
 
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if isinstance(version, str) and version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+    major = version.split(".")[0] if isinstance(version, str) else SCHEMA_VERSION.split(".")[0]
+    if major not in SCHEMA_PATHS:
         raise ScorecardError(f"{source}: scorecard schema version {version} is not readable by this visionstress "
-                             f"(it reads {SCHEMA_VERSION.split('.')[0]}.x)")
-    errors = list(_validator().iter_errors(data))
+                             f"(it reads {', '.join(f'{m}.x' for m in SCHEMA_PATHS)})")
+    errors = list(_validator(major).iter_errors(data))
     if not errors:
         return
     first = jsonschema.exceptions.best_match(errors)
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    raise ScorecardError(f"{source}: does not match the scorecard schema {SCHEMA_VERSION} at "
+    raise ScorecardError(f"{source}: does not match the scorecard schema {major}.x at "
                          f"{_pointer(first.absolute_path)}: {first.message}{more}")
 
 
@@ -258,46 +299,57 @@ def environment_info(device: Any) -> dict[str, Any]:
 
 # --- Markdown summary ---------------------------------------------------------------------------
 
-def _fmt(value: float, metric: str) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{100 * value:.1f}%" if metric in _FRACTION_METRICS else f"{value:.3f}"
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
-def _fmt_delta(value: float, metric: str) -> str:
-    """A difference, in percentage points for fraction metrics so it reads against the percentages."""
-    if not math.isfinite(value):
-        return "–"
-    return f"{100 * value:+.1f} pp" if metric in _FRACTION_METRICS else f"{value:+.3f}"
+def md(text: Any) -> str:
+    """User-supplied text (names, paths, reasons) made inert in Markdown and HTML: summary.md is meant to
+    be posted as a pull-request comment, where a backtick or `<script>` in a suite name must stay text."""
+    escaped = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", escaped).replace("\n", " ").replace("\r", " ")
+
+
+def _fmt(value: float, metric: str, task: str) -> str:
+    from visionstress.metrics import format_value
+
+    return format_value(value, metric, task)
+
+
+def _fmt_delta(value: float, metric: str, task: str) -> str:
+    from visionstress.metrics import format_delta
+
+    return format_delta(value, metric, task)
 
 
 def _markdown(card: Scorecard) -> str:
-    metric = MAIN_METRIC.get(card.task) or next(iter(card.results[0]["metrics"]))
+    metric, task = card.main_metric, card.task
     frame = card.to_pandas()
     clean_rows = frame[frame.perturbation == CLEAN]
     perturbed = frame[frame.perturbation != CLEAN]
     clean = float(clean_rows[metric].iloc[0]) if len(clean_rows) else math.nan
     model, dataset = card.model, card.dataset
-    lines = [f"# visionstress scorecard: {model.get('spec')} on {dataset.get('path')}", ""]
+    lines = [f"# visionstress scorecard: {md(model.get('spec'))} on {md(dataset.get('path'))}", ""]
 
     ci = ""
     if f"{metric}_ci_low" in frame and len(clean_rows):
         low, high = clean_rows[f"{metric}_ci_low"].iloc[0], clean_rows[f"{metric}_ci_high"].iloc[0]
-        ci = f" (95% CI {_fmt(low, metric)} – {_fmt(high, metric)})"
-    lines.append(f"- **Clean {metric}: {_fmt(clean, metric)}**{ci}")
+        ci = f" (95% CI {_fmt(low, metric, task)} – {_fmt(high, metric, task)})"
+    lines.append(f"- **Clean {metric}: {_fmt(clean, metric, task)}**{ci}")
     if len(perturbed):
-        mean = float(perturbed[metric].mean())
-        lines.append(f"- **Mean {metric} under perturbation: {_fmt(mean, metric)}** "
-                     f"over {len(perturbed)} perturbation × severity runs")
+        mpc = card.summaries.get("mpc")
+        mean = float(mpc) if isinstance(mpc, (int, float)) else float(perturbed.groupby("perturbation")[metric].mean().mean())
+        lines.append(f"- **Mean {metric} under perturbation (mPC): {_fmt(mean, metric, task)}** "
+                     f"over {perturbed.perturbation.nunique()} perturbations")
         if clean > 0:
-            lines.append(f"- **Relative robustness (perturbed / clean): {mean / clean:.3f}**")
+            lines.append(f"- **Relative robustness (mPC / clean, rPC): {mean / clean:.3f}**")
+    lines += _mce_lines(card)
     for key, value in _scalar_summaries(card.summaries):
-        lines.append(f"- {key}: {value:.4g}")
-    lines += ["", f"Task {card.task}; model `{model.get('spec')}` (format {model.get('format')}, sha256 "
-              f"`{(model.get('sha256') or 'n/a')[:12]}`); {dataset.get('num_samples')} images, "
-              f"{dataset.get('num_classes')} classes (fingerprint `{str(dataset.get('fingerprint'))[:12]}`); "
-              f"suite `{card.suite.get('name')}`, seed {card.seed}; device {card.environment.get('device')} "
-              f"({card.environment.get('device_name')}); created {card.created}.", ""]
+        lines.append(f"- {md(key)}: {value:.4g}")
+    lines += ["", f"Task {md(task)}; model {md(model.get('spec'))} (format {md(model.get('format'))}, sha256 "
+              f"{md((model.get('sha256') or 'n/a')[:12])}); {dataset.get('num_samples')} images, "
+              f"{dataset.get('num_classes')} classes (fingerprint {md(str(dataset.get('fingerprint'))[:12])}); "
+              f"suite {md(card.suite.get('name'))}, seed {card.seed}; device {md(card.environment.get('device'))} "
+              f"({md(card.environment.get('device_name'))}); created {md(card.created)}.", ""]
 
     if len(perturbed):
         severities = sorted(perturbed.severity.unique())
@@ -306,38 +358,69 @@ def _markdown(card: Scorecard) -> str:
                   "|---|---|" + "---:|" * (len(severities) + 2)]
         for name, group in perturbed.groupby("perturbation", sort=False):
             by_severity = dict(zip(group.severity, group[metric]))
-            cells = [_fmt(by_severity.get(s, math.nan), metric) for s in severities]
+            cells = [_fmt(by_severity.get(s, math.nan), metric, task) for s in severities]
             mean = float(group[metric].mean())
-            lines.append(f"| {name} | {group.family.iloc[0]} | " + " | ".join(cells)
-                         + f" | {_fmt(mean, metric)} | {_fmt_delta(mean - clean, metric)} |")
-        lines += ["", "## Mean by family", "", f"| family | mean {metric} |", "|---|---:|"]
+            lines.append(f"| {md(name)} | {md(group.family.iloc[0])} | " + " | ".join(cells)
+                         + f" | {_fmt(mean, metric, task)} | {_fmt_delta(mean - clean, metric, task)} |")
+        lines += ["", "## Mean by family", "", f"| family | mPC ({metric}) |", "|---|---:|"]
         for family, group in perturbed.groupby("family", sort=True):
-            lines.append(f"| {family} | {_fmt(float(group[metric].mean()), metric)} |")
+            value = group.groupby("perturbation")[metric].mean().mean()
+            lines.append(f"| {md(family)} | {_fmt(float(value), metric, task)} |")
         worst = perturbed.sort_values([metric, "perturbation", "severity"]).head(_WORST_SHOWN)
         lines += ["", "## Worst perturbations", "", f"| perturbation | severity | {metric} | drop from clean |",
                   "|---|---:|---:|---:|"]
         for row in worst.itertuples(index=False):
             value = float(getattr(row, metric))
-            lines.append(f"| {row.perturbation} | {row.severity} | {_fmt(value, metric)} | {_fmt_delta(clean - value, metric)} |")
+            lines.append(f"| {md(row.perturbation)} | {row.severity} | {_fmt(value, metric, task)} | "
+                         f"{_fmt_delta(clean - value, metric, task)} |")
 
     skipped = dataset.get("skipped") or []
     lines += ["", f"## Skipped files ({len(skipped)})", ""]
     if not skipped:
         lines.append("None: every image was read.")
     for item in skipped[:_SKIPPED_SHOWN]:
-        lines.append(f"- `{item['path']}`: {item['reason']}")
+        lines.append(f"- {md(item['path'])}: {md(item['reason'])}")
     if len(skipped) > _SKIPPED_SHOWN:
         lines.append(f"- … and {len(skipped) - _SKIPPED_SHOWN} more (all listed in {SCORECARD_FILE})")
     if card.timing:
-        lines += ["", "## Timing", "", ", ".join(f"{k} {v}" for k, v in card.timing.items())]
+        lines += ["", "## Timing", "", ", ".join(f"{md(k)} {md(v)}" for k, v in card.timing.items())]
     return "\n".join(lines) + "\n"
 
 
+MCE_MIN_IMAGES = 500
+"""Below this many images per cell, an mCE (a ratio of error sums normalised by AlexNet's 50,000-image
+errors) moves by several points from image to image; the summary says so rather than let it read as a
+benchmark number."""
+
+
+def _mce_lines(card: Scorecard) -> list[str]:
+    """The mCE with what it is normalised by, per corruption, and a caveat when the set is small."""
+    summaries = card.summaries
+    if not isinstance(summaries.get("mce"), (int, float)):
+        return []
+    base = summaries.get("mce_baseline") or "a baseline"
+    lines = [f"- **mCE: {100 * summaries['mce']:.1f}%** (corruption errors normalised by {md(base)}; 100% = as "
+             f"robust as the baseline, lower is better)"]
+    if isinstance(summaries.get("relative_mce"), (int, float)):
+        lines.append(f"- relative mCE: {100 * summaries['relative_mce']:.1f}%")
+    images = card.dataset.get("num_samples") or 0
+    if images < MCE_MIN_IMAGES:
+        lines.append(f"- caveat: {images} images are too few for mCE to mean much (its normalisation was measured "
+                     f"on 50,000 ImageNet images; expect several points of noise below {MCE_MIN_IMAGES} images)")
+    errors = summaries.get("corruption_errors") or {}
+    if errors:
+        lines += ["", "| corruption | CE |", "|---|---:|"]
+        lines += [f"| {md(name)} | {100 * value:.1f}% |" for name, value in errors.items()
+                  if isinstance(value, (int, float)) and math.isfinite(value)]
+        lines.append("")
+    return lines
+
+
 def _scalar_summaries(summaries: dict[str, Any]) -> list[tuple[str, float]]:
-    """Numeric summaries (e.g. mCE) at the top level or one level down, for the headline list."""
+    """Numeric summaries at the top level or one level down, for the headline list (mCE has its own lines)."""
     out = []
     for key, value in summaries.items():
-        if key in _HEADLINE_SUMMARIES:
+        if key in _HEADLINE_SUMMARIES or key in ("mce", "relative_mce", "corruption_errors", "per_perturbation"):
             continue
         if isinstance(value, dict):
             out += [(f"{key}.{k}", float(v)) for k, v in value.items() if _is_number(v)]

@@ -2,9 +2,13 @@
 
 from visionstress.datasets.batching import (
     BatchInfo,
+    Plan,
+    iterate_batches,
     iterate_detection_batches,
+    iterate_planned,
     iterate_segmentation_batches,
-    iterate_shape_batches,
+    load_planned,
+    plan_batches,
 )
 from visionstress.datasets.classification import (
     ClassificationImages,
@@ -12,7 +16,6 @@ from visionstress.datasets.classification import (
     Sample,
     SkippedFile,
     dataset_fingerprint,
-    iterate_batches,
     load_classification_samples,
     read_class_names,
 )
@@ -48,7 +51,10 @@ __all__ = [
     "iterate_batches",
     "iterate_detection_batches",
     "iterate_segmentation_batches",
-    "iterate_shape_batches",
+    "iterate_planned",
+    "load_planned",
+    "plan_batches",
+    "Plan",
     "load_classification_samples",
     "load_coco_dataset",
     "load_segmentation_dataset",

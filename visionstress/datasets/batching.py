@@ -1,17 +1,26 @@
-"""Same-shape batches from full-resolution images (detection and segmentation).
+"""Batches planned before the run: which images go together is decided from the dataset alone.
 
-Detection and segmentation images keep their own sizes, and a batch needs one shape. Rather than
-pad images (padding would then be perturbed as if it were content: blurred into, fogged, rotated
-into view), items are grouped by (height, width) and a batch is formed whenever a group fills up.
-Datasets with many sizes can instead be brought to one `canvas`: each image is resized to fit
-inside it, keeping its aspect ratio, and padded; the per-image scale maps results back.
+A batch needs one image shape. Detection and segmentation images keep their own sizes, and padding
+them would be perturbed as if it were content (blurred into, fogged, rotated into view), so images are
+grouped by their (height, width). The grouping is planned up front from sizes the dataset knows without
+decoding (the input size after a classification crop, the COCO JSON's width/height, an image file's
+header), which makes a run's batches a pure function of (dataset, batch size, which images): a killed
+run resumed later, or a shard of a distributed run, sees exactly the same batches and skips exactly the
+ones already done, and memory holds one planned batch per loader worker whatever the mix of sizes.
+
+Datasets datasets implement `PlannedImages`: `shape(index)`, `load(index)` (a decoded item or a
+`SkippedFile`) and `collate(items)` (one `Batch` from same-shape items). `load_planned` decodes in
+DataLoader workers and yields each planned batch as a list of `Batch`es: one, unless a decoded image
+turned out to have another size than planned, in which case its items are split by shape (never mixed,
+never padded).
+Datasets may also tell a `canvas`: every image letterboxed into one size (`fit_to_canvas`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -20,21 +29,26 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from visionstress.batch import Batch, ObjectTargets
-from visionstress.datasets.classification import DatasetError, SkippedFile
+from visionstress.datasets.classification import ClassificationImages, DatasetError, SkippedFile
 from visionstress.datasets.detection import DetectionImages
 from visionstress.datasets.segmentation import SegmentationImages
 
-T = TypeVar("T")
+Plan = list[tuple[int, ...]]
+"""Planned batches: each a tuple of dataset indices (= sample ids) of one image shape."""
 
 
-class DecodedImages(Protocol):
-    """What `iterate_shape_batches` reads: items whose first element is an image `[C, H, W]`."""
+class PlannedImages(Protocol):
+    """What `plan_batches` and `load_planned` read."""
 
     strict: bool
 
     def __len__(self) -> int: ...
 
+    def shape(self, index: int) -> tuple[int, int]: ...
+
     def load(self, index: int) -> tuple[Any, ...] | SkippedFile: ...
+
+    def collate(self, items: list[tuple[Any, ...]]) -> Batch: ...
 
 
 @dataclass
@@ -45,58 +59,100 @@ class BatchInfo:
     scales: Tensor | None = None  # [B] float32: canvas scale per image (None without a canvas)
 
 
-def iterate_shape_batches(
-    dataset: DecodedImages,
-    batch_size: int,
-    workers: int,
-    make_batch: Callable[[list[tuple[Any, ...]]], T],
-    *,
-    max_buffered: int | None = None,
-) -> Iterator[tuple[T, list[SkippedFile]]]:
-    """Group decoded items by image (H, W) and yield `(make_batch(items), skipped files)` per group.
-
-    A group is yielded when it holds `batch_size` items. Items wait in their group meanwhile, so to
-    keep memory bounded when a dataset has many sizes, the fullest group is yielded early whenever
-    `max_buffered` items (default `8 * batch_size`) are waiting; at the end the remaining groups are
-    yielded fullest first. Every item is yielded exactly once, in dataset order within its group.
-    Skipped files are reported with the next yielded batch, and skips after the last batch with a
-    final `make_batch([])`, as classification's `iterate_batches` does. With `dataset.strict`, an
-    unreadable file raises `DatasetError` here, in the main process.
-    """
+def plan_batches(dataset: PlannedImages, batch_size: int, indices: Sequence[int] | None = None) -> Plan:
+    """Group `indices` (default: every image) by shape in dataset order, cut each group into batches of
+    at most `batch_size`, and order the batches by their first index (so a run goes through the dataset
+    roughly in order)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index in range(len(dataset)) if indices is None else indices:
+        groups.setdefault(tuple(dataset.shape(int(index))), []).append(int(index))
+    plan = [tuple(group[i:i + batch_size]) for group in groups.values() for i in range(0, len(group), batch_size)]
+    return sorted(plan, key=lambda batch: batch[0])
+
+
+def load_planned(dataset: PlannedImages, plan: Plan, workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[tuple[list[Batch], list[SkippedFile]]]:
+    """Decode each planned batch (in `workers` DataLoader processes, in plan order) and yield its
+    same-shape `Batch`es (usually one; none when every file was unreadable) with the files skipped in it.
+
+    With `dataset.strict` an unreadable file raises `DatasetError` here, in the main process, with the
+    user's message rather than a worker traceback.
+    """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise DatasetError(f"workers must be a non-negative integer, got {workers!r}")
-    limit = max(max_buffered if max_buffered is not None else 8 * batch_size, batch_size)
-    loader = DataLoader(_Loaded(dataset), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
-    groups: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+    if not plan:
+        return
+    loader = DataLoader(_Items(dataset), batch_sampler=plan, num_workers=workers, collate_fn=_Collate(dataset),
+                        pin_memory=pin_memory)
+    for result in loader:
+        if isinstance(result, DatasetError):
+            raise result
+        batches, skipped = result
+        if skipped and dataset.strict:
+            raise DatasetError(f"{skipped[0].path}: {skipped[0].reason}")
+        yield batches, skipped
+
+
+class _Items(Dataset):
+    """Hands a dataset's `load` result to the loader, with a `DatasetError` returned rather than raised
+    so that it reaches the main process as the user's message, not under a worker traceback."""
+
+    def __init__(self, dataset: PlannedImages) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset.load(index)
+        except DatasetError as exc:
+            return exc
+
+
+class _Collate:
+    """In the worker: split a planned batch's items by decoded shape and collate each group."""
+
+    def __init__(self, dataset: PlannedImages) -> None:
+        self.dataset = dataset
+
+    def __call__(self, items: list[Any]) -> tuple[list[Batch], list[SkippedFile]] | DatasetError:
+        errors = [item for item in items if isinstance(item, DatasetError)]
+        if errors:
+            return errors[0]
+        skipped = [item for item in items if isinstance(item, SkippedFile)]
+        groups: dict[tuple[int, int], list[Any]] = {}
+        for item in items:
+            if not isinstance(item, SkippedFile):
+                groups.setdefault((int(item[0].shape[-2]), int(item[0].shape[-1])), []).append(item)
+        return [self.dataset.collate(group) for group in groups.values()], skipped
+
+
+def iterate_planned(dataset: PlannedImages, batch_size: int, workers: int = 0,
+                    pin_memory: bool = False) -> Iterator[tuple[Batch, list[SkippedFile]]]:
+    """Every image once, in planned batches, with the files skipped since the previous batch.
+
+    A planned batch whose files were all unreadable yields nothing: its skips come with the next batch,
+    and only skips after the last batch come with a final empty `collate([])` batch.
+    """
     pending: list[SkippedFile] = []
-    waiting = 0
-    for item in loader:
-        if isinstance(item, DatasetError):
-            raise item
-        if isinstance(item, SkippedFile):
-            if dataset.strict:
-                raise DatasetError(f"{item.path}: {item.reason}")
-            pending.append(item)
-            continue
-        shape = (int(item[0].shape[-2]), int(item[0].shape[-1]))
-        group = groups.setdefault(shape, [])
-        group.append(item)
-        waiting += 1
-        if len(group) < batch_size and waiting < limit:
-            continue
-        if len(group) < batch_size:
-            shape = max(groups, key=lambda s: len(groups[s]))  # first-created among the fullest
-        items = groups.pop(shape)
-        waiting -= len(items)
-        yield make_batch(items), pending
-        pending = []
-    for shape in sorted(groups, key=lambda s: len(groups[s]), reverse=True):
-        yield make_batch(groups[shape]), pending
-        pending = []
+    for batches, skipped in load_planned(dataset, plan_batches(dataset, batch_size), workers, pin_memory):
+        pending.extend(skipped)
+        for batch in batches:
+            yield batch, pending
+            pending = []
     if pending:
-        yield make_batch([]), pending
+        yield dataset.collate([]), pending
+
+
+def iterate_batches(dataset: ClassificationImages, batch_size: int, num_workers: int = 0, *,
+                    pin_memory: bool = False) -> Iterator[tuple[Batch, list[SkippedFile]]]:
+    """Classification batches (`labels`, `sample_ids` = dataset indices) with the files skipped in them."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise DatasetError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    yield from iterate_planned(dataset, batch_size, num_workers, pin_memory)
 
 
 def iterate_detection_batches(
@@ -105,44 +161,25 @@ def iterate_detection_batches(
     """Detection batches (`boxes` = one `ObjectTargets` per image, `sample_ids` = dataset indices).
 
     Without `canvas` images keep their size and are grouped by shape. With `canvas=(H, W)` each image
-    is resized to fit inside it keeping its aspect ratio (bilinear, antialiased) and padded with zeros
-    at the bottom and right; boxes and areas are scaled with it (instance masks resized by nearest
-    neighbour), and `BatchInfo.scales` holds each image's scale: dividing canvas boxes by it gives
-    original-image boxes.
+    is letterboxed into it (see `fit_to_canvas`), and `BatchInfo.scales` holds each image's scale:
+    dividing canvas boxes by it gives original-image boxes.
     """
-    source: DecodedImages = images if canvas is None else _OnCanvas(images, _canvas_size(canvas))
-
-    def make_batch(items: list[tuple[Any, ...]]) -> tuple[Batch, Tensor | None]:
-        if items:
-            pixels = torch.stack([item[0] for item in items])
-        else:
-            pixels = torch.empty((0, 3, *(canvas or (0, 0))), dtype=torch.uint8)
-        batch = Batch(images=pixels, sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
-                      boxes=[item[1] for item in items])
-        scales = None if canvas is None else torch.tensor([item[3] for item in items], dtype=torch.float32)
-        return batch, scales
-
-    for (batch, scales), skipped in iterate_shape_batches(source, batch_size, workers, make_batch):
-        yield batch, BatchInfo(skipped=skipped, scales=scales)
+    source = images if canvas is None else OnCanvas(images, canvas)
+    for batch, skipped in iterate_planned(source, batch_size, workers):
+        yield batch, BatchInfo(skipped=skipped, scales=None if canvas is None else source.scales(batch.sample_ids))
 
 
 def iterate_segmentation_batches(
     images: SegmentationImages, batch_size: int, workers: int = 0
 ) -> Iterator[tuple[Batch, BatchInfo]]:
     """Segmentation batches (`masks` `[B, H, W]` with the dataset's `ignore_index`), grouped by shape."""
-    ignore_index = images.dataset.ignore_index
-
-    def make_batch(items: list[tuple[Any, ...]]) -> Batch:
-        if not items:
-            return Batch(images=torch.empty((0, 3, 0, 0), dtype=torch.uint8),
-                         sample_ids=torch.empty(0, dtype=torch.int64),
-                         masks=torch.empty((0, 0, 0), dtype=torch.int64), ignore_index=ignore_index)
-        return Batch(images=torch.stack([item[0] for item in items]),
-                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
-                     masks=torch.stack([item[1] for item in items]), ignore_index=ignore_index)
-
-    for batch, skipped in iterate_shape_batches(images, batch_size, workers, make_batch):
+    for batch, skipped in iterate_planned(images, batch_size, workers):
         yield batch, BatchInfo(skipped=skipped)
+
+
+def canvas_scale(height: int, width: int, canvas: tuple[int, int]) -> float:
+    """The letterbox scale of a `height` x `width` image fitted inside `canvas` (aspect ratio kept)."""
+    return min(canvas[0] / height, canvas[1] / width)
 
 
 def fit_to_canvas(
@@ -151,7 +188,7 @@ def fit_to_canvas(
     """Resize `image` to fit inside `canvas` keeping its aspect ratio, pad bottom/right with zeros, and
     scale its targets the same way. Returns (image, targets, scale)."""
     height, width = image.shape[-2:]
-    scale = min(canvas[0] / height, canvas[1] / width)
+    scale = canvas_scale(height, width, canvas)
     size = [min(canvas[0], max(1, round(height * scale))), min(canvas[1], max(1, round(width * scale)))]
     resized = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     padding = [0, 0, canvas[1] - size[1], canvas[0] - size[0]]  # left, top, right, bottom
@@ -183,42 +220,36 @@ def _canvas_size(canvas: Any) -> tuple[int, int]:
     return height, width
 
 
-class _OnCanvas:
-    """Detection items fitted to one canvas, in the loader workers; the scale is appended to each item."""
+class OnCanvas:
+    """Detection images letterboxed into one canvas (in the loader workers); their scales are a function
+    of each image's annotated size, so they can be looked up by sample id when scoring."""
 
     def __init__(self, images: DetectionImages, canvas: tuple[int, int]) -> None:
         self.images = images
-        self.canvas = canvas
+        self.canvas = _canvas_size(canvas)
         self.strict = images.strict
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, index: int) -> tuple[Tensor, ObjectTargets, int, float] | SkippedFile:
+    def shape(self, index: int) -> tuple[int, int]:
+        return self.canvas
+
+    def load(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
         item = self.images.load(index)
         if isinstance(item, SkippedFile):
             return item
         image, targets, sample_id = item
-        image, targets, scale = fit_to_canvas(image, targets, self.canvas)
-        return image, targets, sample_id, scale
+        image, targets, _ = fit_to_canvas(image, targets, self.canvas)
+        return image, targets, sample_id
 
+    def collate(self, items: list[tuple[Any, ...]]) -> Batch:
+        if not items:
+            return Batch(images=torch.empty((0, 3, *self.canvas), dtype=torch.uint8), boxes=[])
+        return self.images.collate(items)
 
-class _Loaded(Dataset):
-    """Hands a dataset's `load` result to the loader, with a `DatasetError` returned rather than raised
-    so that it reaches the main process as the user's message, not under a worker traceback."""
-
-    def __init__(self, dataset: DecodedImages) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Any, ...] | SkippedFile | DatasetError:
-        try:
-            return self.dataset.load(index)
-        except DatasetError as exc:
-            return exc
-
-
-def _as_is(item: Any) -> Any:
-    return item
+    def scales(self, sample_ids: Tensor) -> Tensor:
+        """[B] float32: the canvas scale of each sample."""
+        samples = self.images.dataset.samples
+        return torch.tensor([canvas_scale(samples[i].height, samples[i].width, self.canvas)
+                             for i in sample_ids.tolist()], dtype=torch.float32)

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import csv
 import difflib
-import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -199,14 +198,18 @@ class ClassificationImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
-        item = self._load(index)
+        item = self.load(index)
         if isinstance(item, SkippedFile):
             if self.strict:
                 raise DatasetError(f"{item.path}: {item.reason}")
             return None
         return item
 
-    def _load(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
+    def shape(self, index: int) -> tuple[int, int]:
+        """Every image is cropped to the model's input size."""
+        return tuple(int(s) for s in self.data_config.input_size)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
         """The decoded sample, or why it could not be decoded (see `read_image_or_skip`)."""
         sample = self.samples[index]
         image = read_image_or_skip(sample.path)
@@ -214,77 +217,20 @@ class ClassificationImages(Dataset):
             return image
         return self._resize_crop(image), sample.label, index
 
+    def collate(self, items: list[tuple[torch.Tensor, int, int]]) -> Batch:
+        if not items:
+            none = torch.empty(0, dtype=torch.int64)
+            return Batch(images=torch.empty((0, 3, *self.shape(0)), dtype=torch.uint8), sample_ids=none, labels=none)
+        return Batch(images=torch.stack([item[0] for item in items]),
+                     labels=torch.tensor([item[1] for item in items], dtype=torch.int64),
+                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64))
+
     def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
         size = [int(s) for s in self.data_config.input_size]
         if self.data_config.resize is None:
             return TF.resize(image, size, interpolation=self._interpolation, antialias=True)
         image = TF.resize(image, [int(self.data_config.resize)], interpolation=self._interpolation, antialias=True)
         return TF.center_crop(image, size)
-
-
-def iterate_batches(
-    dataset: ClassificationImages, batch_size: int, num_workers: int = 0, *, pin_memory: bool = False
-) -> Iterator[tuple[Batch, list[SkippedFile]]]:
-    """Batches of decoded images (uint8, `sample_ids` = dataset indices) with the files skipped in them.
-
-    Order is the dataset order whatever `num_workers` is, so sample ids and records are reproducible.
-    Decoding happens in the workers; skip reasons travel back with the batch. A batch whose files were
-    all unreadable is not yielded: its skips are reported with the next batch, and only when the
-    trailing files are all unreadable is a final empty batch yielded, to carry their skips.
-    `pin_memory` speeds up the single host-to-device copy when the run is on CUDA.
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise DatasetError(f"num_workers must be a non-negative integer, got {num_workers!r}")
-    height, width = (int(s) for s in dataset.data_config.input_size)
-    loader = DataLoader(
-        _WithSkipReasons(dataset),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=functools.partial(_collate, size=(height, width)),
-        pin_memory=pin_memory,
-    )
-    pending: list[SkippedFile] = []
-    for images, labels, ids, skipped in loader:
-        if skipped and dataset.strict:
-            raise DatasetError(f"{skipped[0].path}: {skipped[0].reason}")
-        pending.extend(skipped)
-        if images.shape[0] == 0:
-            continue
-        yield Batch(images=images, sample_ids=ids, labels=labels), pending
-        pending = []
-    if pending:
-        none = torch.empty(0, dtype=torch.int64)
-        yield Batch(images=torch.empty((0, 3, height, width), dtype=torch.uint8), sample_ids=none, labels=none), pending
-
-
-class _WithSkipReasons(Dataset):
-    """Exposes `ClassificationImages._load` so that a worker returns the skip reason, not a bare None."""
-
-    def __init__(self, dataset: ClassificationImages) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
-        return self.dataset._load(index)
-
-
-def _collate(
-    items: list[tuple[torch.Tensor, int, int] | SkippedFile], size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SkippedFile]]:
-    good = [item for item in items if not isinstance(item, SkippedFile)]
-    skipped = [item for item in items if isinstance(item, SkippedFile)]
-    if good:
-        images = torch.stack([item[0] for item in good])
-    else:
-        images = torch.empty((0, 3, *size), dtype=torch.uint8)
-    labels = torch.tensor([item[1] for item in good], dtype=torch.int64)
-    ids = torch.tensor([item[2] for item in good], dtype=torch.int64)
-    return images, labels, ids, skipped
 
 
 def _image_folder(root: Path, class_names: list[str] | None) -> tuple[list[Sample], list[str]]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from visionstress.batch import ObjectTargets
+from visionstress.batch import Batch, ObjectTargets
 from visionstress.datasets.classification import DatasetError, SkippedFile, SkipsUnreadable, read_image_or_skip
 
 if TYPE_CHECKING:  # pycocotools is imported when a dataset is loaded, not with the package
@@ -138,6 +138,17 @@ class DetectionImages(SkipsUnreadable):
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
+
+    def shape(self, index: int) -> tuple[int, int]:
+        """(height, width) as the JSON says (`load` refuses an image of another size)."""
+        sample = self.dataset.samples[index]
+        return sample.height, sample.width
+
+    def collate(self, items: list[tuple[Tensor, ObjectTargets, int]]) -> Batch:
+        if not items:
+            return Batch(images=torch.empty((0, 3, 0, 0), dtype=torch.uint8), boxes=[])
+        return Batch(images=torch.stack([item[0] for item in items]), boxes=[item[1] for item in items],
+                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64))
 
     def load(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
         """The sample, or why its file could not be decoded (see `read_image_or_skip`)."""

@@ -19,10 +19,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from visionstress.batch import DEFAULT_IGNORE_INDEX
+from visionstress.batch import DEFAULT_IGNORE_INDEX, Batch
 from visionstress.datasets.classification import (DatasetError, SkippedFile, SkipsUnreadable, read_class_names,
                                                   read_image_or_skip)
-from visionstress.images import ImageReadError
+from visionstress.images import ImageReadError, image_size
 
 SEGMENTATION_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _INDEX_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -115,6 +115,20 @@ class SegmentationImages(SkipsUnreadable):
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
+
+    def shape(self, index: int) -> tuple[int, int]:
+        """(height, width) from the image file's header, EXIF orientation applied as `read_image` does;
+        an unreadable header plans the image alone (its load will report why)."""
+        return image_size(self.dataset.images_root / self.dataset.samples[index].image_path)
+
+    def collate(self, items: list[tuple[Tensor, Tensor, int]]) -> Batch:
+        ignore_index = self.dataset.ignore_index
+        if not items:
+            return Batch(images=torch.empty((0, 3, 0, 0), dtype=torch.uint8), sample_ids=torch.empty(0, dtype=torch.int64),
+                         masks=torch.empty((0, 0, 0), dtype=torch.int64), ignore_index=ignore_index)
+        return Batch(images=torch.stack([item[0] for item in items]),
+                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
+                     masks=torch.stack([item[1] for item in items]), ignore_index=ignore_index)
 
     def load(self, index: int) -> tuple[Tensor, Tensor, int] | SkippedFile:
         """The sample, or why a file could not be decoded (see `read_image_or_skip`)."""

@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from visionstress.scorecard import _FRACTION_METRICS, CLEAN, MAIN_METRIC, SCORECARD_FILE, Scorecard
+from visionstress.scorecard import CLEAN, SCORECARD_FILE, Scorecard
 
 from . import figures
 
@@ -32,11 +32,10 @@ _CLASSES_SHOWN = 8
 _SKIPPED_SHOWN = 50
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SUMMARY_LABELS = {"mce": "mCE", "relative_mce": "relative mCE"}
-_HEADLINE_SUMMARIES = frozenset({"metric", "clean_accuracy", "mean_accuracy_under_perturbation",
-                                 "relative_robustness"})
+_HEADLINE_SUMMARIES = frozenset({"metric", "clean", "mpc", "rpc"})
 """Summaries the headline computes from the rows itself (the same way summary.md does)."""
-_PER_CLASS = {"classification": ("per_class", "F1"), "detection": ("per_class_ap", "AP"),
-              "segmentation": ("per_class_iou", "IoU")}
+_PER_CLASS = (("per_class", "F1"), ("per_class_ap", "AP"), ("per_class_iou", "IoU"))
+"""The per-class breakdowns tasks write, and the value each shows (the first one present is shown)."""
 _SIZE_COLUMNS = {"size": ("num_gt", "objects", (("AP", "AP"), ("recall", "recall"))),
                  "region_recall": ("num_regions", "regions", (("recall", "recall"),))}
 _SECTIONS = (("headline", "headline", ()), ("heatmap", "heatmap", ("heatmap",)),
@@ -154,7 +153,7 @@ def write_report(scorecard: str | Path | Scorecard, out: str | Path | None = Non
 
 def render_report(card: Scorecard, base_dir: Path) -> str:
     """The report's HTML text; `base_dir` is the folder the gallery's relative image paths start from."""
-    metric = MAIN_METRIC.get(card.task) or next(iter(card.results[0]["metrics"]))
+    metric = card.main_metric
     passes = _passes(card, metric)
     breakdowns = card.breakdowns or {}
     compare = _compare_keys(passes, breakdowns)
@@ -194,7 +193,10 @@ def _environment() -> jinja2.Environment:
 # --- numbers ------------------------------------------------------------------------------------
 
 def _fraction(metric: str) -> bool:
-    return metric in _FRACTION_METRICS or metric.startswith(("AP_", "recall_"))
+    from visionstress.metrics import find_metric
+
+    found = find_metric(metric)
+    return bool(found and found.fraction)
 
 
 def _number(value: Any) -> float:
@@ -442,7 +444,7 @@ def _row_metric(card: Scorecard, key: str, metric: str) -> float:
 
 
 def _per_class(card: Scorecard, breakdowns: Mapping[str, Any], compare: Mapping[str, tuple]) -> Table | None:
-    name, label = _PER_CLASS.get(card.task, ("per_class", "F1"))
+    name, label = next(((n, lab) for n, lab in _PER_CLASS if n in breakdowns), _PER_CLASS[0])
     keys = compare.get(name) or ()
     if not keys:
         return None

@@ -40,3 +40,6 @@ def get_task(name: str) -> Any:
 
 def list_tasks() -> list[str]:
     return list(_TASKS)
+
+
+from visionstress.tasks import classification, detection, segmentation  # noqa: E402,F401  (the built-in tasks)

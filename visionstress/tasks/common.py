@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visionstress.options import Option, OptionError, register_options
+from visionstress.options import Option, register_options
 
 
 def _seed(value: int) -> None:
     if value < 0 or value >= 2 ** 63:
-        raise OptionError(f"--seed must be a whole number from 0 to 2**63 - 1, got {value}")
+        raise ValueError("a seed is a whole number from 0 to 2**63 - 1")
 
 
 register_options(
@@ -40,5 +40,8 @@ register_options(
            group="output"),
     Option("gallery", int, 12, "Worst failures kept as thumbnails for the report (0: none).", minimum=0,
            group="output"),
+    Option("resume", bool, False, "Continue the interrupted run in --out (same command): finished batches are "
+           "kept, the rest is scored.", group="output"),
+    Option("overwrite", bool, False, "Replace the run already in --out instead of refusing.", group="output"),
     Option("progress", object, None, "progress(done, total), called as predictions are scored.", exposed=False),
 )
