@@ -5,11 +5,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from visionstress.batch import Batch, ObjectTargets
     from visionstress.comparison import compare
-    from visionstress.runner import run
+    from visionstress.runner import RunError, RunInterrupted, run
     from visionstress.scorecard import Scorecard
 
-__version__ = "0.1.0"
-__all__ = ["Batch", "ObjectTargets", "Scorecard", "compare", "run", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["Batch", "ObjectTargets", "RunError", "RunInterrupted", "Scorecard", "compare", "run", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,10 +19,10 @@ def __getattr__(name: str) -> Any:
         from visionstress import batch
 
         return getattr(batch, name)
-    if name == "run":
-        from visionstress.runner import run
+    if name in ("run", "RunError", "RunInterrupted"):
+        from visionstress import runner
 
-        return run
+        return getattr(runner, name)
     if name == "compare":
         from visionstress.comparison import compare
 
