@@ -284,6 +284,8 @@ def _print_summary(card) -> None:
         values = [v for v in values if isinstance(v, float) and v == v]
         table.add_row(name, family, *cells, f"{sum(values) / len(values):.3f}" if values else "-")
     console.print(table)
+    for warning in card.dataset.get("warnings") or []:
+        console.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
     skipped = card.dataset.get("skipped") or []
     if skipped:
         console.print(f"[yellow]{len(skipped)} unreadable file(s) skipped[/] (listed in the scorecard)")

@@ -36,6 +36,8 @@ from visionstress.tasks.base import RunError
 __all__ = ["RunError", "RunInterrupted", "run"]
 
 MANIFEST = "run.json"
+LABEL_CHECK_IMAGES = 64
+"""Clean images scored before the label-numbering check (visionstress.label_check) decides."""
 LOCK = ".visionstress.lock"
 PREPARED_DIR = "prepared"
 _RUN_FILES = ("scorecard.json", "summary.md", "report.html", "records.parquet", MANIFEST)
@@ -142,6 +144,8 @@ class _Run:
             paths = [setup.dataset.paths[i] for i in ids]
             first = current[ids[0]]
             journal.add(first, pass_index, update.records, paths, update.state)
+            if pass_index == 0 and checking:
+                self._check_labels(checking, update.records, setup)
             if setup.gallery is not None and opts.gallery:
                 if pass_index == 0:
                     setup.gallery.clean(view, predictions, update.records)
@@ -153,6 +157,8 @@ class _Run:
             timing.score += time.perf_counter() - t0
 
         current: dict[int, int] = {}  # sample id -> first sample id of its planned batch
+        checking: list[Any] = [] if opts.skip_label_check or done_parts else [None]
+        self._label_check_images = min(LABEL_CHECK_IMAGES, sum(len(batch) for batch in mine))
 
         def batches() -> Iterator[tuple[int, list[Any], list[Any]]]:
             loaded = load_planned(setup.dataset.images, [b for _, b in todo], opts.workers,
@@ -182,6 +188,17 @@ class _Run:
             if world.rank != 0:
                 return None
         return self._finish(journal, timing, gallery, mine)
+
+    def _check_labels(self, buffer: list[Any], records: dict[str, Any], setup: Any) -> None:
+        """Collect the first clean records; once there are enough, look for a label-numbering mismatch."""
+        buffer.append(records)
+        seen = [r for r in buffer if r is not None]
+        if sum(len(r["sample_id"]) for r in seen) < self._label_check_images:
+            return
+        buffer.clear()
+        message = self.task.check_labels(seen, setup)
+        if message:
+            raise RunError(f"{self.opts.model}: {message}")
 
     def _prepare(self, perturbations: dict[str, Any]) -> dict[str, Any]:
         """The prepare phase: fit or collect, or reload what this run (or rank 0) already saved."""
@@ -241,7 +258,6 @@ class _Run:
         results = evaluator.finalize()
         families = {p.perturbation: p.family for p in self.passes}
         rows = [_row(r, families, len(setup.dataset), images) for r in results.rows]
-        warnings = self.task.check_clean(results, setup)
         summaries = self.task.summaries(results.rows, {k: v for k, v in families.items() if k != "clean"}, setup, opts)
         keep = {p.key for p in self.passes if self.prepared.get(p.perturbation) is not None
                 and getattr(self.prepared[p.perturbation], "keep_breakdowns", False)}
@@ -262,8 +278,8 @@ class _Run:
             summaries.update(family_summaries(sorted(extra_families), context))
         dataset = {**setup.dataset.info, "num_samples": images,
                    "skipped": [{"path": s["path"], "reason": s["reason"]} for s in skipped]}
-        if warnings:
-            dataset["warnings"] = list(dataset.get("warnings", [])) + warnings
+        if setup.warnings is not None and setup.warnings():
+            dataset["warnings"] = list(dataset.get("warnings", [])) + setup.warnings()
         data_config = dict(setup.data_config)
         for name, value in setup.extra.items():
             data_config[name] = value() if callable(value) else value

@@ -374,6 +374,9 @@ def _markdown(card: Scorecard) -> str:
             lines.append(f"| {md(row.perturbation)} | {row.severity} | {_fmt(value, metric, task)} | "
                          f"{_fmt_delta(clean - value, metric, task)} |")
 
+    warnings = dataset.get("warnings") or []
+    if warnings:
+        lines += ["", f"## Warnings ({len(warnings)})", ""] + [f"- {md(w)}" for w in warnings[:_SKIPPED_SHOWN]]
     skipped = dataset.get("skipped") or []
     lines += ["", f"## Skipped files ({len(skipped)})", ""]
     if not skipped:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +143,7 @@ class DetectorAdapter:
         data_config: DataConfig | None = None,
         postprocess: Callable[[Any, Tensor], Any] | None = None,
         label_map: dict[int, int] | None = None,
+        categories: Sequence[int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.spec, self.model, _ = _unwrap(model, self.device)
@@ -151,8 +152,11 @@ class DetectorAdapter:
         self.postprocess = postprocess
         self.label_map = label_map
         self.unmapped = 0  # predictions dropped because their label has no dataset category, over all batches
+        self.unmapped_labels: set[int] = set()  # which labels those were (the first few)
         self._pixels = _Pixels(data_config, self.device)
         self._lookup = None
+        if label_map is None and categories is not None:  # identity: a label must be a dataset category id
+            label_map = {int(c): int(c) for c in categories}
         if label_map is not None:
             if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in label_map):
                 raise ValueError(f"{self.spec}: label_map keys must be non-negative integer model labels")
@@ -204,8 +208,11 @@ class DetectorAdapter:
             boxes = boxes.clamp(min=0).minimum(limit)
             if self._lookup is not None:
                 known = (labels >= 0) & (labels < len(self._lookup))
-                labels = torch.where(known, self._lookup[labels.clamp(0, len(self._lookup) - 1)], -1)
-                keep = labels >= 0
+                mapped = torch.where(known, self._lookup[labels.clamp(0, len(self._lookup) - 1)], -1)
+                keep = mapped >= 0
+                if len(self.unmapped_labels) < 10 and not bool(keep.all()):
+                    self.unmapped_labels.update(labels[~keep].unique()[:10].tolist())
+                labels = mapped
                 dropped += (~keep).sum()
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
                 masks = None if masks is None else masks[keep]

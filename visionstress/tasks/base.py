@@ -69,6 +69,8 @@ class TaskRun:
     gallery: GalleryScorer | None
     data_config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: Callable[[], list[str]] | None = None
+    """Things the run noticed that the scorecard must say (e.g. predictions no category could take)."""
 
 
 class GalleryScorer:
@@ -133,9 +135,10 @@ class Task:
         ("clean@0", the worst cell, ...) whose large breakdowns (confusion, error types) are kept."""
         return {}
 
-    def check_clean(self, results: Any, run: TaskRun) -> list[str]:
-        """Warnings about the clean pass (e.g. a label mapping that looks wrong); raising stops the run."""
-        return []
+    def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
+        """After the first clean batches: a message when the model's label numbering looks like it differs
+        from the dataset's (visionstress.label_check), which stops the run; None when all is well."""
+        return None
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

@@ -166,6 +166,15 @@ class ClassificationTask(Task):
             return summary
         return robustness_summary(rows, families)
 
+    def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
+        import numpy as np
+
+        from visionstress.label_check import classification_mismatch
+
+        labels = np.concatenate([np.asarray(r["label"]) for r in clean_records])
+        predictions = np.concatenate([np.asarray(r["prediction"]) for r in clean_records])
+        return classification_mismatch(labels, predictions, run.dataset.class_names)
+
     def breakdowns(self, results: Any, run: TaskRun, keep: set[str]) -> dict[str, Any]:
         """Per-class metrics, confusion (clean and the worst cell), most-confused pairs and reliability bins."""
         worst = worst_key(results.rows, "top1")

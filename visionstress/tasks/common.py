@@ -40,6 +40,8 @@ register_options(
            group="output"),
     Option("gallery", int, 12, "Worst failures kept as thumbnails for the report (0: none).", minimum=0,
            group="output"),
+    Option("skip_label_check", bool, False, "Run even when the model's labels look like another numbering than "
+           "the dataset's (a constant offset, COCO 80 vs 91 ids, a permuted class list).", group="model"),
     Option("resume", bool, False, "Continue the interrupted run in --out (same command): finished batches are "
            "kept, the rest is scored.", group="output"),
     Option("overwrite", bool, False, "Replace the run already in --out instead of refusing.", group="output"),

@@ -158,7 +158,7 @@ class DetectionTask(Task):
             config, config_source = data_config(loaded.data_config, options)
         adapter = DetectorAdapter(loaded, device=device, amp=options.amp, data_config=config,
                                   postprocess=import_callable(options.postprocess, "--postprocess"),
-                                  label_map=mapping)
+                                  label_map=mapping, categories=[int(c["id"]) for c in dataset.categories])
         samples = dataset.samples
         canvas = options.canvas
         images = DetectionImages(dataset, with_masks=options.instance_masks, strict=options.strict)
@@ -186,7 +186,9 @@ class DetectionTask(Task):
                          "label_map": None if mapping is None else {str(k): v for k, v in mapping.items()},
                          "label_map_source": mapping_source,
                          **({} if config is None else {**config.to_dict(), "source": config_source})},
-            extra={"unmapped_predictions": lambda: adapter.unmapped},
+            extra={"unmapped_predictions": lambda: adapter.unmapped,
+                   "unmapped_labels": lambda: sorted(adapter.unmapped_labels)},
+            warnings=lambda: _unmapped_warning(adapter, mapping_source),
         )
 
     def statistics(self, columns: Mapping[str, Any]):
@@ -194,12 +196,27 @@ class DetectionTask(Task):
 
         return detection_statistics(columns)
 
+    def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
+        from visionstress.label_check import detection_mismatch
+
+        images = [{name: record[name][i] for name in ("gt_boxes", "gt_labels", "pred_boxes", "pred_labels", "pred_scores")}
+                  for record in clean_records for i in range(len(record["gt_boxes"]))]
+        return detection_mismatch(images, run.dataset.info["category_ids"], run.data_config["label_map_source"])
+
     def breakdowns(self, results: Any, run: TaskRun, keep: set[str]) -> dict[str, Any]:
         worst = worst_key(results.rows, "AP")
         kept = {f"{CLEAN}@0"} | ({worst} if worst else set()) | keep
         return {"per_class_ap": results.per_class_ap, "size": results.size,
                 "error_types": {k: v for k, v in results.error_types.items() if k in kept},
                 "occlusion": results.occlusion}
+
+
+def _unmapped_warning(adapter: Any, mapping_source: str) -> list[str]:
+    if not adapter.unmapped:
+        return []
+    shown = ", ".join(str(label) for label in sorted(adapter.unmapped_labels))
+    return [f"{adapter.unmapped} detections had a label no dataset category takes (labels {shown}; label map: "
+            f"{mapping_source}) and were not scored; check --label-map"]
 
 
 def _mapping_source(label_map: Any, categories: Any) -> str:
