@@ -139,6 +139,8 @@ class _Run:
 
             t0 = time.perf_counter()
             p = self.passes[pass_index]
+            if getattr(predictions, "deferred", None) is not None:
+                predictions.deferred()
             update = setup.evaluator.update(p, view, predictions)
             ids = view.sample_ids.tolist()
             paths = [setup.dataset.paths[i] for i in ids]
@@ -171,6 +173,8 @@ class _Run:
         def committed(index: int, skipped: list[Any]) -> None:
             journal.commit(mine[index][0], skipped)
 
+        if hasattr(setup.adapter, "defer_checks"):
+            setup.adapter.defer_checks = True
         loop = Loop(passes=self.passes, perturbations=perturbations, predict=setup.adapter.predict, score=score,
                     worker=HostWorker(), device=self.device, seed=opts.seed, timing=timing,
                     batch_limit=opts.batch_size)

@@ -26,6 +26,7 @@ class ClassifierOutput:
     """Raw class scores; softmax, top-k and calibration are the evaluator's business."""
 
     logits: Tensor  # [B, K] float32, on the adapter's device
+    deferred: Callable[[], None] | None = None  # checks left to the scorer (see `defer_checks`)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class SegmenterOutput:
     """Per-pixel class scores at the resolution of the images given to `predict`."""
 
     logits: Tensor  # [B, C, H, W] float32
+    deferred: Callable[[], None] | None = None  # checks left to the scorer (see `defer_checks`)
 
     @functools.cached_property
     def labels(self) -> Tensor:
@@ -75,6 +77,17 @@ class _LogitsAdapter:
         self.data_config = data_config
         self.amp = amp
         self._pixels = _Pixels(data_config, self.device)
+        self.defer_checks = False
+        """When set (the run loop does), `predict` does not wait for the device to check that the outputs
+        are finite: the output's `deferred()` does it, on the thread that scores them."""
+
+    def _finite(self, values: Tensor, what: str) -> Callable[[], None] | None:
+        """Check `values` are finite now, or return the check for later (`defer_checks`)."""
+        if not self.defer_checks:
+            _check_finite(values, self.spec, self.amp, what)
+            return None
+        bad = ~torch.isfinite(values.flatten(1)).all(dim=1)
+        return lambda: _check_finite_flags(bad, self.spec, self.amp, what)
 
     @property
     def num_classes(self) -> int:
@@ -103,7 +116,8 @@ class ClassifierAdapter(_LogitsAdapter):
         x = self._pixels(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
                     f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size")
-        return ClassifierOutput(self._check(out, images.shape[0]))
+        logits = self._check(out, images.shape[0])
+        return ClassifierOutput(logits, self._finite(logits, "logits"))
 
     def _check(self, out: object, batch: int) -> Tensor:
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
@@ -114,7 +128,6 @@ class ClassifierAdapter(_LogitsAdapter):
                 f"{self.spec}: expected logits of shape [{batch}, num_classes], got {list(logits.shape)}"
             )
         logits = logits.to(torch.float32)
-        _check_finite(logits, self.spec, self.amp, "logits")
         self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image")
         return logits
 
@@ -287,7 +300,8 @@ class SegmenterAdapter(_LogitsAdapter):
         x = self._pixels(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
                     f"the model failed on a batch of shape {list(x.shape)}")
-        return SegmenterOutput(self._check(out, images.shape[0], (images.shape[-2], images.shape[-1])))
+        logits = self._check(out, images.shape[0], (images.shape[-2], images.shape[-1]))
+        return SegmenterOutput(logits, self._finite(logits, "logits"))
 
     def _check(self, out: Any, batch: int, size: tuple[int, int]) -> Tensor:
         if isinstance(out, Tensor):
@@ -307,7 +321,6 @@ class SegmenterAdapter(_LogitsAdapter):
                 f"{self.spec}: expected logits of shape [{batch}, num_classes, H, W], got {list(logits.shape)}"
             )
         logits = logits.to(torch.float32)
-        _check_finite(logits, self.spec, self.amp, "logits")
         self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "class channels")
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -377,11 +390,16 @@ def _call(fn: Callable[[Any], Any], arg: Any, spec: str, amp: bool, device: torc
 
 
 def _check_finite(values: Tensor, spec: str, amp: bool, what: str) -> None:
-    finite = torch.isfinite(values.flatten(1)).all(dim=1)
+    _check_finite_flags(~torch.isfinite(values.flatten(1)).all(dim=1), spec, amp, what)
+
+
+def _check_finite_flags(bad: Tensor, spec: str, amp: bool, what: str) -> None:
+    """`bad` [B] marks images with a NaN or infinite value."""
+    finite = ~bad
     if not bool(finite.all()):
         hint = " (bf16 autocast can overflow: try without --amp)" if amp else ""
         raise ModelOutputError(
-            f"{spec}: {int((~finite).sum())} of {values.shape[0]} images got NaN or infinite {what}{hint}"
+            f"{spec}: {int((~finite).sum())} of {bad.shape[0]} images got NaN or infinite {what}{hint}"
         )
 
 
