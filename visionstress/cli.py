@@ -17,6 +17,27 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        import visionstress
+
+        console.print(f"visionstress {visionstress.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Stress-test computer-vision models against the perturbations the world applies."""
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        # A library warning is a note for the user, not a source listing.
+        err_console.print(Text.assemble(("note: ", "yellow"), str(message)), soft_wrap=True)
+
+    warnings.showwarning = one_line
+
+
 def _fail(message: str) -> None:
     # Text, not markup: paths and names may contain brackets; soft_wrap keeps paths whole.
     err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
@@ -41,10 +62,15 @@ def list_command(
 
     names = list_perturbations(pattern=pattern, family=family)
     if not names:
-        _fail(f"no perturbation matches (family={family!r}, pattern={pattern!r})")
+        import difflib
+
+        families = sorted({get_perturbation(n).family for n in list_perturbations()})
+        close = difflib.get_close_matches(family or "", families, n=1, cutoff=0.5) if family else []
+        hint = f"; did you mean --family {close[0]}?" if close else f"; families: {', '.join(families)}"
+        _fail(f"no perturbation matches (family={family!r}, pattern={pattern!r}){hint}")
     table = Table(title=f"{len(names)} perturbations", show_lines=False)
     for column in ("name", "family", "kind", "severities 1..5", "description"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("name", "family"))  # names stay whole
     for name in sorted(names, key=lambda n: (get_perturbation(n).family, n)):
         p = get_perturbation(name)
         levels = " | ".join(_format_level(level) for level in p.severities)
@@ -268,8 +294,8 @@ def _print_summary(card) -> None:
     console.print(line, highlight=False)
     severities = sorted({r["severity"] for r in card.results if r["severity"] > 0})
     table = Table(title=f"{metric} by perturbation and severity")
-    table.add_column("perturbation")
-    table.add_column("family")
+    table.add_column("perturbation", no_wrap=True)  # a name is never cut, however narrow the terminal
+    table.add_column("family", no_wrap=True)
     for severity in severities:
         table.add_column(f"s{severity}", justify="right")
     table.add_column(f"{second} (mean)", justify="right")
@@ -336,7 +362,7 @@ def compare_command(
         for column, justify in (("cell", "left"), ("metric", "left"), ("old", "right"), ("new", "right"),
                                 ("delta", "right"), ("p (Holm)", "right"), ("significant", "center"),
                                 ("gate", "left")):
-            table.add_column(column, justify=justify)
+            table.add_column(column, justify=justify, no_wrap=column in ("cell", "metric"))
         for row in display_rows(comparison, show_all):
             name = row.perturbation if row.kind == "summary" or row.perturbation == "clean" else \
                 f"{row.perturbation}@{row.severity}"

@@ -193,6 +193,14 @@ class DetectorAdapter:
         return self._check(out, images.shape[0], images.shape[-2], images.shape[-1])
 
     def _check(self, out: Any, batch: int, height: int, width: int) -> DetectorOutput:
+        raw = [out] if isinstance(out, Tensor) else list(out) if isinstance(out, (list, tuple)) else []
+        if raw and all(isinstance(t, Tensor) for t in raw):
+            shapes = ", ".join(str(list(t.shape)) for t in raw[:4])
+            raise ModelOutputError(
+                f"{self.spec}: the model returned raw tensors ({shapes}), not detections; pass --postprocess "
+                "package.module:function that decodes them (scores, NMS) into torchvision's list of dicts with "
+                "boxes (xyxy, input pixels), scores and labels, one per image"
+            )
         if not isinstance(out, (list, tuple)) or len(out) != batch or not all(isinstance(d, Mapping) for d in out):
             got = f"{type(out).__name__} of {len(out)}" if isinstance(out, (list, tuple)) else type(out).__name__
             raise ModelOutputError(

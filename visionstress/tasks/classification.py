@@ -119,6 +119,11 @@ class ClassificationTask(Task):
         if names is None and width > len(class_list) and class_list == [str(i) for i in range(len(class_list))]:
             # integer labels name model indices directly; the dataset need not contain the highest classes
             class_list = [str(i) for i in range(width)]
+        if names is None and class_list == [str(i) for i in range(len(class_list))] and len(class_list) > width:
+            first = next(s for s in samples if s.label >= width)
+            raise RunError(f"{options.model}: label {first.label} of {first.path} is outside the model's {width} "
+                           f"outputs (0..{width - 1}); index labels name model outputs, so check the label or the "
+                           f"model")
         if width != len(class_list):
             raise RunError(
                 f"{options.model}: the model outputs {width} classes but the dataset has {len(class_list)} "
