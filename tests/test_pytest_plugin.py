@@ -39,11 +39,16 @@ TINY_SUITE = "name: tiny\nperturbations:\n  - {name: brightness, severities: [3]
 """Two cheap cells, for the tests about baselines and xdist rather than about the suite."""
 
 
+def _reports(output: str) -> list[Scorecard]:
+    """The scorecards the terminal summary points at."""
+    return [Scorecard.load(path.strip()) for path in re.findall(r"^  report: (.+)$", output, re.MULTILINE)]
+
+
 def _report(output: str) -> Scorecard:
     """The scorecard the terminal summary points at (one evaluation expected)."""
-    reports = re.findall(r"^  report: (.+)$", output, re.MULTILINE)
+    reports = _reports(output)
     assert len(reports) == 1, output
-    return Scorecard.load(reports[0].strip())
+    return reports[0]
 
 
 def test_importing_the_plugin_does_not_import_torch():
@@ -71,9 +76,11 @@ def test_settings_resolve_ini_then_command_line(pytester):
     pytester.makeini("[pytest]\nvisionstress_suite = quick\nvisionstress_limit = 24\nvisionstress_data = images\n"
                      "visionstress_baseline_dir = committed\nvisionstress_device = cpu\nvisionstress_bootstrap = 0\n")
     pytester.makepyfile(
-        "import dataclasses, json\n"
+        "import json\n"
         "def test_dump(visionstress):\n"
-        "    data = {k: str(v) for k, v in dataclasses.asdict(visionstress.settings).items()}\n"
+        "    s = visionstress.settings\n"
+        "    data = {k: str(v) for k, v in s.run.items()}\n"
+        "    data.update(baseline_dir=str(s.baseline_dir), update_baselines=str(s.update_baselines))\n"
         "    open('settings.json', 'w').write(json.dumps(data))\n"
     )
     root = pytester.path.resolve()
@@ -81,7 +88,7 @@ def test_settings_resolve_ini_then_command_line(pytester):
     ini = json.loads((root / "settings.json").read_text())
     assert ini["suite"] == "quick" and ini["limit"] == "24" and ini["device"] == "cpu" and ini["bootstrap"] == "0"
     assert ini["data"] == str(root / "images") and ini["baseline_dir"] == str(root / "committed")
-    assert ini["model"] == "None" and ini["update_baselines"] == "False"
+    assert "model" not in ini and ini["update_baselines"] == "False"  # unset: visionstress.run's default
 
     pytester.runpytest("--visionstress-limit", "30", "--visionstress-suite", "default",
                        "--visionstress-update-baselines").assert_outcomes(passed=1)
@@ -89,11 +96,20 @@ def test_settings_resolve_ini_then_command_line(pytester):
     assert cli["limit"] == "30" and cli["suite"] == "default" and cli["update_baselines"] == "True"
     assert cli["data"] == ini["data"] and cli["device"] == "cpu"
     result = pytester.runpytest("--visionstress-bootstrap", "many")
-    assert "--visionstress-bootstrap: expected a whole number of resamples (0 for none), got 'many'" in result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--visionstress-bootstrap: expected a whole number, got 'many'" in result.stderr.str()
 
     bad = pytester.runpytest("--visionstress-limit", "zero")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--visionstress-limit: expected a positive whole number of images, got 'zero'" in bad.stderr.str()
+    assert "--visionstress-limit: expected a whole number, got 'zero'" in bad.stderr.str()
+    bad = pytester.runpytest("--visionstress-limit", "0")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--visionstress-limit must be at least 1, got 0" in bad.stderr.str()
+
+    pytester.makeini("[pytest]\nvisionstress_limit = -3\n")
+    bad = pytester.runpytest()
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"visionstress_limit in {root / 'tox.ini'} must be at least 1, got -3" in bad.stderr.str()
 
 
 def test_thresholds_pass_and_fail_with_readable_messages(pytester):
@@ -208,10 +224,11 @@ def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
     missing = pytester.runpytest(*args)
     missing.assert_outcomes(failed=1)
     fingerprint = _report(missing.stdout.str()).dataset["fingerprint"][:12]
-    folder = f"tests/visionstress_baselines/shifted-classifier/tiny-{fingerprint}"
+    name = pytester.path.name  # no pyproject.toml with a [project] name: the rootdir's folder name
+    folder = f"tests/visionstress_baselines/{name}/tiny-{fingerprint}"
     missing.stdout.fnmatch_lines([
-        f"*visionstress: no baseline for shifted:classifier on dataset {fingerprint} with suite tiny: "
-        f"{folder}/scorecard.json does not exist.",
+        f"*visionstress: no baseline for shifted:classifier on dataset {fingerprint} with suite tiny under the "
+        f"name {name}: {folder}/scorecard.json does not exist.",
         f"Create it with `pytest --visionstress-update-baselines` (it writes {folder}/), then commit that folder.",
     ])
 
@@ -249,17 +266,19 @@ def _readme_block(name: str, language: str) -> str:
 
 
 def test_readme_example_runs_green(pytester):
-    pyproject = _readme_block("pyproject", "toml").replace('"data/', f'"{REPO.as_posix()}/data/')
-    pytester.makefile(".toml", pyproject=pyproject + 'visionstress_limit = "48"\n')
+    (pytester.path / "data").symlink_to(REPO / "data")  # the example's paths are relative to the repository
+    pytester.makefile(".toml", pyproject=_readme_block("pyproject", "toml") + 'visionstress_limit = "48"\n')
     tests = pytester.mkdir("tests")
     (tests / "test_robustness.py").write_text(_readme_block("tests", "python"), encoding="utf-8")
 
     written = pytester.runpytest("--visionstress-update-baselines")
-    written.assert_outcomes(passed=4)
-    written.stdout.fnmatch_lines(["baseline written: tests/visionstress_baselines/"
-                                  "visionstress.models.demo-tiny_classifier/quick-*"])
-    assert _report(written.stdout.str()).dataset["num_samples"] == 48
-    pytester.runpytest().assert_outcomes(passed=4)  # compared with the baseline just written
+    written.assert_outcomes(passed=5)
+    written.stdout.fnmatch_lines(["baseline written: tests/visionstress_baselines/shapes/quick-*"])
+    cards = {card.task: card for card in _reports(written.stdout.str())}
+    assert cards["classification"].dataset["num_samples"] == 48
+    assert cards["detection"].dataset["num_samples"] == 12  # the marker's limit wins over the ini's
+    assert len(list((pytester.path / "tests" / "visionstress_baselines" / "shapes").iterdir())) == 2
+    pytester.runpytest().assert_outcomes(passed=5)  # compared with the baselines just written
 
 
 def test_xdist_workers_share_one_evaluation(pytester):
