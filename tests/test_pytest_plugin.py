@@ -16,43 +16,19 @@ from pathlib import Path
 
 import pytest
 
-# pytester's inline runs drop the modules first imported during them; importing the run machinery here
-# keeps it (and its compiled kernels) alive from one inline run to the next.
-import visionstress.datasets  # noqa: F401
-import visionstress.evaluators  # noqa: F401
-import visionstress.models  # noqa: F401
-import visionstress.perturbations  # noqa: F401
-import visionstress.records  # noqa: F401
-import visionstress.runner  # noqa: F401
+from plugin_projects import (DEMO_DATA, DEMO_WEIGHTS, QUICK_24, README, REPO, SHIFTED_MODEL, TINY_SUITE,
+                             report, reports)
 from visionstress.comparison import format_delta, format_value
 from visionstress.records import read_records
 from visionstress.scorecard import Scorecard
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
-DEMO_WEIGHTS = REPO / "data" / "demo" / "shapes" / "classifier.safetensors"
-DEMO_DATA = REPO / "data" / "demo" / "shapes" / "val"
-QUICK_24 = "[pytest]\nvisionstress_suite = quick\nvisionstress_limit = 24\n"
-TINY_SUITE = "name: tiny\nperturbations:\n  - {name: brightness, severities: [3]}\n  - {name: rotation, severities: [3]}\n"
-"""Two cheap cells, for the tests about baselines and xdist rather than about the suite."""
-
-
-def _reports(output: str) -> list[Scorecard]:
-    """The scorecards the terminal summary points at."""
-    return [Scorecard.load(path.strip()) for path in re.findall(r"^  report: (.+)$", output, re.MULTILINE)]
-
-
-def _report(output: str) -> Scorecard:
-    """The scorecard the terminal summary points at (one evaluation expected)."""
-    reports = _reports(output)
-    assert len(reports) == 1, output
-    return reports[0]
-
 
 def test_importing_the_plugin_does_not_import_torch():
-    code = "import sys, visionstress.pytest_plugin; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    # Every pytest run of an environment with visionstress loads the plugin and enumerates the options.
+    code = ("import sys, visionstress.pytest_plugin.settings as s; assert s.plugin_options(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -142,7 +118,7 @@ def test_thresholds_pass_and_fail_with_readable_messages(pytester):
     result = pytester.runpytest()
     result.assert_outcomes(passed=2, failed=3)
     output = result.stdout.str()
-    card = _report(output)  # a single evaluation served all five tests
+    card = report(output)  # a single evaluation served all five tests
 
     def line(row, metric, op, bound):
         low, high = row["ci"][metric]
@@ -192,21 +168,6 @@ def test_marker_errors_are_collection_errors_naming_test_and_key(pytester):
         assert message in output
 
 
-SHIFTED_MODEL = """
-import os
-
-from visionstress.models.demo import tiny_classifier
-
-
-def classifier(num_classes=6):
-    # The demo classifier, or with DEGRADE set one whose logits are rolled by one class: a regression.
-    model = tiny_classifier(num_classes)
-    if os.environ.get("DEGRADE"):
-        model.register_forward_hook(lambda module, inputs, out: out.roll(1, dims=1))
-    return model
-"""
-
-
 def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
     pytester.makefile(".yaml", tiny=TINY_SUITE)
     pytester.makeini(f"[pytest]\nvisionstress_suite = tiny.yaml\nvisionstress_limit = 100\n"
@@ -223,7 +184,7 @@ def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
 
     missing = pytester.runpytest(*args)
     missing.assert_outcomes(failed=1)
-    fingerprint = _report(missing.stdout.str()).dataset["fingerprint"][:12]
+    fingerprint = report(missing.stdout.str()).dataset["fingerprint"][:12]
     name = pytester.path.name  # no pyproject.toml with a [project] name: the rootdir's folder name
     folder = f"tests/visionstress_baselines/{name}/tiny-{fingerprint}"
     missing.stdout.fnmatch_lines([
@@ -248,7 +209,7 @@ def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
     regressed = pytester.runpytest(*args)
     regressed.assert_outcomes(failed=1)
     old = baseline.metric("top1")
-    new = _report(regressed.stdout.str()).metric("top1")
+    new = report(regressed.stdout.str()).metric("top1")
     assert new < old - 0.5
     regressed.stdout.fnmatch_lines([
         f"visionstress: significant regression against the baseline {folder} (alpha 0.05):",
@@ -274,7 +235,7 @@ def test_readme_example_runs_green(pytester):
     written = pytester.runpytest("--visionstress-update-baselines")
     written.assert_outcomes(passed=5)
     written.stdout.fnmatch_lines(["baseline written: tests/visionstress_baselines/shapes/quick-*"])
-    cards = {card.task: card for card in _reports(written.stdout.str())}
+    cards = {card.task: card for card in reports(written.stdout.str())}
     assert cards["classification"].dataset["num_samples"] == 48
     assert cards["detection"].dataset["num_samples"] == 12  # the marker's limit wins over the ini's
     assert len(list((pytester.path / "tests" / "visionstress_baselines" / "shapes").iterdir())) == 2
@@ -316,4 +277,4 @@ def test_xdist_workers_share_one_evaluation(pytester):
     result.assert_outcomes(passed=6)
     assert len((pytester.path / "runs.log").read_text().split()) == 1
     assert {p.name.split("-")[1] for p in pytester.path.glob("asked-*")} == {"gw0", "gw1"}
-    _report(result.stdout.str())  # the controller's summary shows the one evaluation the workers reported
+    report(result.stdout.str())  # the controller's summary shows the one evaluation the workers reported
