@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionstress.pytest_plugin.settings import Settings
+from visionstress.pytest_plugin.thresholds import main_metric
 
 if TYPE_CHECKING:
     from visionstress.scorecard import Scorecard
@@ -156,9 +157,7 @@ class GateVerdict:
 
 def default_gates(card: Scorecard) -> tuple[str, ...]:
     """The task's primary endpoints: its main metric on the clean pass and in the robustness summaries."""
-    from visionstress.scorecard import MAIN_METRIC
-
-    main = MAIN_METRIC.get(card.task) or next(iter(card.results[0]["metrics"]))
+    main = main_metric(card)
     return (f"{main}@clean:-1pp", f"{main}@summary:-1pp")
 
 

@@ -20,7 +20,7 @@ import pytest
 from visionstress.pytest_plugin import baselines
 from visionstress.pytest_plugin.marker import MarkerSpec
 from visionstress.pytest_plugin.settings import Settings, translate_flags
-from visionstress.pytest_plugin.thresholds import CLEAN, failure_header, metric_problems
+from visionstress.pytest_plugin.thresholds import CLEAN, failure_header, main_metric, metric_problems
 
 if TYPE_CHECKING:
     from visionstress.scorecard import Scorecard
@@ -54,15 +54,9 @@ def _arguments_key(arguments: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _main_metric(card: Scorecard) -> str:
-    from visionstress.scorecard import MAIN_METRIC
-
-    return MAIN_METRIC.get(card.task) or next(iter(card.results[0]["metrics"]))
-
-
 def _evaluation_summary(card: Scorecard, report: Path) -> dict[str, Any]:
     """What the terminal summary says about one evaluation."""
-    metric = _main_metric(card)
+    metric = main_metric(card)
     clean = [r["metrics"].get(metric) for r in card.results if r["perturbation"] == CLEAN]
     perturbed = [float(r["metrics"][metric]) for r in card.results
                  if r["perturbation"] != CLEAN and r["metrics"].get(metric) is not None
@@ -116,7 +110,7 @@ class VisionStress:
         scorecard; the others wait for the lock and load it.
         """
         arguments = {**self.settings.run, **overrides}
-        key = _arguments_key({**arguments, "__out": self.settings.out})
+        key = _arguments_key(arguments)
         if key not in self._state.cards and key not in self._state.errors:
             self._evaluate(key, arguments)
         if key in self._state.errors:

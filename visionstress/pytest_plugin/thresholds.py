@@ -60,6 +60,13 @@ def parse_threshold(key: Any, bound: Any, name: str) -> Threshold:
     return Threshold(metric, perturbation, severity, float(bound))
 
 
+def main_metric(card: Scorecard) -> str:
+    """The metric a card is summarised and gated by (top-1, AP, mIoU)."""
+    from visionstress.scorecard import MAIN_METRIC
+
+    return MAIN_METRIC.get(card.task) or next(iter(card.results[0]["metrics"]))
+
+
 def fmt(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
