@@ -56,7 +56,7 @@ def test_settings_resolve_ini_then_command_line(pytester):
         "def test_dump(visionstress):\n"
         "    s = visionstress.settings\n"
         "    data = {k: str(v) for k, v in s.run.items()}\n"
-        "    data.update(baseline_dir=str(s.baseline_dir), update_baselines=str(s.update_baselines))\n"
+        "    data.update(baseline_dir=str(s.baseline_dir), update_baselines=str(s.update_baselines), name=s.name)\n"
         "    open('settings.json', 'w').write(json.dumps(data))\n"
     )
     root = pytester.path.resolve()
@@ -65,6 +65,7 @@ def test_settings_resolve_ini_then_command_line(pytester):
     assert ini["suite"] == "quick" and ini["limit"] == "24" and ini["device"] == "cpu" and ini["bootstrap"] == "0"
     assert ini["data"] == str(root / "images") and ini["baseline_dir"] == str(root / "committed")
     assert "model" not in ini and ini["update_baselines"] == "False"  # unset: visionstress.run's default
+    assert ini["name"] == pytester.path.name  # no pyproject.toml: baselines are filed under the rootdir's name
 
     pytester.runpytest("--visionstress-limit", "30", "--visionstress-suite", "default",
                        "--visionstress-update-baselines").assert_outcomes(passed=1)
@@ -81,6 +82,10 @@ def test_settings_resolve_ini_then_command_line(pytester):
     bad = pytester.runpytest("--visionstress-limit", "0")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "--visionstress-limit must be at least 1, got 0" in bad.stderr.str()
+
+    bad = pytester.runpytest("--visionstress-name", "..")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--visionstress-name '..': a baseline name needs at least one letter or digit" in bad.stderr.str()
 
     pytester.makeini("[pytest]\nvisionstress_limit = -3\n")
     bad = pytester.runpytest()

@@ -33,11 +33,11 @@ INI_PREFIX = "visionstress_"
 
 def _has_a_letter_or_digit(value: str) -> None:
     if not re.search(r"[A-Za-z0-9]", value):
-        raise OptionError("a baseline name needs at least one letter or digit")
+        raise ValueError("a baseline name needs at least one letter or digit")
 
 
 PLUGIN_OPTIONS = (
-    # `task` is an argument of visionstress.run next to its declared options, so the plugin declares it.
+    # `task` is an argument of visionstress.run beside its declared options; a declared `task` option wins.
     Option("task", str, None, "classification, detection or segmentation (default: classification)"),
     Option("out", Path, None, "folder the run reports are written into, one subfolder per evaluation "
            "(default: pytest's temporary directory)", group="plugin"),
@@ -54,10 +54,12 @@ NOT_RUN_ARGUMENTS = frozenset({"out", "baseline_dir", "name", "allow_inconclusiv
 
 
 def plugin_options() -> dict[str, Option]:
-    """Every setting the plugin speaks, by name: the exposed run options, then the plugin's own (which
-    win a name they share: the plugin's `out` holds one report folder per evaluation)."""
-    options = {o.name: o for o in all_options(exposed_only=True)}
-    options.update((o.name, o) for o in PLUGIN_OPTIONS)
+    """Every setting the plugin speaks, by name: the exposed run options (their declaration wins for a run
+    argument such as `task`), then the plugin's own settings (the plugin's `out` holds one report folder
+    per evaluation)."""
+    options = {o.name: o for o in PLUGIN_OPTIONS if o.name not in NOT_RUN_ARGUMENTS}
+    options.update((o.name, o) for o in all_options(exposed_only=True))
+    options.update((o.name, o) for o in PLUGIN_OPTIONS if o.name in NOT_RUN_ARGUMENTS)
     return options
 
 
