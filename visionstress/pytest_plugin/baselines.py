@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from visionstress.scorecard import Scorecard
 
 RECORDS_FILE = "records.parquet"
-OUTCOMES = ("pass", "fail", "inconclusive")
 
 
 def slug(text: str) -> str:
