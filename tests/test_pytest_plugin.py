@@ -16,38 +16,19 @@ from pathlib import Path
 
 import pytest
 
-# pytester's inline runs drop the modules first imported during them; importing the run machinery here
-# keeps it (and its compiled kernels) alive from one inline run to the next.
-import visionstress.datasets  # noqa: F401
-import visionstress.evaluators  # noqa: F401
-import visionstress.models  # noqa: F401
-import visionstress.perturbations  # noqa: F401
-import visionstress.records  # noqa: F401
-import visionstress.runner  # noqa: F401
+from plugin_projects import (DEMO_DATA, DEMO_WEIGHTS, QUICK_24, README, REPO, SHIFTED_MODEL, TINY_SUITE,
+                             report, reports)
 from visionstress.comparison import format_delta, format_value
 from visionstress.records import read_records
 from visionstress.scorecard import Scorecard
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
-DEMO_WEIGHTS = REPO / "data" / "demo" / "shapes" / "classifier.safetensors"
-DEMO_DATA = REPO / "data" / "demo" / "shapes" / "val"
-QUICK_24 = "[pytest]\nvisionstress_suite = quick\nvisionstress_limit = 24\n"
-TINY_SUITE = "name: tiny\nperturbations:\n  - {name: brightness, severities: [3]}\n  - {name: rotation, severities: [3]}\n"
-"""Two cheap cells, for the tests about baselines and xdist rather than about the suite."""
-
-
-def _report(output: str) -> Scorecard:
-    """The scorecard the terminal summary points at (one evaluation expected)."""
-    reports = re.findall(r"^  report: (.+)$", output, re.MULTILINE)
-    assert len(reports) == 1, output
-    return Scorecard.load(reports[0].strip())
-
 
 def test_importing_the_plugin_does_not_import_torch():
-    code = "import sys, visionstress.pytest_plugin; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    # Every pytest run of an environment with visionstress loads the plugin and enumerates the options.
+    code = ("import sys, visionstress.pytest_plugin.settings as s; assert s.plugin_options(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -71,9 +52,11 @@ def test_settings_resolve_ini_then_command_line(pytester):
     pytester.makeini("[pytest]\nvisionstress_suite = quick\nvisionstress_limit = 24\nvisionstress_data = images\n"
                      "visionstress_baseline_dir = committed\nvisionstress_device = cpu\nvisionstress_bootstrap = 0\n")
     pytester.makepyfile(
-        "import dataclasses, json\n"
+        "import json\n"
         "def test_dump(visionstress):\n"
-        "    data = {k: str(v) for k, v in dataclasses.asdict(visionstress.settings).items()}\n"
+        "    s = visionstress.settings\n"
+        "    data = {k: str(v) for k, v in s.run.items()}\n"
+        "    data.update(baseline_dir=str(s.baseline_dir), update_baselines=str(s.update_baselines), name=s.name)\n"
         "    open('settings.json', 'w').write(json.dumps(data))\n"
     )
     root = pytester.path.resolve()
@@ -81,7 +64,8 @@ def test_settings_resolve_ini_then_command_line(pytester):
     ini = json.loads((root / "settings.json").read_text())
     assert ini["suite"] == "quick" and ini["limit"] == "24" and ini["device"] == "cpu" and ini["bootstrap"] == "0"
     assert ini["data"] == str(root / "images") and ini["baseline_dir"] == str(root / "committed")
-    assert ini["model"] == "None" and ini["update_baselines"] == "False"
+    assert "model" not in ini and ini["update_baselines"] == "False"  # unset: visionstress.run's default
+    assert ini["name"] == pytester.path.name  # no pyproject.toml: baselines are filed under the rootdir's name
 
     pytester.runpytest("--visionstress-limit", "30", "--visionstress-suite", "default",
                        "--visionstress-update-baselines").assert_outcomes(passed=1)
@@ -89,11 +73,24 @@ def test_settings_resolve_ini_then_command_line(pytester):
     assert cli["limit"] == "30" and cli["suite"] == "default" and cli["update_baselines"] == "True"
     assert cli["data"] == ini["data"] and cli["device"] == "cpu"
     result = pytester.runpytest("--visionstress-bootstrap", "many")
-    assert "--visionstress-bootstrap: expected a whole number of resamples (0 for none), got 'many'" in result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--visionstress-bootstrap: expected a whole number, got 'many'" in result.stderr.str()
 
     bad = pytester.runpytest("--visionstress-limit", "zero")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--visionstress-limit: expected a positive whole number of images, got 'zero'" in bad.stderr.str()
+    assert "--visionstress-limit: expected a whole number, got 'zero'" in bad.stderr.str()
+    bad = pytester.runpytest("--visionstress-limit", "0")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--visionstress-limit must be at least 1, got 0" in bad.stderr.str()
+
+    bad = pytester.runpytest("--visionstress-name", "..")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--visionstress-name '..': a baseline name needs at least one letter or digit" in bad.stderr.str()
+
+    pytester.makeini("[pytest]\nvisionstress_limit = -3\n")
+    bad = pytester.runpytest()
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"visionstress_limit in {root / 'tox.ini'} must be at least 1, got -3" in bad.stderr.str()
 
 
 def test_thresholds_pass_and_fail_with_readable_messages(pytester):
@@ -126,7 +123,7 @@ def test_thresholds_pass_and_fail_with_readable_messages(pytester):
     result = pytester.runpytest()
     result.assert_outcomes(passed=2, failed=3)
     output = result.stdout.str()
-    card = _report(output)  # a single evaluation served all five tests
+    card = report(output)  # a single evaluation served all five tests
 
     def line(row, metric, op, bound):
         low, high = row["ci"][metric]
@@ -176,21 +173,6 @@ def test_marker_errors_are_collection_errors_naming_test_and_key(pytester):
         assert message in output
 
 
-SHIFTED_MODEL = """
-import os
-
-from visionstress.models.demo import tiny_classifier
-
-
-def classifier(num_classes=6):
-    # The demo classifier, or with DEGRADE set one whose logits are rolled by one class: a regression.
-    model = tiny_classifier(num_classes)
-    if os.environ.get("DEGRADE"):
-        model.register_forward_hook(lambda module, inputs, out: out.roll(1, dims=1))
-    return model
-"""
-
-
 def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
     pytester.makefile(".yaml", tiny=TINY_SUITE)
     pytester.makeini(f"[pytest]\nvisionstress_suite = tiny.yaml\nvisionstress_limit = 100\n"
@@ -207,11 +189,12 @@ def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
 
     missing = pytester.runpytest(*args)
     missing.assert_outcomes(failed=1)
-    fingerprint = _report(missing.stdout.str()).dataset["fingerprint"][:12]
-    folder = f"tests/visionstress_baselines/shifted-classifier/tiny-{fingerprint}"
+    fingerprint = report(missing.stdout.str()).dataset["fingerprint"][:12]
+    name = pytester.path.name  # no pyproject.toml with a [project] name: the rootdir's folder name
+    folder = f"tests/visionstress_baselines/{name}/tiny-{fingerprint}"
     missing.stdout.fnmatch_lines([
-        f"*visionstress: no baseline for shifted:classifier on dataset {fingerprint} with suite tiny: "
-        f"{folder}/scorecard.json does not exist.",
+        f"*visionstress: no baseline for shifted:classifier on dataset {fingerprint} with suite tiny under the "
+        f"name {name}: {folder}/scorecard.json does not exist.",
         f"Create it with `pytest --visionstress-update-baselines` (it writes {folder}/), then commit that folder.",
     ])
 
@@ -231,7 +214,7 @@ def test_baselines_missing_then_written_then_compared(pytester, monkeypatch):
     regressed = pytester.runpytest(*args)
     regressed.assert_outcomes(failed=1)
     old = baseline.metric("top1")
-    new = _report(regressed.stdout.str()).metric("top1")
+    new = report(regressed.stdout.str()).metric("top1")
     assert new < old - 0.5
     regressed.stdout.fnmatch_lines([
         f"visionstress: significant regression against the baseline {folder} (alpha 0.05):",
@@ -249,17 +232,19 @@ def _readme_block(name: str, language: str) -> str:
 
 
 def test_readme_example_runs_green(pytester):
-    pyproject = _readme_block("pyproject", "toml").replace('"data/', f'"{REPO.as_posix()}/data/')
-    pytester.makefile(".toml", pyproject=pyproject + 'visionstress_limit = "48"\n')
+    (pytester.path / "data").symlink_to(REPO / "data")  # the example's paths are relative to the repository
+    pytester.makefile(".toml", pyproject=_readme_block("pyproject", "toml") + 'visionstress_limit = "48"\n')
     tests = pytester.mkdir("tests")
     (tests / "test_robustness.py").write_text(_readme_block("tests", "python"), encoding="utf-8")
 
     written = pytester.runpytest("--visionstress-update-baselines")
-    written.assert_outcomes(passed=4)
-    written.stdout.fnmatch_lines(["baseline written: tests/visionstress_baselines/"
-                                  "visionstress.models.demo-tiny_classifier/quick-*"])
-    assert _report(written.stdout.str()).dataset["num_samples"] == 48
-    pytester.runpytest().assert_outcomes(passed=4)  # compared with the baseline just written
+    written.assert_outcomes(passed=5)
+    written.stdout.fnmatch_lines(["baseline written: tests/visionstress_baselines/shapes/quick-*"])
+    cards = {card.task: card for card in reports(written.stdout.str())}
+    assert cards["classification"].dataset["num_samples"] == 48
+    assert cards["detection"].dataset["num_samples"] == 12  # the marker's limit wins over the ini's
+    assert len(list((pytester.path / "tests" / "visionstress_baselines" / "shapes").iterdir())) == 2
+    pytester.runpytest().assert_outcomes(passed=5)  # compared with the baselines just written
 
 
 def test_xdist_workers_share_one_evaluation(pytester):
@@ -297,4 +282,4 @@ def test_xdist_workers_share_one_evaluation(pytester):
     result.assert_outcomes(passed=6)
     assert len((pytester.path / "runs.log").read_text().split()) == 1
     assert {p.name.split("-")[1] for p in pytester.path.glob("asked-*")} == {"gw0", "gw1"}
-    _report(result.stdout.str())  # the controller's summary shows the one evaluation the workers reported
+    report(result.stdout.str())  # the controller's summary shows the one evaluation the workers reported
