@@ -85,7 +85,7 @@ def test_committed_baselines_hold_no_machine_path(pytester):
     written = pytester.runpytest("--visionstress-update-baselines")
     written.assert_outcomes(passed=1)
     card = report(written.stdout.str())
-    assert card.dataset["path"] == str(pytester.path.resolve() / "data" / "val")  # the run's own report keeps it
+    assert card.dataset["path"] == "val"  # scorecards name the dataset folder, not where it lives
 
     folder = next((pytester.path / "tests" / "visionstress_baselines" / "portable").iterdir())
     machine = {str(pytester.path), str(pytester.path.resolve()), str(DEMO_WEIGHTS.parent)}
@@ -93,7 +93,7 @@ def test_committed_baselines_hold_no_machine_path(pytester):
         text = (folder / name).read_text(encoding="utf-8")
         assert not [m for m in machine if m in text], name
     data = json.loads((folder / "scorecard.json").read_text(encoding="utf-8"))
-    assert data["records_path"] == "records.parquet" and data["dataset"]["path"] == "data/val"
+    assert data["records_path"] == "records.parquet" and data["dataset"]["path"] == "val"
     assert data["model"]["weights"] == "classifier.safetensors"  # outside the project: its name only
     paths = read_records(folder / "records.parquet")["path"]
     assert len(paths) == 12 * len(card.results)
