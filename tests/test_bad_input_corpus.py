@@ -182,6 +182,26 @@ def links_and_directories(tmp: Path) -> Callable[[], Any]:
     return lambda: _run(root)
 
 
+def segmentation_links(tmp: Path) -> Callable[[], Any]:
+    """A segmentation set whose images folder holds a dangling link and a looping one (with their masks)."""
+    root = tmp / "seg"
+    (root / "masks").mkdir(parents=True)
+    for name in ("0", "1", "dangling", "loop"):
+        Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(root / "masks" / f"{name}.png")
+    for name in ("0", "1"):
+        _png(root / "images" / f"{name}.png")
+    os.symlink(tmp / "nowhere.png", root / "images" / "dangling.png")
+    os.symlink(root / "images" / "loop.png", root / "images" / "loop.png")
+    (root / "classes.txt").write_text("background\nthing\n")
+
+    def read() -> Read:
+        dataset = load_segmentation_dataset(root)
+        skipped = [s for _, info in iterate_segmentation_batches(SegmentationImages(dataset), 4) for s in info.skipped]
+        return Read(len(dataset.samples), [{"path": s.path, "reason": s.reason} for s in skipped])
+
+    return read
+
+
 def huge_png(tmp: Path) -> Callable[[], Any]:
     root = _folder(tmp / "data")
     Image.new("1", (13_000, 13_000)).save(root / "a" / "huge.png")  # 169 megapixels, 20 kB on disk
@@ -341,6 +361,8 @@ CASES = [
     Case("13.10-links-and-directories", links_and_directories,
          Skips({"dangling.png": "dangling symbolic link (to ", "loop1.png": "symbolic link loop",
                 "loop2.png": "symbolic link loop", "folder.png": "a directory, not an image file"}, read=4)),
+    Case("13.10-segmentation-links", segmentation_links,
+         Skips({"dangling.png": "dangling symbolic link", "loop.png": "symbolic link loop"}, read=2)),
     Case("13.11-list-dotdot-path", _outside(lambda tmp: [("inside.png", 0), ("../outside.png", 1)]),
          Fails(("val.csv:3", "'../outside.png' points outside the list's folder", "--allow-outside-paths"))),
     Case("13.11-list-absolute-path", _outside(lambda tmp: [(str(tmp / "outside.png"), 1)], ".json"),

@@ -345,9 +345,11 @@ def _check_rle(where: str, rle: dict, info: dict) -> None:
     else:
         raise DatasetError(f"{where}: RLE 'counts' must be a compressed string or a list of integers, "
                            f"got {reprlib.repr(counts)}")
-    if (runs < 0).any() or int(runs.sum()) != height * width:
-        raise DatasetError(f"{where}: RLE 'counts' {'has a negative run' if (runs < 0).any() else f'cover {int(runs.sum())} pixels'}"
-                           f", but its {width}x{height} image has {height * width}")
+    if (runs < 0).any():
+        raise DatasetError(f"{where}: RLE 'counts' has a negative run")
+    if int(runs.sum()) != height * width:
+        raise DatasetError(f"{where}: RLE 'counts' cover {int(runs.sum())} pixels, but its {width}x{height} image has "
+                           f"{height * width}")
 
 
 def rle_counts(text: str) -> np.ndarray | None:

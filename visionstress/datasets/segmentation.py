@@ -115,7 +115,8 @@ class SegmentationImages(SkipsUnreadable):
     values that are neither a class nor the ignore index) always raises.
     """
 
-    def __init__(self, dataset: SegmentationDataset, *, strict: bool = False, max_pixels: int | None = MAX_PIXELS) -> None:
+    def __init__(self, dataset: SegmentationDataset, *, strict: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.dataset = dataset
         self.strict = strict
         self.max_pixels = max_pixels
@@ -232,7 +233,8 @@ def _pair(
                                f"{str(key)!r}; their mask would be ambiguous")
         candidates = by_relative.get(key) or by_stem.get(image.stem, [])
         if len(candidates) > 1:
-            raise DatasetError(f"{masks_root}: masks {[str(p) for p in candidates]} all match image {display_path(image)}; "
+            raise DatasetError(f"{masks_root}: masks {[str(p) for p in candidates]} all match image "
+                               f"{display_path(image)}; "
                                "keep one mask per image stem")
         if not candidates:
             unmatched.append(display_path(image))
