@@ -84,7 +84,9 @@ def test_csv_list_relative_paths_and_index_labels(tmp_path: Path):
     listing = tmp_path / "lists" / "val.csv"
     listing.parent.mkdir()
     listing.write_text(f"path,label,comment\n../imgs/a.png,2,x\n../imgs/b.png,0,y\n{absolute},1,z\n")
-    samples, names = load_classification_samples(listing)
+    with pytest.raises(DatasetError, match=r"val\.csv:2: path '\.\./imgs/a\.png' points outside the list's folder"):
+        load_classification_samples(listing)
+    samples, names = load_classification_samples(listing, allow_outside_paths=True)
     assert names == ["0", "1", "2"]
     assert [s.label for s in samples] == [2, 0, 1]
     assert all(Path(s.path).is_file() for s in samples)

@@ -269,7 +269,7 @@ def test_demo_factory():
     assert adapter.predict(torch.zeros(2, 3, h, w, dtype=torch.uint8)).logits.shape == (2, 6)
 
 
-# --- optional backends (faked: neither timm nor onnxruntime is a test dependency) -----------------
+# --- optional backends: the real timm and onnxruntime (dev extra); fakes only for "not installed" ---------
 
 
 def test_onnx_without_onnxruntime_says_how_to_install(tmp_path, monkeypatch):
@@ -280,63 +280,115 @@ def test_onnx_without_onnxruntime_says_how_to_install(tmp_path, monkeypatch):
         load_model(str(path))
 
 
-def test_onnx_session_is_wrapped_as_a_cpu_callable(tmp_path, monkeypatch):
-    path = tmp_path / "m.onnx"
-    path.write_bytes(b"onnx")
-    node = types.SimpleNamespace
-
-    class FakeSession:
-        def __init__(self, file, providers):
-            assert file == str(path) and providers == ["CPUExecutionProvider"]
-
-        def get_inputs(self):
-            return [node(name="pixels", shape=["N", 3, 8, 8])]
-
-        def get_outputs(self):
-            return [node(name="logits", shape=["N", 4])]
-
-        def run(self, names, feeds):
-            x = feeds["pixels"]
-            assert x.dtype.name == "float32"
-            return [x.reshape(x.shape[0], -1)[:, :4].copy()]
-
-    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(InferenceSession=FakeSession))
-    loaded = load_model(str(path))
-    assert (loaded.format, loaded.num_classes, loaded.sha256) == ("onnx", 4, sha256(path))
-    config = DataConfig((8, 8), None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    images = torch.rand(2, 3, 8, 8)
-    logits = ClassifierAdapter(loaded, config).predict(images).logits
-    torch.testing.assert_close(logits, images.reshape(2, -1)[:, :4])
-
-
 def test_timm_missing_says_pip_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ModelLoadError, match="pip install timm"):
         load_model("timm:resnet50")
 
 
-def test_timm_pretrained_cfg_becomes_data_config(monkeypatch):
-    timm = types.ModuleType("timm")
-    timm_data = types.ModuleType("timm.data")
+TIMM_MODEL = "mobilenetv3_small_050"  # a real ImageNet architecture, 1.6M parameters
 
-    def create_model(name, pretrained, num_classes=1000):
-        assert pretrained is False
-        net = tiny_net(num_classes)
-        net.num_classes = num_classes
-        return net
 
-    timm.create_model = create_model
-    timm_data.resolve_model_data_config = lambda model: {
-        "input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5), "crop_pct": 0.9, "crop_mode": "center",
-    }
-    timm.data = timm_data
-    monkeypatch.setitem(sys.modules, "timm", timm)
-    monkeypatch.setitem(sys.modules, "timm.data", timm_data)
+def _timm_eval_transform(model) -> dict:
+    """What timm's own eval transform does for `model`'s pretrained config: the reference for DataConfig."""
+    import timm.data
+    from torchvision import transforms as T
+
+    steps = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False).transforms
+    resize = next(t for t in steps if isinstance(t, T.Resize))
+    crop = next(t for t in steps if isinstance(t, T.CenterCrop))
+    normalize = next(t for t in steps if isinstance(t, T.Normalize))
+    return {"resize": resize.size, "interpolation": resize.interpolation.value, "crop": tuple(crop.size),
+            "mean": tuple(float(m) for m in normalize.mean), "std": tuple(float(s) for s in normalize.std)}
+
+
+def test_timm_weights_and_pretrained_config(tmp_path):
+    """A fine-tuned timm checkpoint: the head is sized from the file, the DataConfig is what timm's own
+    eval transform does, and the adapter's logits are the model's on the normalised pixels."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=7).eval()
+    path = tmp_path / "finetuned.safetensors"
+    save_file(model.state_dict(), str(path))
+    loaded = load_model(f"timm:{TIMM_MODEL}", weights=str(path))
+    assert (loaded.format, loaded.num_classes, loaded.sha256) == ("safetensors", 7, sha256(path))
+    reference = _timm_eval_transform(model)
+    config = loaded.data_config
+    assert (config.resize, config.interpolation, config.input_size) == (
+        reference["resize"], reference["interpolation"], reference["crop"])
+    assert config.mean == pytest.approx(reference["mean"]) and config.std == pytest.approx(reference["std"])
+    assert config == DataConfig((224, 224), 256, "bicubic")  # ImageNet mean/std, crop_pct 0.875
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    out = ClassifierAdapter(loaded, config).predict(images)
+    with torch.no_grad():
+        expected = model(normalised(images, config))
+    torch.testing.assert_close(out.logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_timm_random_weights_and_explicit_num_classes():
+    pytest.importorskip("timm")
     with pytest.warns(UserWarning, match="random weights"):
-        loaded = load_model("timm:vit_tiny", num_classes=3)
-    assert loaded.data_config == DataConfig((224, 224), 248, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert loaded.num_classes == 3 and loaded.format == "random-init"
+        loaded = load_model("timm:test_vit", num_classes=3)
+    assert (loaded.format, loaded.num_classes) == ("random-init", 3)
+    assert loaded.data_config == DataConfig((160, 160), 168, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    images = torch.randint(0, 256, (2, 3, 160, 160), dtype=torch.uint8)
+    assert ClassifierAdapter(loaded, loaded.data_config).predict(images).logits.shape == (2, 3)
+    with pytest.raises(ModelLoadError, match="timm cannot build 'no_such_net'"):
+        load_model("timm:no_such_net")
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory):
+    """The trained demo classifier exported with torch.onnx.export (batch axis dynamic), beside the torch model."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from visionstress.engine import demo_dir
+
+    model = load_model("visionstress.models.demo:tiny_classifier", weights=str(demo_dir() / "classifier.safetensors"))
+    path = tmp_path_factory.mktemp("onnx") / "demo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation and progress chatter
+        torch.onnx.export(model.module, (torch.rand(2, 3, 64, 64),), str(path), input_names=["pixels"],
+                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return model, path
+
+
+def test_onnx_export_predicts_like_the_torch_model(demo_onnx):
+    demo = pytest.importorskip("visionstress.models.demo")
+    torch_model, path = demo_onnx
+    loaded = load_model(str(path))
+    assert (loaded.format, loaded.num_classes, loaded.sha256, loaded.path) == ("onnx", 6, sha256(path), str(path))
+    assert loaded.module.session.get_providers() == ["CPUExecutionProvider"]
+    config = demo.DEMO_DATA_CONFIG
+    for batch in (1, 5):  # the exported batch axis is dynamic
+        images = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
+        onnx_logits = ClassifierAdapter(loaded, config).predict(images).logits
+        torch_logits = ClassifierAdapter(torch_model, config).predict(images).logits
+        torch.testing.assert_close(onnx_logits, torch_logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(onnx_logits.argmax(1), torch_logits.argmax(1))
+
+
+def test_onnx_model_through_a_run(demo_onnx, tmp_path):
+    """`vs.run` with the exported file scores the demo images exactly as with the torch model."""
+    import visionstress as vs
+    from visionstress.engine import demo_dir
+
+    demo = pytest.importorskip("visionstress.models.demo")
+    _, path = demo_onnx
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: two\nperturbations:\n  - {name: brightness, severities: [3]}\n"
+                     "  - {name: rotation, severities: [3]}\n")
+    config = tmp_path / "preprocessing.json"
+    config.write_text(json.dumps(demo.DEMO_DATA_CONFIG.to_dict()))
+    common = dict(data=demo_dir() / "val", suite=str(suite), limit=24, bootstrap=0, workers=0, gallery=0, device="cpu")
+    onnx_card = vs.run(model=str(path), data_config=config, out=tmp_path / "onnx", **common)
+    torch_card = vs.run(model="visionstress.models.demo:tiny_classifier",
+                        weights=demo_dir() / "classifier.safetensors", out=tmp_path / "torch", **common)
+    assert onnx_card.model["format"] == "onnx" and onnx_card.dataset["num_samples"] == 24
+    assert len(onnx_card.results) == 3
+    for onnx_row, torch_row in zip(onnx_card.results, torch_card.results, strict=True):
+        assert onnx_row["metrics"]["top1"] == torch_row["metrics"]["top1"], onnx_row
+        assert onnx_row["metrics"]["ece"] == pytest.approx(torch_row["metrics"]["ece"], abs=1e-5)
 
 
 # --- DataConfig -----------------------------------------------------------------------------------

@@ -355,6 +355,18 @@ def test_torchvision_segmenter_round_trip(tmp_path, name, aux):
     assert torch.equal(out.labels, expected.argmax(1))
 
 
+def test_dataset_classes_size_only_an_untrained_head(tmp_path):
+    """The dataset's class count is a default for a head built from scratch, never an override: the user's
+    num_classes wins, and a checkpoint's head decides its own width."""
+    name = "torchvision:lraspp_mobilenet_v3_large"
+    assert load_model(name, task="segmentation", dataset_classes=4).num_classes == 4
+    assert load_model(name, task="segmentation", num_classes=6, dataset_classes=4).num_classes == 6
+    model = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)
+    path = tmp_path / "seg.safetensors"
+    save_file(model.state_dict(), str(path))
+    assert load_model(name, weights=str(path), task="segmentation", dataset_classes=4).num_classes == 5
+
+
 def test_fcn_returns_a_dict_with_out():
     with pytest.warns(UserWarning, match="random weights"):
         loaded = load_model("torchvision:fcn_resnet50", task="segmentation")

@@ -41,7 +41,7 @@ def read_coco_boxes(path: str | Path, image_name: str) -> tuple[ObjectTargets, d
             labels.append(int(a["category_id"]))
     except AnnotationError:
         raise
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise AnnotationError(f"{path}: cannot read COCO JSON ({exc})") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise AnnotationError(f"{path}: not COCO-style detection JSON (missing or bad field {exc})") from exc

@@ -6,20 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-DEMO_SUBDIR = Path("data") / "demo" / "shapes"
-
-
 def demo_dir() -> Path:
-    """Where the bundled demo lives: beside the package in a source checkout (editable install),
-    else under the current directory (a wheel install run from a clone of the repository)."""
-    candidates = [Path(__file__).resolve().parents[1] / DEMO_SUBDIR, Path.cwd() / DEMO_SUBDIR]
+    """The bundled demo's `shapes/` folder: inside the installed package (`visionstress/demo_data`, a wheel
+    install) or in the source checkout beside it (`data/demo`, an editable install), whatever the
+    current directory. pyproject.toml maps data/demo into the wheel as the `visionstress.demo_data`
+    package, so both layouts hold the same files."""
+    package = Path(__file__).resolve().parent
+    candidates = [package / "demo_data" / "shapes", package.parent / "data" / "demo" / "shapes"]
     for candidate in candidates:
         if (candidate / "classifier.safetensors").is_file():
             return candidate
     raise FileNotFoundError(
-        "the bundled demo (data/demo/shapes) was not found beside the package or in the current directory; "
-        "run from a clone of the visionstress repository, or regenerate it with `python data/make_demo_dataset.py "
-        "&& python data/train_demo.py`"
+        f"the bundled demo was not found (looked in {' and '.join(map(str, candidates))}); reinstall visionstress, "
+        "or in a source checkout regenerate it with `python data/make_demo_dataset.py && python data/train_demo.py`"
     )
 
 

@@ -130,13 +130,13 @@ def _read(path: Path) -> Any:
         toml = _toml_module()
         try:
             return toml.loads(raw.decode("utf-8"))
-        except (toml.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except (toml.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise SuiteError(f"{path}: not valid TOML: {exc}") from None
     import yaml  # JSON is a subset of YAML, so one parser covers both
 
     try:
         return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise SuiteError(f"{path}: not valid YAML: {exc}") from None
 
 

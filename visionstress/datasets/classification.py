@@ -17,7 +17,9 @@ import csv
 import difflib
 import hashlib
 import json
+import os
 import re
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from visionstress.batch import Batch
-from visionstress.images import ImageReadError, read_image
+from visionstress.images import MAX_PIXELS, ImageReadError, display_path, read_image
 
 if TYPE_CHECKING:  # only annotated here: keeps datasets importable without loading the model stack
     from visionstress.models.data_config import DataConfig
@@ -47,10 +49,17 @@ class Sample:
     path: str
     label: int
 
+    @property
+    def display_path(self) -> str:
+        """`path` safe to print and to write to UTF-8 files (records, scorecard, report); see
+        `visionstress.images.display_path`."""
+        return display_path(self.path)
+
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file left out of the run because it could not be decoded; reported in the scorecard."""
+    """A file left out of the run because it could not be decoded; reported in the scorecard.
+    `path` is the display form (`visionstress.images.display_path`), safe to write anywhere."""
 
     path: str
     reason: str
@@ -60,14 +69,15 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as given; the message names the file or key and the problem."""
 
 
-def read_image_or_skip(path: str | Path) -> torch.Tensor | SkippedFile:
-    """The decoded image, or a SkippedFile saying why it could not be decoded. Never raised here, so
-    that loader workers hand the reason back and a strict run raises it in the main process, where the
-    message is not buried under a worker traceback."""
+def read_image_or_skip(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor | SkippedFile:
+    """The decoded image, or a SkippedFile saying why it could not be decoded (or is over `max_pixels`).
+    Never raised here, so that loader workers hand the reason back and a strict run raises it in the
+    main process, where the message is not buried under a worker traceback."""
     try:
-        return read_image(path)
+        return read_image(path, max_pixels=max_pixels)
     except (ImageReadError, Image.DecompressionBombError) as exc:
-        return SkippedFile(path=str(path), reason=str(exc).removeprefix(f"{path}: "))
+        shown = display_path(path)
+        return SkippedFile(path=shown, reason=str(exc).removeprefix(f"{shown}: "))
 
 
 class SkipsUnreadable(Dataset):
@@ -112,14 +122,20 @@ def read_class_names(path: str | Path) -> list[str]:
 
 
 def load_classification_samples(
-    data: str | Path, class_names: Sequence[str] | None = None
+    data: str | Path, class_names: Sequence[str] | None = None, *, allow_outside_paths: bool = False
 ) -> tuple[list[Sample], list[str]]:
     """Discover the labelled images of `data` and return `(samples, class_names)`.
 
     `data` is an ImageFolder directory (one sub-folder per class, classes in sorted folder order,
     hidden folders and files ignored, images found recursively by extension) or a `.csv` / `.json`
     list of `path,label` (paths relative to the list file). A label that is an integer (or a string
-    of digits) is a class index; any other label is a class name.
+    of digits) is a class index; any other label is a class name. A folder entry with an image
+    extension that is not a readable file (a dangling or looping symbolic link, a directory called
+    `x.png`) is listed like any image, so that the run records it as skipped with the reason.
+
+    A list's paths must stay inside the list's folder (after `..` and symbolic links), as COCO file
+    names must stay inside their images folder: a list from elsewhere cannot make a run read
+    arbitrary files. `allow_outside_paths` lifts that for lists that deliberately point elsewhere.
 
     With `class_names` (the model's classes in index order), folder names and name labels are mapped
     to those indices and the returned names are `class_names`; a name not in it, or an index outside
@@ -150,7 +166,7 @@ def load_classification_samples(
             )
         if not rows:
             raise DatasetError(f"{path}: dataset is empty (the list has no entries)")
-        return _list_samples(path, rows, class_names)
+        return _list_samples(path, rows, class_names, allow_outside_paths)
     raise DatasetError(f"{path}: dataset not found")
 
 
@@ -188,10 +204,12 @@ class ClassificationImages(Dataset):
     (`strict=False`) so the run goes on and reports it, or raises `DatasetError` (`strict=True`).
     """
 
-    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False) -> None:
+    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False, *,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.samples = list(samples)
         self.data_config = data_config
         self.strict = strict
+        self.max_pixels = max_pixels
         self._interpolation = InterpolationMode(data_config.interpolation)
 
     def __len__(self) -> int:
@@ -212,7 +230,7 @@ class ClassificationImages(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedFile:
         """The decoded sample, or why it could not be decoded (see `read_image_or_skip`)."""
         sample = self.samples[index]
-        image = read_image_or_skip(sample.path)
+        image = read_image_or_skip(sample.path, self.max_pixels)
         if isinstance(image, SkippedFile):
             return image
         return self._resize_crop(image), sample.label, index
@@ -255,8 +273,7 @@ def _image_folder(root: Path, class_names: list[str] | None) -> tuple[list[Sampl
         files = sorted(
             p
             for p in folder.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in IMAGE_EXTENSIONS
+            if p.suffix.lower() in IMAGE_EXTENSIONS
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         )
         samples.extend(Sample(path=str(p), label=label) for p in files)
@@ -290,7 +307,7 @@ def _csv_rows(path: Path) -> list[tuple[str, str | int, str]]:
 def _json_rows(path: Path) -> list[tuple[str, str | int, str]]:
     try:
         entries = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"{path}: cannot read the JSON list ({exc})") from exc
     if not isinstance(entries, list):
         raise DatasetError(
@@ -300,23 +317,31 @@ def _json_rows(path: Path) -> list[tuple[str, str | int, str]]:
     for i, entry in enumerate(entries):
         where = f"{path}: entry [{i}]"
         if not isinstance(entry, dict):
-            raise DatasetError(f"{where}: expected an object with keys 'path' and 'label', got {entry!r}")
+            raise DatasetError(f"{where}: expected an object with keys 'path' and 'label', got {reprlib.repr(entry)}")
         missing = [key for key in ("path", "label") if key not in entry]
         if missing:
             raise DatasetError(f"{where}: missing key(s) {missing}")
         file, label = entry["path"], entry["label"]
         if not isinstance(file, str) or not file.strip():
-            raise DatasetError(f"{where}: 'path' must be a non-empty string, got {file!r}")
+            raise DatasetError(f"{where}: 'path' must be a non-empty string, got {reprlib.repr(file)}")
         if isinstance(label, bool) or not isinstance(label, (int, str)) or label == "":
-            raise DatasetError(f"{where}: 'label' must be a class index or a class name, got {label!r}")
+            raise DatasetError(f"{where}: 'label' must be a class index or a class name, got {reprlib.repr(label)}")
         rows.append((file.strip(), label.strip() if isinstance(label, str) else label, where))
     return rows
 
 
 def _list_samples(
-    list_file: Path, rows: list[tuple[str, str | int, str]], class_names: list[str] | None
+    list_file: Path, rows: list[tuple[str, str | int, str]], class_names: list[str] | None, allow_outside_paths: bool
 ) -> tuple[list[Sample], list[str]]:
     base = list_file.parent
+    if not allow_outside_paths:
+        for file, _, where in rows:
+            if not is_inside(base / file, base):
+                raise DatasetError(
+                    f"{where}: path {display_path(file)!r} points outside the list's folder {base}; list paths must "
+                    "be relative paths inside it (pass allow_outside_paths=True, --allow-outside-paths, for a list "
+                    "that deliberately points elsewhere)"
+                )
     parsed = [(file, _as_index(label), label, where) for file, label, where in rows]
     by_name = [(label, where) for _, index, label, where in parsed if index is None]
     by_index = [(index, where) for _, index, _, where in parsed if index is not None]
@@ -350,6 +375,12 @@ def _list_samples(
         for file, index, label, _ in parsed
     ]
     return samples, names
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether `path` lies inside `root` once `..` and symbolic links are resolved (an absolute `path`
+    elsewhere, `../x` and a link out of `root` do not)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
 def _as_index(label: str | int) -> int | None:

@@ -17,17 +17,21 @@ import contextlib
 import io
 import json
 import math
+import reprlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from visionstress.batch import Batch, ObjectTargets
-from visionstress.datasets.classification import DatasetError, SkippedFile, SkipsUnreadable, read_image_or_skip
+from visionstress.datasets.classification import (DatasetError, SkippedFile, SkipsUnreadable, is_inside,
+                                                  read_image_or_skip)
+from visionstress.images import MAX_PIXELS, display_path
 
 if TYPE_CHECKING:  # pycocotools is imported when a dataset is loaded, not with the package
     from pycocotools.coco import COCO
@@ -50,6 +54,11 @@ class DetectionSample:
     width: int
     height: int
 
+    @property
+    def display_path(self) -> str:
+        """`path` safe to print and to write to UTF-8 files; see `visionstress.images.display_path`."""
+        return display_path(self.path)
+
 
 @dataclass
 class CocoDataset:
@@ -63,13 +72,15 @@ class CocoDataset:
     warnings: list[str]  # what was fixed up, one line per annotation, naming the file and annotation id
 
 
-def load_coco_dataset(data: str | Path, images: str | Path | None = None, *, with_masks: bool = False) -> CocoDataset:
+def load_coco_dataset(data: str | Path, images: str | Path | None = None, *, with_masks: bool = False,
+                      allow_outside_paths: bool = False) -> CocoDataset:
     """Load and validate a COCO instances dataset.
 
     `data` is the instances JSON (images are then under `images`, else beside the JSON) or a directory
     holding `annotations.json` (images under `images`, else `DIR/images` if it exists, else `DIR`).
     `with_masks` also checks that every annotation has a polygon or RLE segmentation, for runs that
-    score instance masks. Raises `DatasetError` naming the file and the annotation / image at fault.
+    score instance masks. File names must lie inside the images folder (after `..` and symbolic links)
+    unless `allow_outside_paths`. Raises `DatasetError` naming the file and the annotation / image at fault.
     """
     data = Path(data)
     if data.is_dir():
@@ -87,7 +98,7 @@ def load_coco_dataset(data: str | Path, images: str | Path | None = None, *, wit
 
     raw = _read_json(annotation_file)
     categories = _check_categories(annotation_file, raw["categories"])
-    infos = _check_images(annotation_file, raw["images"], images_root)
+    infos = _check_images(annotation_file, raw["images"], images_root, allow_outside_paths)
     annotations, notes = _check_annotations(annotation_file, raw["annotations"], infos, categories)
     if with_masks:
         for ann in annotations:
@@ -128,10 +139,12 @@ class DetectionImages(SkipsUnreadable):
     `SkippedFile` (`strict=False`) or raises `DatasetError` (`strict=True`).
     """
 
-    def __init__(self, dataset: CocoDataset, *, with_masks: bool = False, strict: bool = False) -> None:
+    def __init__(self, dataset: CocoDataset, *, with_masks: bool = False, strict: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.dataset = dataset
         self.with_masks = with_masks
         self.strict = strict
+        self.max_pixels = max_pixels
         if with_masks:
             for ann in dataset.coco.dataset["annotations"]:
                 _check_segmentation(dataset.annotation_file, ann)
@@ -154,14 +167,14 @@ class DetectionImages(SkipsUnreadable):
         """The sample, or why its file could not be decoded (see `read_image_or_skip`)."""
         sample = self.dataset.samples[index]
         path = self.dataset.images_root / sample.path
-        image = read_image_or_skip(path)
+        image = read_image_or_skip(path, self.max_pixels)
         if isinstance(image, SkippedFile):
             return image
         height, width = image.shape[-2:]
         if (height, width) != (sample.height, sample.width):
             hint = " (EXIF orientation turned it?)" if (height, width) == (sample.width, sample.height) else ""
             raise DatasetError(
-                f"{path}: decoded image is {width}x{height} but {self.dataset.annotation_file} says "
+                f"{display_path(path)}: decoded image is {width}x{height} but {self.dataset.annotation_file} says "
                 f"{sample.width}x{sample.height} (image id {sample.image_id}){hint}; "
                 "its boxes would not match the pixels"
             )
@@ -191,7 +204,7 @@ class DetectionImages(SkipsUnreadable):
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"{path}: not a readable JSON file ({exc})") from exc
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories', "
@@ -218,14 +231,14 @@ def _entry(path: Path, key: str, i: int, entry: Any, fields: dict[str, Any]) -> 
     """Check that `entry` (item `i` of list `key`) is an object whose `fields` pass their checks."""
     where = f"{path}: {key}[{i}]"
     if not isinstance(entry, dict):
-        raise DatasetError(f"{where}: expected an object, got {entry!r}")
+        raise DatasetError(f"{where}: expected an object, got {reprlib.repr(entry)}")
     if "id" in entry and _is_int(entry["id"]):
         where = f"{path}: {key}[{i}] (id {entry['id']})"
     for field, (check, expected) in fields.items():
         if field not in entry:
             raise DatasetError(f"{where}: missing '{field}'")
         if not check(entry[field]):
-            raise DatasetError(f"{where}: '{field}' must be {expected}, got {entry[field]!r}")
+            raise DatasetError(f"{where}: '{field}' must be {expected}, got {reprlib.repr(entry[field])}")
     return entry
 
 
@@ -245,7 +258,7 @@ def _check_categories(path: Path, entries: list) -> dict[int, dict]:
     return {c["id"]: c for c in checked}
 
 
-def _check_images(path: Path, entries: list, root: Path) -> dict[int, dict]:
+def _check_images(path: Path, entries: list, root: Path, allow_outside_paths: bool) -> dict[int, dict]:
     size = (lambda v: _is_int(v) and v > 0, "a positive integer")
     fields = {"id": (_is_int, "an integer"), "file_name": (lambda v: isinstance(v, str) and v != "", "a file name"),
               "width": size, "height": size}
@@ -253,16 +266,17 @@ def _check_images(path: Path, entries: list, root: Path) -> dict[int, dict]:
     if not checked:
         raise DatasetError(f"{path}: 'images' is empty")
     _no_duplicates(path, "image", [info["id"] for info in checked])
-    resolved_root = root.resolve()
     missing = []
     for info in checked:
         name = info["file_name"]
         file = root / name
-        if Path(name).is_absolute() or not file.resolve().is_relative_to(resolved_root):
-            raise DatasetError(f"{path}: image {info['id']}: file_name {name!r} points outside the images folder "
-                               f"{root}; file names must be relative paths inside it")
+        if not allow_outside_paths and (Path(name).is_absolute() or not is_inside(file, root)):
+            raise DatasetError(f"{path}: image {info['id']}: file_name {display_path(name)!r} points outside the "
+                               f"images folder {root}; file names must be relative paths inside it (pass "
+                               "allow_outside_paths=True, --allow-outside-paths, for a dataset that deliberately "
+                               "points elsewhere)")
         if not file.is_file():
-            missing.append(name)
+            missing.append(display_path(name))
     if missing:
         shown = ", ".join(missing[:_SHOWN])
         raise DatasetError(f"{path}: {len(missing)} image file(s) listed but not found under {root}: {shown}"
@@ -303,9 +317,8 @@ def _check_annotations(
             notes.append(f"{where} (image {info['file_name']}): bbox {ann['bbox']} extends outside the "
                          f"{info['width']}x{info['height']} image; clipped to {bbox}")
         segmentation = ann.get("segmentation")
-        if isinstance(segmentation, dict) and segmentation.get("size") != [info["height"], info["width"]]:
-            raise DatasetError(f"{where}: RLE segmentation size {segmentation.get('size')!r} differs from its image "
-                               f"{info['file_name']} ([height, width] = {[info['height'], info['width']]})")
+        if isinstance(segmentation, dict):
+            _check_rle(where, segmentation, info)
         out.append({**ann, "bbox": bbox, "iscrowd": int(iscrowd), "area": float(ann.get("area", bbox[2] * bbox[3]))})
     return out, notes
 
@@ -322,10 +335,58 @@ def _check_segmentation(path: Path, ann: dict) -> None:
                     and all(_is_number(c) for c in polygon)):
                 raise DatasetError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...] of at least "
                                    f"3 points, got {str(polygon)[:80]}")
-    elif isinstance(segmentation, dict):
-        counts = segmentation.get("counts")
-        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(c) for c in counts))):
-            raise DatasetError(f"{where}: RLE 'counts' must be a string or a list of integers")
-    else:
+    elif not isinstance(segmentation, dict):  # an RLE is checked with its annotation (`_check_rle`)
         raise DatasetError(f"{where}: no 'segmentation' (polygon list or RLE); instance masks need one")
 
+
+def _check_rle(where: str, rle: dict, info: dict) -> None:
+    """An RLE must cover exactly its image: pycocotools decodes runs without bounds checks, so counts
+    that add up to more pixels than the image write past the mask (and fewer leave it half-filled)."""
+    height, width = info["height"], info["width"]
+    if rle.get("size") != [height, width]:
+        raise DatasetError(f"{where}: RLE segmentation size {reprlib.repr(rle.get('size'))} differs from its image "
+                           f"{display_path(info['file_name'])} ([height, width] = {[height, width]})")
+    counts = rle.get("counts")
+    if isinstance(counts, str):
+        runs = rle_counts(counts)
+        if runs is None:
+            raise DatasetError(f"{where}: RLE 'counts' {reprlib.repr(counts)} is not a valid compressed RLE string")
+    elif isinstance(counts, list) and all(_is_int(c) for c in counts):
+        runs = np.asarray(counts, dtype=np.int64)
+    else:
+        raise DatasetError(f"{where}: RLE 'counts' must be a compressed string or a list of integers, "
+                           f"got {reprlib.repr(counts)}")
+    if (runs < 0).any():
+        raise DatasetError(f"{where}: RLE 'counts' has a negative run")
+    if int(runs.sum()) != height * width:
+        raise DatasetError(f"{where}: RLE 'counts' cover {int(runs.sum())} pixels, but its {width}x{height} image has "
+                           f"{height * width}")
+
+
+def rle_counts(text: str) -> np.ndarray | None:
+    """The run lengths of a COCO compressed RLE string, or None if it is not one.
+
+    The format (pycocotools' `rleToString`): each count is written as 5-bit groups, least significant
+    first, one character per group (value + 48), bit 0x20 set on every group but the last of a count,
+    and bit 0x10 of the last group as the sign; from the fourth count on, a count is stored as the
+    difference to the count two places before it. Decoded with numpy, since masks of large images
+    have long strings.
+    """
+    if not text.isascii():
+        return None
+    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if codes.size == 0 or (codes < 0).any() or (codes > 63).any() or codes[-1] & 0x20:
+        return None
+    last = (codes & 0x20) == 0  # the last group of each count
+    starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
+    group = np.arange(codes.size) - np.repeat(starts, np.diff(np.append(starts, codes.size)))
+    if group.max() > 11:  # more than 60 bits: no image has that many pixels
+        return None
+    values = np.add.reduceat((codes & 0x1F) << (5 * group), starts)
+    ends = np.flatnonzero(last)
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * (group[ends][negative] + 1))
+    runs = values.copy()
+    runs[3::2] = np.cumsum(values[1::2])[1:]  # count m (m > 2) is stored as count m - count m-2
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs

@@ -9,6 +9,7 @@ named instead of silently counting as a miss.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch import Tensor
 from visionstress.batch import DEFAULT_IGNORE_INDEX, Batch
 from visionstress.datasets.classification import (DatasetError, SkippedFile, SkipsUnreadable, read_class_names,
                                                   read_image_or_skip)
-from visionstress.images import ImageReadError, image_size
+from visionstress.images import MAX_PIXELS, ImageReadError, display_path, image_size, missing_reason
 
 SEGMENTATION_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _INDEX_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -36,6 +37,11 @@ class SegmentationSample:
     index: int
     image_path: str  # relative to the images root, posix
     mask_path: str  # relative to the masks root, posix
+
+    @property
+    def display_path(self) -> str:
+        """`image_path` safe to print and to write to UTF-8 files; see `visionstress.images.display_path`."""
+        return display_path(self.image_path)
 
 
 @dataclass
@@ -109,9 +115,11 @@ class SegmentationImages(SkipsUnreadable):
     values that are neither a class nor the ignore index) always raises.
     """
 
-    def __init__(self, dataset: SegmentationDataset, *, strict: bool = False) -> None:
+    def __init__(self, dataset: SegmentationDataset, *, strict: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.dataset = dataset
         self.strict = strict
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
@@ -135,16 +143,18 @@ class SegmentationImages(SkipsUnreadable):
         sample = self.dataset.samples[index]
         image_path = self.dataset.images_root / sample.image_path
         mask_path = self.dataset.masks_root / sample.mask_path
-        image = read_image_or_skip(image_path)
+        image = read_image_or_skip(image_path, self.max_pixels)
         if isinstance(image, SkippedFile):
             return image
         try:
-            mask = read_mask(mask_path)
+            mask = read_mask(mask_path, max_pixels=self.max_pixels)
         except ImageReadError as exc:
-            return SkippedFile(path=str(mask_path), reason=str(exc).removeprefix(f"{mask_path}: "))
+            shown = display_path(mask_path)
+            return SkippedFile(path=shown, reason=str(exc).removeprefix(f"{shown}: "))
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DatasetError(
-                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                f"{display_path(mask_path)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{display_path(image_path)} is "
                 f"{image.shape[2]}x{image.shape[1]} (width x height)"
             )
         self._check_values(mask, mask_path)
@@ -158,45 +168,58 @@ class SegmentationImages(SkipsUnreadable):
             shown = ", ".join(str(v) for v in bad[:_SHOWN].tolist())
             more = f" and {bad.numel() - _SHOWN} more" if bad.numel() > _SHOWN else ""
             raise DatasetError(
-                f"{path}: mask value(s) {shown}{more} are not class indices: {num_classes} classes "
+                f"{display_path(path)}: mask value(s) {shown}{more} are not class indices: {num_classes} classes "
                 f"(0..{num_classes - 1}) and ignore index {self.dataset.ignore_index}"
             )
 
 
-def read_mask(path: str | Path) -> Tensor:
+def read_mask(path: str | Path, *, max_pixels: int | None = MAX_PIXELS) -> Tensor:
     """int64 `[H, W]` class indices from a single-channel image, read without any conversion.
 
     Mode L and 16/32-bit integer images give their values, palette (P) images their palette
     indices, not their colours. EXIF orientation is applied, as it is to the image. Colour images
-    are refused: mapping colours to classes is dataset-specific and must be done beforehand.
+    are refused: mapping colours to classes is dataset-specific and must be done beforehand. A mask
+    of more than `max_pixels` is refused before it is decoded, as images are.
     """
     path = Path(path)
+    shown = display_path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
+        raise ImageReadError(f"{shown}: {missing_reason(path)}")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow's decompression-bomb warning: max_pixels decides here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageReadError(f"{shown}: {width}x{height} is {width * height:,} pixels, over the "
+                                     f"max_pixels limit of {max_pixels:,} (raise --max-pixels to decode it)")
             img.load()
             mode = img.mode
             if mode in _INDEX_MODES:
                 array = np.asarray(ImageOps.exif_transpose(img)).astype(np.int64)
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: not a readable mask image ({exc})") from exc
+        raise ImageReadError(f"{shown}: not a readable mask image ({exc})") from exc
     if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        raise DatasetError(f"{path}: colour-coded mask (mode {mode}); convert to class indices "
+        raise DatasetError(f"{shown}: colour-coded mask (mode {mode}); convert to class indices "
                            "(a single-channel or palette PNG whose pixel values are class indices)")
     if mode not in _INDEX_MODES:
-        raise DatasetError(f"{path}: mask mode {mode} does not hold class indices; expected a single-channel "
+        raise DatasetError(f"{shown}: mask mode {mode} does not hold class indices; expected a single-channel "
                            "(L, I;16, I) or palette (P) image")
     return torch.from_numpy(array)
 
 
 def _find(root: Path) -> list[PurePosixPath]:
-    """Image files under `root` (recursively, hidden files and folders skipped), relative, sorted."""
+    """Image files under `root` (recursively, hidden files and folders skipped), relative, sorted.
+
+    An entry with an image extension that is not a readable file (a dangling or looping symbolic link,
+    a directory called `x.png`) is found too, so that the run records it as skipped with the reason."""
     found = []
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if (path.suffix.lower() in SEGMENTATION_EXTENSIONS and path.is_file()
-                and not any(part.startswith(".") for part in rel.parts)):
+        if path.suffix.lower() in SEGMENTATION_EXTENSIONS and not any(part.startswith(".") for part in rel.parts):
             found.append(PurePosixPath(rel.as_posix()))
     return sorted(found)
 
@@ -224,15 +247,16 @@ def _pair(
                                f"{str(key)!r}; their mask would be ambiguous")
         candidates = by_relative.get(key) or by_stem.get(image.stem, [])
         if len(candidates) > 1:
-            raise DatasetError(f"{masks_root}: masks {[str(p) for p in candidates]} all match image {image}; "
+            raise DatasetError(f"{masks_root}: masks {[str(p) for p in candidates]} all match image "
+                               f"{display_path(image)}; "
                                "keep one mask per image stem")
         if not candidates:
-            unmatched.append(str(image))
+            unmatched.append(display_path(image))
             continue
         mask = candidates[0]
         if mask.with_suffix("") != key and len(images_by_stem[image.stem]) > 1:
             shared = [str(p) for p in images_by_stem[image.stem]]
-            raise DatasetError(f"{masks_root}: mask {mask} matches images {shared} by file stem alone; "
+            raise DatasetError(f"{masks_root}: mask {display_path(mask)} matches images {shared} by file stem alone; "
                                "put masks in the same sub-folders as their images")
         pairs.append((str(image), str(mask)))
     if unmatched:

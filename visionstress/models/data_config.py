@@ -99,7 +99,7 @@ def read_mapping_file(path: str | Path, what: str, expected: str, error: type[Va
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise error(f"{path}: not a readable YAML/JSON {what} ({exc})") from exc
     if not isinstance(data, Mapping):
         raise error(f"{path}: expected {expected}, got {type(data).__name__}")

@@ -79,20 +79,26 @@ def load_model(
     trust_model: bool = False,
     num_classes: int | None = None,
     task: str = "classification",
+    *,
+    dataset_classes: int | None = None,
 ) -> LoadedModel:
     """Load `spec`: `torchvision:NAME`, `timm:NAME`, `package.module:function`, or a model file path.
 
     `weights` (a state dict in .pth/.pt or .safetensors) applies to architectures and factories;
-    `num_classes` rebuilds the architecture's head for a fine-tuned checkpoint. `task` picks where
-    `torchvision:NAME` is looked up (torchvision.models, .detection or .segmentation); factories
-    and model files load the same way for every task.
+    `num_classes` is what the user asked for (--num-classes): it rebuilds the architecture's head for a
+    fine-tuned checkpoint and is passed to a factory, which must then take it. `dataset_classes` is the
+    class count the dataset implies: only a torchvision detector or segmenter built without weights uses
+    it (as its width when the user gave none); a factory is called with the user's arguments alone, so
+    `def build(): ...` works for every task. `task` picks where `torchvision:NAME` is looked up
+    (torchvision.models, .detection or .segmentation); factories and model files load the same way for
+    every task.
     """
     if task not in TASKS:
         raise ModelLoadError(f"{spec}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     spec = spec.strip()
     if spec.startswith("torchvision:"):
         if task != "classification":
-            return _load_torchvision_dense(spec, task, weights, trust_model, num_classes)
+            return _load_torchvision_dense(spec, task, weights, trust_model, num_classes, dataset_classes)
         return _load_torchvision(spec, weights, trust_model, num_classes)
     if spec.startswith("timm:"):
         if task != "classification":
@@ -152,12 +158,13 @@ _DENSE_CLASS_HEADS = (
 
 
 def _load_torchvision_dense(
-    spec: str, task: str, weights: str | None, trust: bool, num_classes: int | None
+    spec: str, task: str, weights: str | None, trust: bool, num_classes: int | None, dataset_classes: int | None
 ) -> LoadedModel:
     """A torchvision detector or segmenter, built with no pretrained weights (nothing is downloaded)
     and loaded from `weights`. The class count comes from the checkpoint's classification head, so a
     fine-tuned model needs no --num-classes; a segmentation checkpoint with `aux_classifier.*` keys
-    gets the auxiliary head it was trained with. Detectors normalise their own input (data_config
+    gets the auxiliary head it was trained with. Without weights the head has `num_classes`, else
+    `dataset_classes`, else the published width. Detectors normalise their own input (data_config
     None); segmenters get the mean/std of the weights' published transform."""
     import torchvision.models as tvm
 
@@ -186,6 +193,8 @@ def _load_torchvision_dense(
     width = num_classes if num_classes is not None else len(categories)
     if weights is None:
         _warn_random_weights(spec)
+        if num_classes is None and dataset_classes is not None:
+            width = dataset_classes
         module, path, sha, fmt = build(width, False), None, None, "random-init"
     else:
         state, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)

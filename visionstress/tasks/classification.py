@@ -108,7 +108,7 @@ class ClassificationTask(Task):
 
         data = Path(options.data)
         names = read_class_names(options.class_names) if options.class_names is not None else None
-        samples, class_list = load_classification_samples(data, names)
+        samples, class_list = load_classification_samples(data, names, allow_outside_paths=options.allow_outside_paths)
         if options.limit is not None:
             samples = samples[:options.limit]
         loaded = load_model(options.model, weights=_str(options.weights), trust_model=options.trust_model,
@@ -136,8 +136,8 @@ class ClassificationTask(Task):
         evaluator = ClassificationEvaluator(len(class_list), class_list, bootstrap=options.bootstrap,
                                             seed=options.seed)
         return TaskRun(
-            dataset=RunDataset(ClassificationImages(samples, config, strict=options.strict),
-                               relative_paths([s.path for s in samples], root), info, list(class_list), root),
+            dataset=RunDataset(ClassificationImages(samples, config, strict=options.strict, max_pixels=options.max_pixels),
+                               relative_paths([s.display_path for s in samples], root), info, list(class_list), root),
             model=loaded, adapter=adapter, evaluator=evaluator, gallery=ClassificationGallery(class_list),
             data_config={**config.to_dict(), "source": source},
         )

@@ -47,3 +47,20 @@ register_options(
     Option("overwrite", bool, False, "Replace the run already in --out instead of refusing.", group="output"),
     Option("progress", object, None, "progress(done, total), called as predictions are scored.", exposed=False),
 )
+
+
+# --- Input safety: what a dataset may make a run read -----------------------------------------------
+# Plain keyword parameters of the dataset functions carry these (same names, same defaults):
+# max_pixels: ClassificationImages, DetectionImages, SegmentationImages (and read_image / read_mask);
+# allow_outside_paths: load_classification_samples, load_coco_dataset.
+
+MAX_PIXELS = 100_000_000  # = visionstress.images.MAX_PIXELS (kept here so that this module needs no torch)
+PILLOW_MAX_PIXELS = 178_956_970  # Pillow refuses to open larger images (2 x PIL.Image.MAX_IMAGE_PIXELS)
+
+register_options(
+    Option("max_pixels", int, MAX_PIXELS, "Skip (and record) images of more pixels than this, read from the "
+           "file's header before decoding.", minimum=1, maximum=PILLOW_MAX_PIXELS, group="data"),
+    Option("allow_outside_paths", bool, False, "Let a CSV/JSON list or a COCO file name images outside its own "
+           "folder (../, absolute paths, links out of it).", tasks=frozenset({"classification", "detection"}),
+           group="data"),
+)

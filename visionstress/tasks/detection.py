@@ -146,7 +146,8 @@ class DetectionTask(Task):
             raise RunError("--instance-masks cannot be combined with --canvas: masks are scored at each image's own "
                            "size; drop --canvas (the model resizes images itself)")
         data = Path(options.data)
-        dataset = load_coco_dataset(data, options.images, with_masks=options.instance_masks)
+        dataset = load_coco_dataset(data, options.images, with_masks=options.instance_masks,
+                                    allow_outside_paths=options.allow_outside_paths)
         if options.limit is not None:
             dataset.samples = dataset.samples[:options.limit]
         loaded = load_model(options.model, weights=None if options.weights is None else str(options.weights),
@@ -161,7 +162,8 @@ class DetectionTask(Task):
                                   label_map=mapping, categories=[int(c["id"]) for c in dataset.categories])
         samples = dataset.samples
         canvas = options.canvas
-        images = DetectionImages(dataset, with_masks=options.instance_masks, strict=options.strict)
+        images = DetectionImages(dataset, with_masks=options.instance_masks, strict=options.strict,
+                                 max_pixels=options.max_pixels)
         planned = images if canvas is None else OnCanvas(images, canvas)
 
         def letterbox(ids: list[int]) -> tuple[list[tuple[int, int]], list[float]]:
@@ -178,7 +180,7 @@ class DetectionTask(Task):
                 "category_ids": [int(c["id"]) for c in dataset.categories], "warnings": list(dataset.warnings)}
         names = {int(c["id"]): str(c["name"]) for c in dataset.categories}
         return TaskRun(
-            dataset=RunDataset(planned, [s.path for s in samples], info, class_names, dataset.images_root),
+            dataset=RunDataset(planned, [s.display_path for s in samples], info, class_names, dataset.images_root),
             model=loaded, adapter=adapter, evaluator=evaluator,
             gallery=DetectionGallery(names, options.score_threshold),
             data_config={"canvas": list(canvas) if canvas else None, "score_threshold": options.score_threshold,

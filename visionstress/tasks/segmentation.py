@@ -87,16 +87,17 @@ class SegmentationTask(Task):
             dataset.samples = dataset.samples[:options.limit]
         num = len(dataset.class_names)
         loaded = load_model(options.model, weights=None if options.weights is None else str(options.weights),
-                            trust_model=options.trust_model, num_classes=options.num_classes or num, task=NAME)
+                            trust_model=options.trust_model, num_classes=options.num_classes, task=NAME,
+                            dataset_classes=num)
         config, source = data_config(loaded.data_config, options)
         adapter = SegmenterAdapter(loaded, config, device=device, amp=options.amp, num_classes=num)
         evaluator = SegmentationEvaluator(num, dataset.class_names, ignore_index=dataset.ignore_index,
                                           bootstrap=options.bootstrap, seed=options.seed)
         info = {"path": data.name, "fingerprint": segmentation_fingerprint(dataset), "num_listed": len(dataset.samples),
                 "num_classes": num, "class_names": list(dataset.class_names), "ignore_index": dataset.ignore_index}
-        paths = relative_paths([dataset.images_root / s.image_path for s in dataset.samples], dataset.images_root)
+        paths = [s.display_path for s in dataset.samples]
         return TaskRun(
-            dataset=RunDataset(SegmentationImages(dataset, strict=options.strict), paths, info,
+            dataset=RunDataset(SegmentationImages(dataset, strict=options.strict, max_pixels=options.max_pixels), paths, info,
                                list(dataset.class_names), dataset.images_root),
             model=loaded, adapter=adapter, evaluator=evaluator, gallery=SegmentationGallery(dataset.ignore_index),
             data_config={**config.to_dict(), "source": source},
