@@ -9,7 +9,7 @@ inside it, keeping its aspect ratio, and padded; the per-image scale maps result
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +23,7 @@ from visionstress.batch import Batch, ObjectTargets
 from visionstress.datasets.classification import DatasetError, SkippedFile
 from visionstress.datasets.detection import DetectionImages
 from visionstress.datasets.segmentation import SegmentationImages
+from visionstress.foreground import segmentation_foreground
 
 T = TypeVar("T")
 
@@ -108,7 +109,7 @@ def iterate_detection_batches(
     is resized to fit inside it keeping its aspect ratio (bilinear, antialiased) and padded with zeros
     at the bottom and right; boxes and areas are scaled with it (instance masks resized by nearest
     neighbour), and `BatchInfo.scales` holds each image's scale: dividing canvas boxes by it gives
-    original-image boxes.
+    original-image boxes. With `images.foreground`, batches carry `foreground` (object pixels).
     """
     source: DecodedImages = images if canvas is None else _OnCanvas(images, _canvas_size(canvas))
 
@@ -117,8 +118,10 @@ def iterate_detection_batches(
             pixels = torch.stack([item[0] for item in items])
         else:
             pixels = torch.empty((0, 3, *(canvas or (0, 0))), dtype=torch.uint8)
+        # Object masks, when loaded, are the last element of every item (after the canvas scale).
+        foreground = torch.stack([item[-1] for item in items]) if items and images.foreground else None
         batch = Batch(images=pixels, sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
-                      boxes=[item[1] for item in items])
+                      boxes=[item[1] for item in items], foreground=foreground)
         scales = None if canvas is None else torch.tensor([item[3] for item in items], dtype=torch.float32)
         return batch, scales
 
@@ -127,9 +130,14 @@ def iterate_detection_batches(
 
 
 def iterate_segmentation_batches(
-    images: SegmentationImages, batch_size: int, workers: int = 0
+    images: SegmentationImages, batch_size: int, workers: int = 0,
+    background_classes: Sequence[int] | None = None,
 ) -> Iterator[tuple[Batch, BatchInfo]]:
-    """Segmentation batches (`masks` `[B, H, W]` with the dataset's `ignore_index`), grouped by shape."""
+    """Segmentation batches (`masks` `[B, H, W]` with the dataset's `ignore_index`), grouped by shape.
+
+    With `background_classes`, batches also carry `foreground`: the pixels of every other class (the
+    ignore index is never foreground), for the background and cue perturbations.
+    """
     ignore_index = images.dataset.ignore_index
 
     def make_batch(items: list[tuple[Any, ...]]) -> Batch:
@@ -137,9 +145,12 @@ def iterate_segmentation_batches(
             return Batch(images=torch.empty((0, 3, 0, 0), dtype=torch.uint8),
                          sample_ids=torch.empty(0, dtype=torch.int64),
                          masks=torch.empty((0, 0, 0), dtype=torch.int64), ignore_index=ignore_index)
+        masks = torch.stack([item[1] for item in items])
+        foreground = (None if background_classes is None
+                      else segmentation_foreground(masks, background_classes, ignore_index))
         return Batch(images=torch.stack([item[0] for item in items]),
                      sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
-                     masks=torch.stack([item[1] for item in items]), ignore_index=ignore_index)
+                     masks=masks, ignore_index=ignore_index, foreground=foreground)
 
     for batch, skipped in iterate_shape_batches(images, batch_size, workers, make_batch):
         yield batch, BatchInfo(skipped=skipped)
@@ -150,9 +161,7 @@ def fit_to_canvas(
 ) -> tuple[Tensor, ObjectTargets, float]:
     """Resize `image` to fit inside `canvas` keeping its aspect ratio, pad bottom/right with zeros, and
     scale its targets the same way. Returns (image, targets, scale)."""
-    height, width = image.shape[-2:]
-    scale = min(canvas[0] / height, canvas[1] / width)
-    size = [min(canvas[0], max(1, round(height * scale))), min(canvas[1], max(1, round(width * scale)))]
+    size, scale = _fitted_size(tuple(image.shape[-2:]), canvas)
     resized = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     padding = [0, 0, canvas[1] - size[1], canvas[0] - size[0]]  # left, top, right, bottom
     out = TF.pad(resized, padding, fill=0)
@@ -171,6 +180,13 @@ def fit_to_canvas(
         area=None if targets.area is None else targets.area * scale**2,
     )
     return out, moved, scale
+
+
+def _fitted_size(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[list[int], float]:
+    """The (height, width) an image of `size` takes inside `canvas` keeping its aspect ratio, and the scale."""
+    height, width = size
+    scale = min(canvas[0] / height, canvas[1] / width)
+    return [min(canvas[0], max(1, round(height * scale))), min(canvas[1], max(1, round(width * scale)))], scale
 
 
 def _canvas_size(canvas: Any) -> tuple[int, int]:
@@ -194,13 +210,17 @@ class _OnCanvas:
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, index: int) -> tuple[Tensor, ObjectTargets, int, float] | SkippedFile:
+    def load(self, index: int) -> tuple[Any, ...] | SkippedFile:
         item = self.images.load(index)
         if isinstance(item, SkippedFile):
             return item
-        image, targets, sample_id = item
+        image, targets, sample_id, *foreground = item
+        if foreground:  # object pixels follow the image onto the canvas (nearest; padding is background)
+            fitted, _ = _fitted_size(tuple(image.shape[-2:]), self.canvas)
+            mask = TF.resize(foreground[0][None].to(torch.uint8), fitted, interpolation=InterpolationMode.NEAREST_EXACT)
+            foreground = [TF.pad(mask, [0, 0, self.canvas[1] - fitted[1], self.canvas[0] - fitted[0]], fill=0)[0].bool()]
         image, targets, scale = fit_to_canvas(image, targets, self.canvas)
-        return image, targets, sample_id, scale
+        return (image, targets, sample_id, scale, *foreground)
 
 
 class _Loaded(Dataset):

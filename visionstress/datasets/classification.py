@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from visionstress.batch import Batch
+from visionstress.foreground import ForegroundError, pair_masks, read_foreground_mask
 from visionstress.images import ImageReadError, read_image
 
 if TYPE_CHECKING:  # only annotated here: keeps datasets importable without loading the model stack
@@ -187,13 +188,23 @@ class ClassificationImages(Dataset):
     straight to `input_size`), antialiased, on uint8 tensors with torchvision's v2 kernels; mean/std
     normalisation is left to the adapter, after perturbation. An unreadable file yields `None`
     (`strict=False`) so the run goes on and reports it, or raises `DatasetError` (`strict=True`).
+
+    With `masks` (a folder of object masks, see `visionstress.foreground.pair_masks`), items gain a
+    fourth element, the object mask as bool `[H, W]`, resized and cropped exactly as the image
+    (nearest neighbour): for the background and cue perturbations. Every image's mask is found
+    before any work; a mask of another size than its image is an error naming the file.
     """
 
-    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False) -> None:
+    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False,
+                 masks: str | Path | None = None) -> None:
         self.samples = list(samples)
         self.data_config = data_config
         self.strict = strict
         self._interpolation = InterpolationMode(data_config.interpolation)
+        try:
+            self.mask_paths = None if masks is None else pair_masks([s.path for s in self.samples], masks)
+        except ForegroundError as exc:
+            raise DatasetError(str(exc)) from None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -212,13 +223,22 @@ class ClassificationImages(Dataset):
         image = read_image_or_skip(sample.path)
         if isinstance(image, SkippedFile):
             return image
-        return self._resize_crop(image), sample.label, index
+        if self.mask_paths is None:
+            return self._resize_crop(image), sample.label, index
+        try:
+            mask = read_foreground_mask(self.mask_paths[index], tuple(image.shape[-2:]))
+        except ForegroundError as exc:
+            raise DatasetError(f"{exc} (image {sample.path})") from None
+        foreground = self._resize_crop(mask[None].to(torch.uint8), InterpolationMode.NEAREST_EXACT)[0].bool()
+        return self._resize_crop(image), sample.label, index, foreground
 
-    def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
+    def _resize_crop(self, image: torch.Tensor, interpolation: InterpolationMode | None = None) -> torch.Tensor:
+        interpolation = interpolation or self._interpolation
+        antialias = interpolation not in (InterpolationMode.NEAREST, InterpolationMode.NEAREST_EXACT)
         size = [int(s) for s in self.data_config.input_size]
         if self.data_config.resize is None:
-            return TF.resize(image, size, interpolation=self._interpolation, antialias=True)
-        image = TF.resize(image, [int(self.data_config.resize)], interpolation=self._interpolation, antialias=True)
+            return TF.resize(image, size, interpolation=interpolation, antialias=antialias)
+        image = TF.resize(image, [int(self.data_config.resize)], interpolation=interpolation, antialias=antialias)
         return TF.center_crop(image, size)
 
 
@@ -247,13 +267,13 @@ def iterate_batches(
         pin_memory=pin_memory,
     )
     pending: list[SkippedFile] = []
-    for images, labels, ids, skipped in loader:
+    for images, labels, ids, skipped, foreground in loader:
         if skipped and dataset.strict:
             raise DatasetError(f"{skipped[0].path}: {skipped[0].reason}")
         pending.extend(skipped)
         if images.shape[0] == 0:
             continue
-        yield Batch(images=images, sample_ids=ids, labels=labels), pending
+        yield Batch(images=images, sample_ids=ids, labels=labels, foreground=foreground), pending
         pending = []
     if pending:
         none = torch.empty(0, dtype=torch.int64)
@@ -274,8 +294,8 @@ class _WithSkipReasons(Dataset):
 
 
 def _collate(
-    items: list[tuple[torch.Tensor, int, int] | SkippedFile], size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SkippedFile]]:
+    items: list[tuple[Any, ...] | SkippedFile], size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[SkippedFile], torch.Tensor | None]:
     good = [item for item in items if not isinstance(item, SkippedFile)]
     skipped = [item for item in items if isinstance(item, SkippedFile)]
     if good:
@@ -284,7 +304,9 @@ def _collate(
         images = torch.empty((0, 3, *size), dtype=torch.uint8)
     labels = torch.tensor([item[1] for item in good], dtype=torch.int64)
     ids = torch.tensor([item[2] for item in good], dtype=torch.int64)
-    return images, labels, ids, skipped
+    # Object masks ride as an optional fourth item element (a dataset built with `masks`).
+    foreground = torch.stack([item[3] for item in good]) if good and len(good[0]) > 3 else None
+    return images, labels, ids, skipped, foreground
 
 
 def _image_folder(root: Path, class_names: list[str] | None) -> tuple[list[Sample], list[str]]:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from visionstress.batch import ObjectTargets
 from visionstress.datasets.classification import DatasetError, SkippedFile, SkipsUnreadable, read_image_or_skip
+from visionstress.foreground import ForegroundError, detection_foreground, detection_foreground_sources
 
 if TYPE_CHECKING:  # pycocotools is imported when a dataset is loaded, not with the package
     from pycocotools.coco import COCO
@@ -126,15 +127,30 @@ class DetectionImages(SkipsUnreadable):
     when it has none), `ids` = position in the image's annotation list, and with `with_masks` the
     instance masks (`[N, H, W]` bool, rasterised by pycocotools). An unreadable file gives a
     `SkippedFile` (`strict=False`) or raises `DatasetError` (`strict=True`).
+
+    With `foreground`, items gain a fourth element, the image's object pixels (bool `[H, W]`, for the
+    background and cue perturbations): the union of the objects' instance masks, with GrabCut on the box
+    for objects that have none (cached in `foreground_cache`; see `visionstress.foreground`).
     """
 
-    def __init__(self, dataset: CocoDataset, *, with_masks: bool = False, strict: bool = False) -> None:
+    def __init__(self, dataset: CocoDataset, *, with_masks: bool = False, strict: bool = False,
+                 foreground: bool = False, foreground_cache: str | Path | None = None) -> None:
         self.dataset = dataset
         self.with_masks = with_masks
         self.strict = strict
+        self.foreground = foreground
+        self.foreground_cache = foreground_cache
         if with_masks:
             for ann in dataset.coco.dataset["annotations"]:
                 _check_segmentation(dataset.annotation_file, ann)
+        if foreground:  # a malformed polygon must stop the run now, not in a loader worker
+            for ann in dataset.coco.dataset["annotations"]:
+                if ann.get("segmentation"):
+                    _check_segmentation(dataset.annotation_file, ann)
+
+    def foreground_sources(self) -> dict[str, int]:
+        """Images whose foreground comes from instance masks, from GrabCut, from both, or that have no objects."""
+        return detection_foreground_sources([s.image_id for s in self.dataset.samples], self.dataset.coco.imgToAnns)
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
@@ -154,7 +170,14 @@ class DetectionImages(SkipsUnreadable):
                 f"{sample.width}x{sample.height} (image id {sample.image_id}){hint}; "
                 "its boxes would not match the pixels"
             )
-        return image, self._targets(sample), index
+        if not self.foreground:
+            return image, self._targets(sample), index
+        try:
+            foreground = detection_foreground(image, self.dataset.coco.imgToAnns.get(sample.image_id, []),
+                                              self.dataset.coco, self.foreground_cache)
+        except ForegroundError as exc:
+            raise DatasetError(f"{exc} (image {path})") from None
+        return image, self._targets(sample), index, foreground
 
     def _targets(self, sample: DetectionSample) -> ObjectTargets:
         coco = self.dataset.coco
