@@ -123,6 +123,15 @@ DATA_CONFIG: dict[str, Any] = {"input_size": (SIZE, SIZE), "resize": None, "mean
                                "std": (1.0, 1.0, 1.0)}
 
 
+def first_batch(images: Path, masks: Path, batch_size: int = 8):
+    """The dataset's first batch with its object masks, as the engine would load it."""
+    from visionstress.datasets import ClassificationImages, iterate_batches, load_classification_samples
+    from visionstress.models.data_config import DataConfig
+
+    samples, _ = load_classification_samples(images)
+    return next(iterate_batches(ClassificationImages(samples, DataConfig(**DATA_CONFIG), masks=masks), batch_size))[0]
+
+
 def drive(model: nn.Module, images: Path, masks: Path, passes: Sequence[tuple[str, int]], tmp: Path, *,
           seed: int = 0, bootstrap: int = 200, options: dict[str, Any] | None = None, batch_size: int = 7):
     """Run `passes` ((perturbation, severity) after the clean pass) like the engine will, and return

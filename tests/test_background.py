@@ -367,3 +367,36 @@ def test_texture_fill_needs_textures_of_two_classes():
     bank = collect_bank([batch.replace(labels=torch.zeros(6, dtype=torch.long))], seed=0, num_classes=1)
     with pytest.raises(ValueError, match="at least two classes"):
         get_perturbation("texture_fill").with_bank(bank)
+
+
+# ---- the report ------------------------------------------------------------------------------------------
+
+
+def test_report_section_shows_the_variants_the_gap_and_the_cue_conflict(correlated, tmp_path):
+    from visionstress.report import render_report
+    from visionstress.scorecard import SCHEMA_VERSION, Scorecard
+    from visionstress.variant_examples import variant_examples
+
+    _, prepared, context = rd.drive(rd.BackgroundReader(), *correlated, ALL_PASSES, tmp_path)
+    background, cue = background_summary(context), cue_summary(context)
+    passes = [(prepared[name], severity) for name, severity in ALL_PASSES]
+    examples = variant_examples(passes, rd.first_batch(*correlated), 0, tmp_path, count=2)
+    assert [e["variants"] for e in examples] == [["clean", *[n for n, _ in ALL_PASSES]]] * 2
+    card = Scorecard(schema_version=SCHEMA_VERSION, task="classification",
+                     model={"spec": "tests:background_reader", "path": None, "sha256": "ab" * 32, "format": "python"},
+                     dataset={"path": "images", "fingerprint": "f" * 64, "num_samples": 32, "num_classes": 4,
+                              "class_names": list(rd.CLASSES), "skipped": []},
+                     suite={"name": "backgrounds", "seed": 0, "perturbations": []}, seed=0, data_config={},
+                     environment={"python": "3.11", "torch": "2", "visionstress": "0.1.0", "device": "cpu",
+                                  "device_name": "x86"},
+                     results=[{"perturbation": "clean", "family": "clean", "severity": 0, "metrics": {"top1": 1.0},
+                               "ci": {}}],
+                     summaries={"background": background, "cue": cue},
+                     breakdowns={"probe_examples": examples}, timing={}, records_path=None)
+    card.save(tmp_path / "card")  # the summaries are valid scorecard JSON
+    html = render_report(card, tmp_path)
+    assert 'id="probes"' in html and html.count("<img") == 2
+    assert f"{100 * background['bg_gap']:+.1f} pp" in html
+    assert f"{100 * cue['shape_bias']:.1f}%" in html and "mixed_rand" in html and "patch_shuffle k=4" in html
+    card.summaries, card.breakdowns = {}, {}
+    assert 'id="probes"' not in render_report(card, tmp_path)
