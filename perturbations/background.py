@@ -6,7 +6,7 @@ the user's own data and object masks (visionstress.foreground):
 
 - `only_fg`: the background replaced by a constant grey;
 - `no_fg`: the object removed, its pixels filled by OpenCV inpainting;
-- `only_bg_t`: the object's pixels filled with tiles of the image's own background;
+- `only_bg_t`: the object's bounding box filled with tiles of the image's own background;
 - `mixed_same` / `mixed_rand` / `mixed_next`: the object pasted, in place, onto the background of another
   image of the same class / of any class / of the next class.
 
@@ -559,13 +559,31 @@ def _no_fg(p: ForegroundPerturbation, batch: Batch, params: Params, level: float
 _TILE_RINGS = 2  # offsets of up to two object-box sizes in each direction
 
 
+def _components(mask: Tensor) -> list[tuple[Tensor, int, int, int, int]]:
+    """The 8-connected components of `mask` `[H, W]`: (pixels, x, y, width, height) each."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.cpu().numpy().astype(np.uint8), connectivity=8)
+    labels = torch.from_numpy(labels).to(mask.device)
+    return [(labels == k, *(int(v) for v in stats[k, :4])) for k in range(1, count)]
+
+
+def object_boxes(mask: Tensor) -> Tensor:
+    """bool `[B, H, W]`: the bounding box of every connected part of each image's `mask`, filled."""
+    out = torch.zeros_like(mask)
+    for i in range(mask.shape[0]):
+        for _, x, y, w, h in _components(mask[i]):
+            out[i, y:y + h, x:x + w] = True
+    return out
+
+
 def tile_fill(images: Tensor, region: Tensor) -> Tensor:
     """`images` with the `region` pixels filled by tiles of the image's own background.
 
-    The tiles are the object's bounding box shifted by whole box sizes: each region pixel copies the
-    pixel one box away (above, left, right, below, then the diagonals, then two boxes away), reflected
-    at the image border, taking the first copy that is background. Pixels with no
-    background copy (objects filling the frame) get the mean background colour, grey without any.
+    Each connected part of the region is filled from its bounding box shifted by whole box sizes: a pixel
+    copies the pixel one box away (above, left, right, below, then the diagonals, then two boxes away),
+    reflected at the image border, taking the first copy that is background. Pixels with no background
+    copy (objects filling the frame) get the mean background colour, grey without any.
     """
     b, c, h, w = images.shape
     device = images.device
@@ -577,25 +595,20 @@ def tile_fill(images: Tensor, region: Tensor) -> Tensor:
                      key=lambda o: (max(abs(o[0]), abs(o[1])), abs(o[0]) + abs(o[1]), o))
     for i in range(b):
         hole = region[i]
-        if not hole.any():
-            continue
-        rows, cols = torch.nonzero(hole.any(1)).flatten(), torch.nonzero(hole.any(0)).flatten()
-        th, tw = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
-        todo = hole.clone()
         flat = images[i].reshape(c, -1)
-        for dy, dx in offsets:
-            sy, sx = _reflect(ys + dy * th, h), _reflect(xs + dx * tw, w)
-            usable = todo & ~hole[sy, sx]
-            if usable.any():
-                source = (sy * w + sx)[usable]
-                out[i][:, usable] = flat[:, source]
-                todo &= ~usable
-            if not todo.any():
-                break
-        if todo.any():
-            background = ~hole
-            colour = images[i][:, background].mean(1) if background.any() else torch.full((c,), GREY, device=device)
-            out[i][:, todo] = colour[:, None]
+        for todo, _, _, tw, th in _components(hole):
+            for dy, dx in offsets:
+                sy, sx = _reflect(ys + dy * th, h), _reflect(xs + dx * tw, w)
+                usable = todo & ~hole[sy, sx]
+                if usable.any():
+                    out[i][:, usable] = flat[:, (sy * w + sx)[usable]]
+                    todo &= ~usable
+                if not todo.any():
+                    break
+            if todo.any():
+                background = ~hole
+                colour = images[i][:, background].mean(1) if background.any() else torch.full((c,), GREY, device=device)
+                out[i][:, todo] = colour[:, None]
     return out
 
 
@@ -607,7 +620,9 @@ def _reflect(index: Tensor, n: int) -> Tensor:
 
 
 def _only_bg_t(p: ForegroundPerturbation, batch: Batch, params: Params, level: Any) -> Batch:
-    region = dilate(batch.foreground, p.mask_dilation)
+    """The objects' bounding boxes, not their masks, are filled (as the reference's Only-BG-T): a filled mask
+    would still show the object's outline."""
+    region = object_boxes(dilate(batch.foreground, p.mask_dilation))
     return batch.replace(images=tile_fill(batch.images, region), **_removed_targets(p, batch, region))
 
 
@@ -638,8 +653,8 @@ _register(_only_fg, "only_fg", GREY, "Only the object: the background replaced b
           "2020's Only-FG). One level.")
 _register(_no_fg, "no_fg", INPAINT_RADIUS, "No object: its pixels filled by OpenCV inpainting (radius in pixels); "
           "objects leave the targets. One level.")
-_register(_only_bg_t, "only_bg_t", "tiled background", "Only background: the object's pixels filled with tiles of "
-          "the image's own background (Xiao et al.'s Only-BG-T); objects leave the targets. One level.")
+_register(_only_bg_t, "only_bg_t", "tiled background", "Only background: the object's bounding box filled with tiles "
+          "of the image's own background (Xiao et al.'s Only-BG-T); objects leave the targets. One level.")
 _register(_mixed, "mixed_same", "same class", "The object pasted onto the background of another image of the same "
           "class (donor objects inpainted out). One level.", policy="same", uses_bank=True)
 _register(_mixed, "mixed_rand", "random class", "The object pasted onto the background of a random image. One level.",

@@ -11,7 +11,7 @@ import visionstress as vs
 from visionstress.evaluators.reliance import background_summary, cue_summary, texture_classes
 from visionstress.perturbations import get_perturbation, list_perturbations
 from visionstress.perturbations.background import (BANK_FILE, BackgroundBank, choose_donors, collect_bank,
-                                                   dilate, tile_fill)
+                                                   dilate, object_boxes, tile_fill)
 
 import reliance_data as rd
 
@@ -148,12 +148,13 @@ def test_donor_backgrounds_have_their_objects_inpainted_out():
 
 def test_removal_variants_keep_the_background_and_clear_the_object():
     batch = _scene()
-    for name in ("no_fg", "only_bg_t"):
+    batch.foreground[:, 8, 10] = False  # a hole in each object: no_fg fills the mask, only_bg_t its box
+    for name, region in (("no_fg", batch.foreground), ("only_bg_t", object_boxes(batch.foreground))):
         out = get_perturbation(name)(batch, severity=1, seed=0)
-        fg = batch.foreground
-        assert torch.equal(out.images.permute(0, 2, 3, 1)[~fg], batch.images.permute(0, 2, 3, 1)[~fg])
-        assert not torch.equal(out.images.permute(0, 2, 3, 1)[fg], batch.images.permute(0, 2, 3, 1)[fg])
+        assert torch.equal(out.images.permute(0, 2, 3, 1)[~region], batch.images.permute(0, 2, 3, 1)[~region])
+        assert not torch.equal(out.images.permute(0, 2, 3, 1)[region], batch.images.permute(0, 2, 3, 1)[region])
         assert not out.foreground.any()
+    assert object_boxes(batch.foreground)[:, 8, 10].all()
 
 
 def test_tile_fill_copies_background_pixels_one_box_away():
@@ -166,6 +167,10 @@ def test_tile_fill_copies_background_pixels_one_box_away():
     top = torch.zeros_like(region)
     top[0, 0:4, 8:11] = True  # at the top edge, one box up mirrors back onto the object: one box left is used
     assert torch.equal(tile_fill(images, top)[0, :, 0:4, 8:11], images[0, :, 0:4, 5:8])
+    two = region.clone()
+    two[0, 15:17, 2:4] = True  # a second, 2 x 2 part is tiled at its own box size
+    assert torch.equal(tile_fill(images, two)[0, :, 15:17, 2:4], images[0, :, 13:15, 2:4])
+    assert torch.equal(tile_fill(images, two)[0, :, 8:12, 8:11], out[0, :, 8:12, 8:11])
     assert torch.equal(out[0][:, ~region[0]], images[0][:, ~region[0]])
 
 
@@ -400,3 +405,35 @@ def test_report_section_shows_the_variants_the_gap_and_the_cue_conflict(correlat
     assert f"{100 * cue['shape_bias']:.1f}%" in html and "mixed_rand" in html and "patch_shuffle k=4" in html
     card.summaries, card.breakdowns = {}, {}
     assert 'id="probes"' not in render_report(card, tmp_path)
+
+
+# ---- visionstress list / show ----------------------------------------------------------------------------
+
+
+def test_list_and_show_include_the_probes(tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from visionstress.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list", "--family", "background"])
+    assert listed.exit_code == 0 and all(n in listed.output for n in BACKGROUND)
+    scene = Path(__file__).resolve().parents[1] / "data" / "demo" / "scene.png"
+    out = tmp_path / "sheet.png"
+    # boxes only in scene.json: the objects come from GrabCut on them
+    result = runner.invoke(app, ["show", str(scene), "-a", str(scene.with_suffix(".json")), "-p",
+                                 "only_fg,mixed_rand,silhouette,edges", "-s", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).height > 4 * 100
+    refused = runner.invoke(app, ["show", str(scene), "-p", "only_fg", "-o", str(out)])
+    assert refused.exit_code == 2 and "only_fg needs an object mask (--mask FILE" in refused.output
+    mask = tmp_path / "mask.png"
+    Image.fromarray((np.arange(240 * 320).reshape(240, 320) % 320 > 200).astype(np.uint8)).save(mask)
+    everything = runner.invoke(app, ["show", str(scene), "--mask", str(mask), "-p", "*_fg,texture_fill", "-s", "1",
+                                     "-o", str(out)])
+    assert everything.exit_code == 2 and "texture_fill needs object textures of at least two classes" in everything.output
+    globbed = runner.invoke(app, ["show", str(scene), "--mask", str(mask), "-p", "*_fg,*_fill", "-s", "1", "-o", str(out)])
+    assert globbed.exit_code == 0 and "left out 1: texture_fill" in globbed.output

@@ -215,20 +215,30 @@ def grabcut_foreground(image: Tensor, boxes: Tensor, cache_dir: str | Path | Non
     return torch.from_numpy(mask)
 
 
-def detection_foreground(image: Tensor, annotations: Sequence[Mapping[str, Any]], coco: Any,
+def detection_foreground(image: Tensor, annotations: Sequence[Mapping[str, Any]],
                          cache_dir: str | Path | None) -> Tensor:
-    """bool `[H, W]`: the union of the image's objects, each from its instance mask (polygon / RLE) when
-    the annotation has one, else from GrabCut on its box (cached in `cache_dir`)."""
+    """bool `[H, W]`: the union of the image's objects, each from its instance mask (polygon / RLE, rasterised
+    by pycocotools as COCO's `annToMask` does) when the annotation has one, else from GrabCut on its box
+    (cached in `cache_dir`)."""
     import warnings
+
+    from pycocotools import mask as mask_utils
 
     height, width = image.shape[-2:]
     mask = torch.zeros((height, width), dtype=torch.bool)
     boxes = []
     for ann in annotations:
         if has_segmentation(ann):
+            segmentation = ann["segmentation"]
             with warnings.catch_warnings():  # pycocotools' numpy-2 "copy=False" deprecation
                 warnings.simplefilter("ignore", DeprecationWarning)
-                mask |= torch.from_numpy(coco.annToMask(ann).astype(bool))
+                if isinstance(segmentation, list):
+                    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+                elif isinstance(segmentation.get("counts"), list):
+                    rle = mask_utils.frPyObjects(segmentation, height, width)
+                else:
+                    rle = segmentation
+                mask |= torch.from_numpy(mask_utils.decode(rle).astype(bool))
         else:
             x, y, w, h = ann["bbox"]
             boxes.append([x, y, x + w, y + h])

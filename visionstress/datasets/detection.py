@@ -174,7 +174,7 @@ class DetectionImages(SkipsUnreadable):
             return image, self._targets(sample), index
         try:
             foreground = detection_foreground(image, self.dataset.coco.imgToAnns.get(sample.image_id, []),
-                                              self.dataset.coco, self.foreground_cache)
+                                              self.foreground_cache)
         except ForegroundError as exc:
             raise DatasetError(f"{exc} (image {path})") from None
         return image, self._targets(sample), index, foreground
