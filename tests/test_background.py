@@ -437,3 +437,127 @@ def test_list_and_show_include_the_probes(tmp_path):
     assert everything.exit_code == 2 and "texture_fill needs object textures of at least two classes" in everything.output
     globbed = runner.invoke(app, ["show", str(scene), "--mask", str(mask), "-p", "*_fg,*_fill", "-s", "1", "-o", str(out)])
     assert globbed.exit_code == 0 and "left out 1: texture_fill" in globbed.output
+
+
+# ---- prepare, and the summaries of detection and segmentation --------------------------------------------
+
+
+def test_the_bank_is_collected_once_per_run_and_reloaded_from_its_file(tmp_path):
+    from visionstress.perturbations import PrepareContext
+    from visionstress.perturbations import background as bg
+
+    batch = _scene()
+    passes = []
+
+    def batches():
+        passes.append(1)
+        return iter([batch])
+
+    def context(**options):
+        return PrepareContext(task="classification", adapter=None, batches=batches, severities=(1,), seed=0,
+                              device=torch.device("cpu"), options={"mask_dilation": 0, **options},
+                              state_dir=tmp_path, class_names=["a", "b", "c"], log=lambda m: None)
+
+    first = get_perturbation("mixed_rand").prepare(context())
+    second = get_perturbation("only_fg").prepare(context(mask_dilation=3))
+    assert len(passes) == 1 and first.bank is second.bank and second.mask_dilation == 3
+    bg._BANKS.clear()  # a new process: the file is read, not the dataset
+    third = get_perturbation("mixed_same").prepare(context())
+    assert len(passes) == 1 and torch.equal(third.bank.sample_ids, first.bank.sample_ids)
+    loaded = get_perturbation("mixed_rand").load_prepared(tmp_path, context())
+    assert torch.equal(loaded(batch, severity=1).images, first(batch, severity=1).images)
+    bg._BANKS.clear()
+    get_perturbation("mixed_rand").prepare(context(background_classes="1"))  # other settings: collected anew
+    assert len(passes) == 2
+
+
+def _segmentation_records() -> "pd.DataFrame":
+    import pandas as pd
+
+    # 3 classes (0 background), 4 images; per image [intersection, gt, pred] pixel counts per class
+    counts = {
+        "clean": [([50, 10, 8], [60, 10, 10], [58, 12, 8])] * 4,
+        "mixed_same": [([50, 9, 8], [60, 10, 10], [58, 12, 8])] * 4,
+        "mixed_rand": [([50, 5, 4], [60, 10, 10], [58, 12, 8])] * 4,
+    }
+    rows = []
+    for name, per_image in counts.items():
+        for sid, (i, g, p) in enumerate(per_image):
+            rows.append({"sample_id": sid, "path": f"{sid}.png", "perturbation": name,
+                         "family": "clean" if name == "clean" else "background", "severity": 0 if name == "clean" else 1,
+                         "intersection": i, "gt_pixels": g, "pred_pixels": p, "miou": 0.5, "pixel_accuracy": 0.9})
+    return pd.DataFrame(rows)
+
+
+def _context(task, records, **changes):
+    from visionstress.family_summaries import SummaryContext
+
+    fields = dict(task=task, records=records, rows=[], statistics=None, main_metric={"segmentation": "mIoU"}.get(task, "AP"),
+                  class_names=["background", "car", "person"], bootstrap=50, seed=0, prepared={},
+                  options={"background_classes": "0"}, breakdowns={})
+    fields.update(changes)
+    return SummaryContext(**fields)
+
+
+def test_segmentation_summary_is_the_object_classes_miou():
+    summary = background_summary(_context("segmentation", _segmentation_records()))
+    iou = lambda i, g, p: i / (g + p - i)  # noqa: E731
+    clean = (iou(10, 10, 12) + iou(8, 10, 8)) / 2  # the background class does not count
+    same = (iou(9, 10, 12) + iou(8, 10, 8)) / 2
+    rand = (iou(5, 10, 12) + iou(4, 10, 8)) / 2
+    assert summary["metric"] == "object_mIoU"
+    assert summary["clean"] == pytest.approx(clean) and summary["mixed_same"] == pytest.approx(same)
+    assert summary["bg_gap"] == pytest.approx(same - rand)
+    assert summary["bg_gap_ci"] == pytest.approx([same - rand] * 2)  # identical images: no spread
+
+
+def test_detection_summary_reads_rows_error_types_and_the_statistics_function():
+    import pandas as pd
+
+    records = pd.DataFrame([{"sample_id": s, "path": "", "perturbation": p, "family": "", "severity": sev,
+                             "tp": tp} for p, sev, tp in (("clean", 0, 1), ("mixed_same", 1, 1), ("mixed_rand", 1, 0))
+                            for s in range(6)])
+    rows = [{"perturbation": "clean", "severity": 0, "metrics": {"AP": 0.6}},
+            {"perturbation": "mixed_same", "severity": 1, "metrics": {"AP": 0.5}},
+            {"perturbation": "mixed_rand", "severity": 1, "metrics": {"AP": 0.3}}]
+    errors = {"clean@0": {"background": {"count": 4}}, "mixed_rand@1": {"background": {"count": 11}},
+              "mixed_same@1": {"background": {"count": 6}}}
+    plain = background_summary(_context("detection", records, rows=rows, breakdowns={"error_types": errors}))
+    assert plain["mixed_same"] == 0.5 and plain["mixed_rand"] == 0.3 and "bg_gap" not in plain
+    assert plain["background_false_positives"]["mixed_rand"] == {"count": 11, "clean": 4, "added": 7}
+
+    def statistics(columns):  # "AP" = the share of images with a true positive, under image weights
+        tp = np.asarray(columns["tp"], dtype=float)
+        return lambda w: {"AP": (w @ tp) / w.sum(1)}
+
+    with_stats = background_summary(_context("detection", records, rows=rows, statistics=statistics))
+    assert with_stats["bg_gap"] == pytest.approx(1.0) and with_stats["bg_gap_ci"] == pytest.approx([1.0, 1.0])
+
+
+def test_patch_shuffle_leaves_fewer_neighbours_together_as_the_grid_grows():
+    """What severity means for patch_shuffle: the share of neighbouring pixels that are still neighbours."""
+    h = w = 48
+    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).float()
+    image = torch.cat([coords / 47, torch.zeros(1, h, w)])[None].expand(4, 3, h, w)
+    kept = []
+    for severity in range(1, 6):
+        out = get_perturbation("patch_shuffle")(image, severity=severity, seed=1)
+        position = (out[:, :2] * 47).round()
+        right = ((position[:, :, :, 1:] - position[:, :, :, :-1]) == torch.tensor([0.0, 1.0])[:, None, None]).all(1)
+        kept.append(float(right.float().mean()))
+    assert all(a > b for a, b in zip(kept, kept[1:])), kept
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", FOREGROUND_NEEDING + ["patch_shuffle", "edges"])
+def test_cpu_and_cuda_agree_on_the_probes(name):
+    batch = _scene(b=6, h=40, w=48, dtype=torch.float32)
+    p = get_perturbation(name)
+    if p.needs_foreground:
+        p, _ = _prepared(name, batch)
+    severity = 3 if name == "patch_shuffle" else 1
+    cpu = p(batch, severity=severity, seed=0)
+    gpu = p(batch.to("cuda"), severity=severity, seed=0)
+    assert gpu.images.device.type == "cuda"
+    assert torch.equal(cpu.params.get("donor", torch.zeros(1)).cpu(), gpu.params.get("donor", torch.zeros(1)).cpu())
+    assert (cpu.images - gpu.images.cpu()).abs().mean() < 2e-3
