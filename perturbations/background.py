@@ -33,7 +33,7 @@ import copy
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visionstress.batch import DEFAULT_IGNORE_INDEX, Batch, ObjectTargets
+from visionstress.batch import Batch
 from visionstress.rng import SampleRNG, sample_keys
 
 from .registry import ALL_TARGETS, Params, Perturbation, PrepareContext, register_perturbation
@@ -360,30 +360,21 @@ def collect_bank(batches: Iterable[Batch], *, seed: int = 0, num_classes: int = 
     return bank
 
 
-_BANKS: dict[str, BackgroundBank] = {}
+_LATEST: list[tuple[PrepareContext, BackgroundBank]] = []
+"""The latest run's context and bank: the run's other perturbations reuse the bank instead of reading the
+dataset again."""
 
 
 def shared_bank(context: PrepareContext) -> BackgroundBank:
-    """The run's bank, collected once however many background / cue perturbations ask for it.
-
-    Saved as `BANK_FILE` in `context.state_dir` and reused from there (resume, other ranks) when it was
-    collected with the same settings; kept in memory for the other perturbations of the run.
-    """
-    background_classes = _background_classes(context.options)
-    path = Path(context.state_dir) / BANK_FILE
-    key = str(path.resolve())
-    wanted = {"seed": int(context.seed), "capacity": BANK_CAPACITY,
-              "per_class": max(2, math.ceil(BANK_CAPACITY / max(1, len(context.class_names)))),
-              "donor_dilation": BANK_DILATION, "max_side": BANK_MAX_SIDE,
-              "background_classes": list(background_classes)}
-    bank = _BANKS.get(key)
-    if bank is None and path.is_file():
-        bank = BackgroundBank.load(path)
-    if bank is None or bank.settings != wanted:
-        bank = collect_bank(context.batches(), seed=context.seed, num_classes=len(context.class_names),
-                            background_classes=background_classes, log=context.log)
-        bank.save(path)
-    _BANKS[key] = bank
+    """The run's bank: collected by the first background / cue perturbation prepared with `context` and
+    reused by the others prepared with an equal context (same dataset pass, options and state folder).
+    Saved as `BANK_FILE` in `context.state_dir`, where `load_prepared` finds it (resume, other ranks)."""
+    if _LATEST and _LATEST[0][0] == context:
+        return _LATEST[0][1]
+    bank = collect_bank(context.batches(), seed=context.seed, num_classes=len(context.class_names),
+                        background_classes=_background_classes(context.options), log=context.log)
+    bank.save(Path(context.state_dir) / BANK_FILE)
+    _LATEST[:] = [(context, bank)]
     return bank
 
 

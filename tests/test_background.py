@@ -444,7 +444,6 @@ def test_list_and_show_include_the_probes(tmp_path):
 
 def test_the_bank_is_collected_once_per_run_and_reloaded_from_its_file(tmp_path):
     from visionstress.perturbations import PrepareContext
-    from visionstress.perturbations import background as bg
 
     batch = _scene()
     passes = []
@@ -458,17 +457,15 @@ def test_the_bank_is_collected_once_per_run_and_reloaded_from_its_file(tmp_path)
                               device=torch.device("cpu"), options={"mask_dilation": 0, **options},
                               state_dir=tmp_path, class_names=["a", "b", "c"], log=lambda m: None)
 
-    first = get_perturbation("mixed_rand").prepare(context())
-    second = get_perturbation("only_fg").prepare(context(mask_dilation=3))
-    assert len(passes) == 1 and first.bank is second.bank and second.mask_dilation == 3
-    bg._BANKS.clear()  # a new process: the file is read, not the dataset
-    third = get_perturbation("mixed_same").prepare(context())
-    assert len(passes) == 1 and torch.equal(third.bank.sample_ids, first.bank.sample_ids)
-    loaded = get_perturbation("mixed_rand").load_prepared(tmp_path, context())
-    assert torch.equal(loaded(batch, severity=1).images, first(batch, severity=1).images)
-    bg._BANKS.clear()
-    get_perturbation("mixed_rand").prepare(context(background_classes="1"))  # other settings: collected anew
-    assert len(passes) == 2
+    run = context()
+    first = get_perturbation("mixed_rand").prepare(run)
+    second = get_perturbation("only_fg").prepare(run)
+    assert len(passes) == 1 and first.bank is second.bank and (tmp_path / BANK_FILE).is_file()
+    loaded = get_perturbation("mixed_rand").load_prepared(tmp_path, context(mask_dilation=3))
+    assert len(passes) == 1 and loaded.mask_dilation == 3  # read from the file, the run's options applied
+    assert torch.equal(loaded.with_bank(loaded.bank)(batch, severity=1).images, first(batch, severity=1).images)
+    another = get_perturbation("mixed_same").prepare(context(mask_dilation=2))  # another run: collected anew
+    assert len(passes) == 2 and another.mask_dilation == 2
 
 
 def _segmentation_records() -> "pd.DataFrame":
