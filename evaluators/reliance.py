@@ -107,10 +107,10 @@ def _metric_name(context: SummaryContext) -> str:
     return "object_mIoU" if context.task == "segmentation" else context.main_metric
 
 
-def _row_metric(context: SummaryContext, perturbation: str, severity: int | None) -> float:
+def _row_metric(context: SummaryContext, perturbation: str, severity: int | None, metric: str | None = None) -> float:
     for row in context.rows:
         if row["perturbation"] == perturbation and (severity is None or row["severity"] == severity):
-            return float(row["metrics"].get(context.main_metric, np.nan))
+            return float(row["metrics"].get(metric or context.main_metric, np.nan))
     return float("nan")
 
 
@@ -166,9 +166,14 @@ class _Passes:
                            else int(self.rows[name]["severity"].iloc[0]))
 
     def difference(self, name: str, other: str, ratio: bool = False) -> tuple[float | None, list[float] | None]:
+        """`name` − `other` (or `name` / `other`) with its paired interval; from the scorecard rows, without an
+        interval, for a task whose records cannot be resampled here."""
+        if name not in self.rows or other not in self.rows:
+            return None, None
         fn, n = self.metric(name, other, ratio)
         if fn is None:
-            return None, None
+            a, b = self.value(name), self.value(other)
+            return (a / b if ratio else a - b), None
         return _paired(self.context, fn, n)
 
 
@@ -203,6 +208,10 @@ def background_summary(context: SummaryContext) -> dict[str, Any]:
         added = _background_false_positives(context, present)
         if added:
             out["background_false_positives"] = added
+        per_image = {name: _row_metric(context, name, _severity(context, name), "fp_per_image")
+                     for name in [CLEAN, *present]}
+        if any(np.isfinite(v) for v in per_image.values()):
+            out["fp_per_image"] = per_image
     prepared = _bank_facts(context)
     if prepared:
         out.update(prepared)
@@ -215,11 +224,15 @@ def _background_false_positives(context: SummaryContext, variants: Sequence[str]
     clean = errors.get(f"{CLEAN}@0", {}).get("background", {}).get("count")
     out = {}
     for name in variants:
-        severity = int(_pass(context.records, name)["severity"].iloc[0])
-        count = errors.get(f"{name}@{severity}", {}).get("background", {}).get("count")
+        count = errors.get(f"{name}@{_severity(context, name)}", {}).get("background", {}).get("count")
         if count is not None and clean is not None:
             out[name] = {"count": int(count), "clean": int(clean), "added": int(count) - int(clean)}
     return out
+
+
+def _severity(context: SummaryContext, name: str) -> int:
+    """The severity a summary reads `name` at (the lowest one run)."""
+    return 0 if name == CLEAN else int(_pass(context.records, name)["severity"].iloc[0])
 
 
 def _bank_facts(context: SummaryContext) -> dict[str, Any]:

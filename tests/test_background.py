@@ -514,14 +514,16 @@ def test_detection_summary_reads_rows_error_types_and_the_statistics_function():
     records = pd.DataFrame([{"sample_id": s, "path": "", "perturbation": p, "family": "", "severity": sev,
                              "tp": tp} for p, sev, tp in (("clean", 0, 1), ("mixed_same", 1, 1), ("mixed_rand", 1, 0))
                             for s in range(6)])
-    rows = [{"perturbation": "clean", "severity": 0, "metrics": {"AP": 0.6}},
-            {"perturbation": "mixed_same", "severity": 1, "metrics": {"AP": 0.5}},
-            {"perturbation": "mixed_rand", "severity": 1, "metrics": {"AP": 0.3}}]
+    rows = [{"perturbation": "clean", "severity": 0, "metrics": {"AP": 0.6, "fp_per_image": 0.1}},
+            {"perturbation": "mixed_same", "severity": 1, "metrics": {"AP": 0.5, "fp_per_image": 0.2}},
+            {"perturbation": "mixed_rand", "severity": 1, "metrics": {"AP": 0.3, "fp_per_image": 0.4}}]
     errors = {"clean@0": {"background": {"count": 4}}, "mixed_rand@1": {"background": {"count": 11}},
               "mixed_same@1": {"background": {"count": 6}}}
     plain = background_summary(_context("detection", records, rows=rows, breakdowns={"error_types": errors}))
-    assert plain["mixed_same"] == 0.5 and plain["mixed_rand"] == 0.3 and "bg_gap" not in plain
+    assert plain["mixed_same"] == 0.5 and plain["mixed_rand"] == 0.3
+    assert plain["bg_gap"] == pytest.approx(0.2) and "bg_gap_ci" not in plain  # from the rows: no interval
     assert plain["background_false_positives"]["mixed_rand"] == {"count": 11, "clean": 4, "added": 7}
+    assert plain["fp_per_image"] == {"clean": 0.1, "mixed_same": 0.2, "mixed_rand": 0.4}
 
     def statistics(columns):  # "AP" = the share of images with a true positive, under image weights
         tp = np.asarray(columns["tp"], dtype=float)
