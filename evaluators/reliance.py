@@ -130,12 +130,20 @@ def _paired(context: SummaryContext, fn: WeightedMetric, n: int) -> tuple[float,
 
 
 class _Passes:
-    """The passes of a summary on the images they share (those with a non-empty foreground)."""
+    """The passes of a summary, each restricted to the images all of them scored (the background passes
+    skip images with an empty object mask), so that every number of a summary is on the same images."""
 
     def __init__(self, context: SummaryContext, names: Sequence[tuple[str, int | None]]) -> None:
         self.context = context
-        self.rows = {name: rows for name, severity in names
-                     if (rows := _pass(context.records, name, severity)) is not None}
+        rows = {name: found for name, severity in names if (found := _pass(context.records, name, severity)) is not None}
+        if rows:
+            common = None
+            for found in rows.values():
+                ids = found["sample_id"].to_numpy()
+                common = ids if common is None else np.intersect1d(common, ids)
+            rows = {name: found[found["sample_id"].isin(common)] for name, found in rows.items()}
+        self.rows = {name: found for name, found in rows.items() if not found.empty}
+        self.images = 0 if not self.rows else len(next(iter(self.rows.values())))
 
     def metric(self, name: str, other: str | None = None, ratio: bool = False) -> tuple[WeightedMetric | None, int]:
         """The weighted metric of `name` (minus `other`'s, or divided by it) on the images both passes scored."""
@@ -192,7 +200,7 @@ def background_summary(context: SummaryContext) -> dict[str, Any]:
     false positives each variant creates."""
     passes = _Passes(context, [(CLEAN, 0)] + [(v, None) for v in BACKGROUND_VARIANTS])
     present = [v for v in BACKGROUND_VARIANTS if v in passes.rows]
-    out: dict[str, Any] = {"metric": _metric_name(context), "variants": present}
+    out: dict[str, Any] = {"metric": _metric_name(context), "variants": present, "images": passes.images}
     for name in present:
         out[name] = passes.value(name)
         _with_interval(out, f"{name}_vs_clean", *passes.difference(name, CLEAN))
@@ -272,7 +280,7 @@ def cue_summary(context: SummaryContext) -> dict[str, Any]:
     """shape_bias with its interval, texture reliance (patch_shuffle k=4 against clean), silhouette and edges."""
     passes = _Passes(context, [(CLEAN, 0), ("patch_shuffle", TEXTURE_RELIANCE_K4), ("silhouette", None),
                                ("edges", None)])
-    out: dict[str, Any] = {"metric": _metric_name(context)}
+    out: dict[str, Any] = {"metric": _metric_name(context), "images": passes.images}
     if CLEAN in passes.rows:
         out["clean"] = passes.value(CLEAN)
     for name in ("silhouette", "edges"):

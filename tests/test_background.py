@@ -92,7 +92,8 @@ def test_summaries_pair_images_and_skip_empty_foregrounds(correlated, tmp_path):
     assert summary["empty_foreground"] == 1 and summary["images"] == 32
     scored = records[records["perturbation"] == "mixed_rand"]["sample_id"]
     assert 0 not in set(scored) and len(scored) == 31  # disk_00 is sample 0
-    assert background_summary(context)["images_with_empty_foreground"] == 1
+    summary = background_summary(context)
+    assert summary["images_with_empty_foreground"] == 1 and summary["images"] == 31  # clean on the same 31
 
 
 # ---- pixels and targets ---------------------------------------------------------------------------------
