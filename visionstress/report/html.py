@@ -644,8 +644,8 @@ def _probes(card: Scorecard, base_dir: Path) -> Probes | None:
     if rows:
         chance = f"; chance is {_fmt(background['chance'], unit)}" if "chance" in background else ""
         variants = Table(["variant", "what the model sees", metric, "vs clean [95% CI]"], rows, first_numeric=2,
-                         caption=f"{metric} on each background variant, on the images every variant scored (clean "
-                                 f"{_fmt(background.get('clean'), unit)}{chance}).")
+                         caption=f"{metric} on each background variant, on the {background.get('images', '')} images "
+                                 f"every variant scored (clean {_fmt(background.get('clean'), unit)}{chance}).")
     cue_rows = [[name, _fmt(cue[name], unit)] for name in ("silhouette", "edges") if name in cue]
     for k, value in (cue.get("patch_shuffle") or {}).items():
         cue_rows.append([f"patch_shuffle {k}", _fmt(value, unit)])
