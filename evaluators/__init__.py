@@ -20,6 +20,7 @@ from .detection import DEFAULT_SIZE_BINS, DetectionEvaluator, DetectionEvaluator
 from .error_types import ERROR_TYPES
 from .segmentation import (SegmentationEvaluator, SegmentationInputError, SegmentationResults,
                            segmentation_metrics_from_counts)
+from .reliance import background_summary, cue_summary  # registers the background and cue family summaries
 
 __all__ = [
     "ALEXNET_CLEAN_ERROR", "ALEXNET_ERRORS", "ALEXNET_SEVERITY_ERRORS", "METRICS", "ClassificationEvaluator",
@@ -31,4 +32,5 @@ __all__ = [
     "DEFAULT_SIZE_BINS", "DetectionEvaluator", "DetectionEvaluatorError", "DetectionResults", "ERROR_TYPES",
     "MatchTableError", "coco_metrics_from_matches",
     "SegmentationEvaluator", "SegmentationInputError", "SegmentationResults", "segmentation_metrics_from_counts",
+    "background_summary", "cue_summary",
 ]

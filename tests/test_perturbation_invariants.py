@@ -12,7 +12,10 @@ import torch
 import visionstress as vs
 from visionstress.perturbations import get_perturbation, list_perturbations
 
-NAMES = list_perturbations()
+NAMES = [n for n in list_perturbations() if not get_perturbation(n).needs_foreground]
+"""Perturbations that work on bare images. Those that read object masks (the background family,
+silhouette, texture_fill) refuse bare images; test_background.py checks the same invariants on them with
+masks and a prepared bank."""
 
 NON_MONOTONE: dict[str, str] = {
     "saturate": "ImageNet-C's table desaturates at severities 1-2 (x0.3, x0.1) and oversaturates at 3-5 (x2..x20)",
@@ -22,6 +25,9 @@ NON_MONOTONE: dict[str, str] = {
              "the reference's distortion falls there too (0.290 -> 0.278 on our test photos)",
     "fog": "ImageNet-C's severities 3 and 4 differ only in fractal smoothness, less than the per-sample haze varies; "
            "the reference is flat there (0.189 -> 0.185 on our test photos)",
+    "patch_shuffle": "every tile moves at every grid size (a cyclic permutation), so each pixel differs from the "
+                     "clean one as much as two unrelated places do at every k; severity shrinks the tiles, leaving "
+                     "less shape, which a mean pixel difference cannot see",
 }
 """Perturbations whose distortion legitimately does not grow with severity, and why."""
 
@@ -61,6 +67,12 @@ def _is_random(name: str) -> bool:
     return bool(p.sample_params(vs.Batch(_synthetic(2)), severity=3, seed=0))
 
 
+def test_mask_readers_refuse_bare_images():
+    for name in set(list_perturbations()) - set(NAMES):
+        with pytest.raises(ValueError, match="needs object masks"):
+            get_perturbation(name)(_synthetic(2), severity=1)
+
+
 def test_registry_has_the_catalogue():
     expected = {
         "random_occlusion", "object_occlusion", "zoom_in", "zoom_out", "low_resolution", "rotation", "perspective",
@@ -69,8 +81,10 @@ def test_registry_has_the_catalogue():
         "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "jpeg_compression", "pixelate",
         "chromatic_aberration", "vignetting", "lens_distortion",
         "snow", "frost", "fog", "spatter", "saturate", "elastic_transform",
+        "only_fg", "no_fg", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next",
+        "patch_shuffle", "silhouette", "edges", "texture_fill",
     }
-    missing = expected - set(NAMES)
+    missing = expected - set(list_perturbations())
     assert not missing, f"catalogue names not registered: {sorted(missing)}"
 
 

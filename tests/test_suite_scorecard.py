@@ -36,9 +36,13 @@ def test_preset_contents():
     assert len({get_perturbation(i.perturbation).family for i in quick.items}) == len(quick.items)
 
     default = PRESETS["default"]
+    # the background and cue probes need object masks: they have presets of their own
+    probes = {"background": "backgrounds", "cue": "cues"}
     every_family = {get_perturbation(n).family for n in list_perturbations()}
-    assert {get_perturbation(i.perturbation).family for i in default.items} == every_family
+    assert {get_perturbation(i.perturbation).family for i in default.items} == every_family - set(probes)
     assert all(i.severities == (1, 2, 3, 4, 5) for i in default.items)
+    for family, preset in probes.items():
+        assert {i.perturbation for i in PRESETS[preset].items} == set(list_perturbations(family=family))
 
     imagenet_c = PRESETS["imagenet-c"]
     assert [i.perturbation for i in imagenet_c.items] == list(IMAGENET_C)

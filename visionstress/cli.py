@@ -100,14 +100,20 @@ def show_command(
     output: Path = typer.Option(Path("reports/show.png"), "--output", "-o", help="Where to write the PNG."),
     seed: int = typer.Option(0, help="Seed for the per-sample random draws."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Object mask of IMAGE (non-zero = object) for the "
+                                        "background and cue perturbations; else --annotations' polygons, or GrabCut "
+                                        "on their boxes."),
 ) -> None:
     """A contact sheet of IMAGE under each perturbation x severity."""
-    from visionstress.contact_sheet import AnnotationError, contact_sheet, read_coco_boxes
+    from visionstress.contact_sheet import (AnnotationError, contact_sheet, prepare_on_image, read_coco_boxes,
+                                            read_coco_foreground)
+    from visionstress.foreground import ForegroundError, read_foreground_mask
     from visionstress.images import ImageReadError, read_image
     from visionstress.perturbations import get_perturbation, list_perturbations
 
     levels = _parse_severities(severities)
     names: list[str] = []
+    named: set[str] = set()  # asked for by name, not through a glob: refusing one is an error
     for part in (p.strip() for p in perturbations.split(",") if p.strip()):
         if any(ch in part for ch in "*?["):
             matched = list_perturbations(pattern=part)
@@ -120,19 +126,32 @@ def show_command(
             except KeyError as exc:
                 _fail(str(exc.args[0]))
             names.append(part)
+            named.add(part)
     try:
         pixels = read_image(image)
         boxes, categories = (None, {}) if annotations is None else read_coco_boxes(annotations, image.name)
-    except (ImageReadError, AnnotationError) as exc:
+        foreground = None
+        if any(get_perturbation(n).needs_foreground for n in names):
+            if mask is not None:
+                foreground = read_foreground_mask(mask, tuple(pixels.shape[-2:]))
+            elif annotations is not None:
+                foreground = read_coco_foreground(annotations, image.name, pixels)
+    except (ImageReadError, AnnotationError, ForegroundError) as exc:
         _fail(str(exc))
-    if boxes is not None:
-        unsupported = [n for n in names if "boxes" not in get_perturbation(n).targets]
-        if unsupported:
-            _fail(f"these perturbations cannot move boxes: {', '.join(unsupported)}; drop --annotations or them")
-    sheet = contact_sheet(pixels, names, levels, boxes=boxes, category_names=categories, seed=seed, device=device)
+    ready, refused = prepare_on_image(names, pixels, foreground, boxes)
+    errors = [f"{n} {why}" for n, why in refused.items() if n in named]
+    if errors:
+        _fail("; ".join(errors) + (" (drop --annotations or these perturbations)" if boxes is not None else ""))
+    if not ready:
+        _fail("no perturbation left to draw: " + "; ".join(f"{n} {why}" for n, why in refused.items()))
+    sheet = contact_sheet(pixels, ready, levels, boxes=boxes, category_names=categories, seed=seed, device=device,
+                          foreground=foreground)
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
-    console.print(f"wrote {output} ({len(names)} perturbations x severities {','.join(map(str, levels))})")
+    console.print(f"wrote {output} ({len(ready)} perturbations x severities {','.join(map(str, levels))})")
+    if refused:
+        console.print(Text(f"left out {len(refused)}: " + "; ".join(f"{n} ({why})" for n, why in refused.items())),
+                      soft_wrap=True)
 
 
 _GROUPS = {"model": "Model", "data": "Data", "run": "Run", "output": "Output"}

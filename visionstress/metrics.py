@@ -128,3 +128,13 @@ _register(None, [
     ("rPC", True, False, "ratio", "bootstrap", "relative performance under perturbation: mPC / clean"),
     ("mPC[*]", True, True, "main metric", "bootstrap", "mPC over the perturbations of one family"),
 ])
+
+# Summaries of the background and cue families (evaluators/reliance.py), on any task's main metric.
+_register(None, [
+    ("bg_gap", False, True, "main metric", "bootstrap",
+     "metric on mixed_same - on mixed_rand: how much a background matching the class helps (Xiao et al. 2020)"),
+    ("shape_bias", True, True, "fraction", "bootstrap",
+     "shape decisions / (shape + texture decisions) on texture_fill cue conflicts (Geirhos et al. 2019)"),
+    ("texture_reliance", False, False, "ratio", "bootstrap",
+     "share of the clean metric kept under patch_shuffle k=4, where only local texture is left"),
+])

@@ -105,7 +105,17 @@ PRESETS: dict[str, Suite] = {
     # The 15 benchmark corruptions x 5 severities of Hendrycks & Dietterich (2019), the protocol mCE is
     # defined on.
     "imagenet-c": _preset("imagenet-c", tuple(IMAGENET_C), ALL_SEVERITIES),
+    # The Backgrounds Challenge's variants (Xiao et al. 2020) on the run's own object masks; one level each.
+    "backgrounds": _preset("backgrounds", ("only_fg", "no_fg", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next"),
+                           (1,)),
+    # Shape versus texture (Geirhos et al. 2019): the cue conflict, shape-only and texture-only views, and the
+    # tile shuffle at every grid size.
+    "cues": Suite(name="cues", seed=0, items=(
+        SuiteItem("texture_fill", (1,)), SuiteItem("silhouette", (1,)), SuiteItem("edges", (1,)),
+        SuiteItem("patch_shuffle", ALL_SEVERITIES))),
 }
+"""Presets. `backgrounds` and `cues` need object masks (`--masks` for classification); `cues`' texture_fill and
+patch_shuffle cannot carry detection boxes, so for detection run their other members in a suite file."""
 
 
 def load_suite(name_or_path: str | Path) -> Suite:

@@ -32,6 +32,7 @@ from visionstress.batch import Batch, ObjectTargets
 from visionstress.datasets.classification import ClassificationImages, DatasetError, SkippedFile
 from visionstress.datasets.detection import DetectionImages
 from visionstress.datasets.segmentation import SegmentationImages
+from visionstress.foreground import segmentation_foreground
 
 Plan = list[tuple[int, ...]]
 """Planned batches: each a tuple of dataset indices (= sample ids) of one image shape."""
@@ -162,7 +163,8 @@ def iterate_detection_batches(
 
     Without `canvas` images keep their size and are grouped by shape. With `canvas=(H, W)` each image
     is letterboxed into it (see `fit_to_canvas`), and `BatchInfo.scales` holds each image's scale:
-    dividing canvas boxes by it gives original-image boxes.
+    dividing canvas boxes by it gives original-image boxes. With `images.foreground`, batches carry
+    `foreground` (object pixels).
     """
     source = images if canvas is None else OnCanvas(images, canvas)
     for batch, skipped in iterate_planned(source, batch_size, workers):
@@ -170,10 +172,17 @@ def iterate_detection_batches(
 
 
 def iterate_segmentation_batches(
-    images: SegmentationImages, batch_size: int, workers: int = 0
+    images: SegmentationImages, batch_size: int, workers: int = 0, background_classes: Sequence[int] | None = None,
 ) -> Iterator[tuple[Batch, BatchInfo]]:
-    """Segmentation batches (`masks` `[B, H, W]` with the dataset's `ignore_index`), grouped by shape."""
+    """Segmentation batches (`masks` `[B, H, W]` with the dataset's `ignore_index`), grouped by shape.
+
+    With `background_classes`, batches also carry `foreground`: the pixels of every other class (the
+    ignore index is never foreground), for the background and cue perturbations.
+    """
     for batch, skipped in iterate_planned(images, batch_size, workers):
+        if background_classes is not None and len(batch):
+            batch = batch.replace(foreground=segmentation_foreground(batch.masks, background_classes,
+                                                                     batch.ignore_index))
         yield batch, BatchInfo(skipped=skipped)
 
 
@@ -182,14 +191,18 @@ def canvas_scale(height: int, width: int, canvas: tuple[int, int]) -> float:
     return min(canvas[0] / height, canvas[1] / width)
 
 
+def fitted_size(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[list[int], float]:
+    """The (height, width) an image of `size` takes inside `canvas` keeping its aspect ratio, and the scale."""
+    scale = canvas_scale(size[0], size[1], canvas)
+    return [min(canvas[0], max(1, round(size[0] * scale))), min(canvas[1], max(1, round(size[1] * scale)))], scale
+
+
 def fit_to_canvas(
     image: Tensor, targets: ObjectTargets, canvas: tuple[int, int]
 ) -> tuple[Tensor, ObjectTargets, float]:
     """Resize `image` to fit inside `canvas` keeping its aspect ratio, pad bottom/right with zeros, and
     scale its targets the same way. Returns (image, targets, scale)."""
-    height, width = image.shape[-2:]
-    scale = canvas_scale(height, width, canvas)
-    size = [min(canvas[0], max(1, round(height * scale))), min(canvas[1], max(1, round(width * scale)))]
+    size, scale = fitted_size(tuple(image.shape[-2:]), canvas)
     resized = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     padding = [0, 0, canvas[1] - size[1], canvas[0] - size[0]]  # left, top, right, bottom
     out = TF.pad(resized, padding, fill=0)
@@ -235,13 +248,17 @@ class OnCanvas:
     def shape(self, index: int) -> tuple[int, int]:
         return self.canvas
 
-    def load(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
+    def load(self, index: int) -> tuple[Any, ...] | SkippedFile:
         item = self.images.load(index)
         if isinstance(item, SkippedFile):
             return item
-        image, targets, sample_id = item
+        image, targets, sample_id, *foreground = item
+        if foreground:  # object pixels follow the image onto the canvas (nearest; padding is background)
+            fitted, _ = fitted_size(tuple(image.shape[-2:]), self.canvas)
+            mask = TF.resize(foreground[0][None].to(torch.uint8), fitted, interpolation=InterpolationMode.NEAREST_EXACT)
+            foreground = [TF.pad(mask, [0, 0, self.canvas[1] - fitted[1], self.canvas[0] - fitted[0]], fill=0)[0].bool()]
         image, targets, _ = fit_to_canvas(image, targets, self.canvas)
-        return image, targets, sample_id
+        return (image, targets, sample_id, *foreground)
 
     def collate(self, items: list[tuple[Any, ...]]) -> Batch:
         if not items:

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from visionstress.batch import Batch
+from visionstress.foreground import ForegroundError, pair_masks, read_foreground_mask
 from visionstress.images import MAX_PIXELS, ImageReadError, display_path, read_image
 
 if TYPE_CHECKING:  # only annotated here: keeps datasets importable without loading the model stack
@@ -202,15 +203,24 @@ class ClassificationImages(Dataset):
     straight to `input_size`), antialiased, on uint8 tensors with torchvision's v2 kernels; mean/std
     normalisation is left to the adapter, after perturbation. An unreadable file yields `None`
     (`strict=False`) so the run goes on and reports it, or raises `DatasetError` (`strict=True`).
+
+    With `masks` (a folder of object masks, see `visionstress.foreground.pair_masks`), items gain a
+    fourth element, the object mask as bool `[H, W]`, resized and cropped exactly as the image
+    (nearest neighbour): for the background and cue perturbations. Every image's mask is found
+    before any work; a mask of another size than its image is an error naming the file.
     """
 
-    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False, *,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+    def __init__(self, samples: Sequence[Sample], data_config: DataConfig, strict: bool = False,
+                 masks: str | Path | None = None, *, max_pixels: int | None = MAX_PIXELS) -> None:
         self.samples = list(samples)
         self.data_config = data_config
         self.strict = strict
         self.max_pixels = max_pixels
         self._interpolation = InterpolationMode(data_config.interpolation)
+        try:
+            self.mask_paths = None if masks is None else pair_masks([s.path for s in self.samples], masks)
+        except ForegroundError as exc:
+            raise DatasetError(str(exc)) from None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -233,21 +243,32 @@ class ClassificationImages(Dataset):
         image = read_image_or_skip(sample.path, self.max_pixels)
         if isinstance(image, SkippedFile):
             return image
-        return self._resize_crop(image), sample.label, index
+        if self.mask_paths is None:
+            return self._resize_crop(image), sample.label, index
+        try:
+            mask = read_foreground_mask(self.mask_paths[index], tuple(image.shape[-2:]))
+        except ForegroundError as exc:
+            raise DatasetError(f"{exc} (image {sample.path})") from None
+        foreground = self._resize_crop(mask[None].to(torch.uint8), InterpolationMode.NEAREST_EXACT)[0].bool()
+        return self._resize_crop(image), sample.label, index, foreground
 
-    def collate(self, items: list[tuple[torch.Tensor, int, int]]) -> Batch:
+    def collate(self, items: list[tuple[Any, ...]]) -> Batch:
+        """One batch of same-shape items; `foreground` when the items carry object masks."""
         if not items:
             none = torch.empty(0, dtype=torch.int64)
             return Batch(images=torch.empty((0, 3, *self.shape(0)), dtype=torch.uint8), sample_ids=none, labels=none)
         return Batch(images=torch.stack([item[0] for item in items]),
                      labels=torch.tensor([item[1] for item in items], dtype=torch.int64),
-                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64))
+                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
+                     foreground=torch.stack([item[3] for item in items]) if len(items[0]) > 3 else None)
 
-    def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
+    def _resize_crop(self, image: torch.Tensor, interpolation: InterpolationMode | None = None) -> torch.Tensor:
+        interpolation = interpolation or self._interpolation
+        antialias = interpolation not in (InterpolationMode.NEAREST, InterpolationMode.NEAREST_EXACT)
         size = [int(s) for s in self.data_config.input_size]
         if self.data_config.resize is None:
-            return TF.resize(image, size, interpolation=self._interpolation, antialias=True)
-        image = TF.resize(image, [int(self.data_config.resize)], interpolation=self._interpolation, antialias=True)
+            return TF.resize(image, size, interpolation=interpolation, antialias=antialias)
+        image = TF.resize(image, [int(self.data_config.resize)], interpolation=interpolation, antialias=antialias)
         return TF.center_crop(image, size)
 
 

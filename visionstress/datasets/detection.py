@@ -31,6 +31,7 @@ from torch import Tensor
 from visionstress.batch import Batch, ObjectTargets
 from visionstress.datasets.classification import (DatasetError, SkippedFile, SkipsUnreadable, is_inside,
                                                   read_image_or_skip)
+from visionstress.foreground import ForegroundError, detection_foreground, detection_foreground_sources
 from visionstress.images import MAX_PIXELS, display_path
 
 if TYPE_CHECKING:  # pycocotools is imported when a dataset is loaded, not with the package
@@ -137,17 +138,32 @@ class DetectionImages(SkipsUnreadable):
     when it has none), `ids` = position in the image's annotation list, and with `with_masks` the
     instance masks (`[N, H, W]` bool, rasterised by pycocotools). An unreadable file gives a
     `SkippedFile` (`strict=False`) or raises `DatasetError` (`strict=True`).
+
+    With `foreground`, items gain a fourth element, the image's object pixels (bool `[H, W]`, for the
+    background and cue perturbations): the union of the objects' instance masks, with GrabCut on the box
+    for objects that have none (cached in `foreground_cache`; see `visionstress.foreground`).
     """
 
     def __init__(self, dataset: CocoDataset, *, with_masks: bool = False, strict: bool = False,
+                 foreground: bool = False, foreground_cache: str | Path | None = None,
                  max_pixels: int | None = MAX_PIXELS) -> None:
         self.dataset = dataset
         self.with_masks = with_masks
         self.strict = strict
+        self.foreground = foreground
+        self.foreground_cache = foreground_cache
         self.max_pixels = max_pixels
         if with_masks:
             for ann in dataset.coco.dataset["annotations"]:
                 _check_segmentation(dataset.annotation_file, ann)
+        if foreground:  # a malformed polygon must stop the run now, not in a loader worker
+            for ann in dataset.coco.dataset["annotations"]:
+                if ann.get("segmentation"):
+                    _check_segmentation(dataset.annotation_file, ann)
+
+    def foreground_sources(self) -> dict[str, int]:
+        """Images whose foreground comes from instance masks, from GrabCut, from both, or that have no objects."""
+        return detection_foreground_sources([s.image_id for s in self.dataset.samples], self.dataset.coco.imgToAnns)
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
@@ -157,11 +173,13 @@ class DetectionImages(SkipsUnreadable):
         sample = self.dataset.samples[index]
         return sample.height, sample.width
 
-    def collate(self, items: list[tuple[Tensor, ObjectTargets, int]]) -> Batch:
+    def collate(self, items: list[tuple[Any, ...]]) -> Batch:
+        """One batch of same-shape items; `foreground` when the items carry object masks (4th element)."""
         if not items:
             return Batch(images=torch.empty((0, 3, 0, 0), dtype=torch.uint8), boxes=[])
         return Batch(images=torch.stack([item[0] for item in items]), boxes=[item[1] for item in items],
-                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64))
+                     sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
+                     foreground=torch.stack([item[3] for item in items]) if len(items[0]) > 3 else None)
 
     def load(self, index: int) -> tuple[Tensor, ObjectTargets, int] | SkippedFile:
         """The sample, or why its file could not be decoded (see `read_image_or_skip`)."""
@@ -178,7 +196,14 @@ class DetectionImages(SkipsUnreadable):
                 f"{sample.width}x{sample.height} (image id {sample.image_id}){hint}; "
                 "its boxes would not match the pixels"
             )
-        return image, self._targets(sample), index
+        if not self.foreground:
+            return image, self._targets(sample), index
+        try:
+            foreground = detection_foreground(image, self.dataset.coco.imgToAnns.get(sample.image_id, []),
+                                              self.foreground_cache)
+        except ForegroundError as exc:
+            raise DatasetError(f"{exc} (image {path})") from None
+        return image, self._targets(sample), index, foreground
 
     def _targets(self, sample: DetectionSample) -> ObjectTargets:
         coco = self.dataset.coco

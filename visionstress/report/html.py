@@ -42,8 +42,8 @@ _SECTIONS = (("headline", "headline", ()), ("heatmap", "heatmap", ("heatmap",)),
              ("curves", "degradation", ("curves",)), ("confusion", "confusion", ("confusion", "most_confused")),
              ("calibration", "calibration", ("calibration",)), ("small-objects", "small objects", ("size",)),
              ("error-types", "error types", ("error_types",)), ("occlusion", "occlusion", ("occlusion",)),
-             ("per-class", "per class", ("per_class",)), ("gallery", "failure gallery", ("gallery",)),
-             ("skipped", "skipped files", ()))
+             ("per-class", "per class", ("per_class",)), ("probes", "backgrounds & cues", ("probes",)),
+             ("gallery", "failure gallery", ("gallery",)), ("skipped", "skipped files", ()))
 """(anchor, link text, context entries of which one must be present; none: always shown) for the
 navigation bar, in page order."""
 # Heatmap colour stops, light enough for dark text at every value: lost, half kept, all kept.
@@ -173,6 +173,7 @@ def render_report(card: Scorecard, base_dir: Path) -> str:
         "size": _size_tables(breakdowns, compare),
         "error_types": _error_types(breakdowns, compare),
         "occlusion": _occlusion(breakdowns, passes),
+        "probes": _probes(card, Path(base_dir)),
         "gallery": _gallery(breakdowns.get("gallery") or [], Path(base_dir)),
         "skipped": _skipped(card),
         "environment": [(k.replace("_", " "), _plain_value(v)) for k, v in (card.environment or {}).items()],
@@ -572,3 +573,98 @@ def _skipped(card: Scorecard) -> Table | None:
     caption = f"{len(skipped)} file{'s' if len(skipped) > 1 else ''} could not be read" + (f"; the first {_SKIPPED_SHOWN} are listed, all are in "
                                                           f"{SCORECARD_FILE}" if more > 0 else "") + "."
     return Table(["file", "reason"], rows, first_numeric=2, caption=caption)
+
+
+# --- backgrounds and cues (the `background` and `cue` family summaries) -----------------------------------
+
+@dataclass
+class Probes:
+    """The background and cue section: example sheets, the variants table, the gap and the cue conflict."""
+
+    examples: list[EmbeddedFigure]
+    headline: list[tuple[str, str, str]]  # (label, value, note) tiles
+    variants: Table | None
+    cues: Table | None
+    notes: list[str]
+
+
+_BACKGROUND_ORDER = ("only_fg", "no_fg", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
+_VARIANT_MEANING = {
+    "only_fg": "object on grey", "no_fg": "object inpainted away", "only_bg_t": "object filled with background tiles",
+    "mixed_same": "on a same-class background", "mixed_rand": "on a random background",
+    "mixed_next": "on the next class's background",
+}
+
+
+def _interval(ci: Any, show: Any) -> str:
+    """` [low, high]` with `show` formatting each end, or nothing when there is no finite interval."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(math.isfinite(_number(v)) for v in ci):
+        return f" [{show(ci[0])}, {show(ci[1])}]"
+    return ""
+
+
+def _with_ci(value: Any, ci: Any, metric: str) -> str:
+    return _fmt(value, metric) + _interval(ci, lambda v: _fmt(v, metric))
+
+
+def _change_with_ci(value: Any, ci: Any, metric: str) -> str:
+    return _fmt_change(_number(value), metric) + _interval(ci, lambda v: _fmt_change(_number(v), metric))
+
+
+def _probes(card: Scorecard, base_dir: Path) -> Probes | None:
+    """The section, or None when the run had no background or cue perturbation."""
+    summaries = card.summaries or {}
+    background = summaries.get("background") if isinstance(summaries.get("background"), Mapping) else {}
+    cue = summaries.get("cue") if isinstance(summaries.get("cue"), Mapping) else {}
+    entries = (card.breakdowns or {}).get("probe_examples") or []
+    examples = []
+    for entry in entries:
+        if isinstance(entry, Mapping) and (uri := _image(base_dir, entry.get("image"))):
+            examples.append(EmbeddedFigure(uri, f"sample {entry.get('sample_id')}: "
+                                                f"{', '.join(map(str, entry.get('variants') or []))}"))
+    if not background and not cue and not examples:
+        return None
+    metric = str(background.get("metric") or cue.get("metric") or MAIN_METRIC.get(card.task, "top1"))
+    unit = "top1" if metric == "object_mIoU" else metric  # fractions either way
+    headline = []
+    if "bg_gap" in background:
+        interval = _interval(background.get("bg_gap_ci"), lambda v: _fmt_change(_number(v), unit))
+        headline.append(("background gap", _fmt_change(_number(background["bg_gap"]), unit),
+                         f"{metric}: mixed_same − mixed_rand" + (f", 95% CI{interval}" if interval else "")))
+    if "shape_bias" in cue:
+        note = f"{cue.get('shape_decisions', 0)} shape / {cue.get('texture_decisions', 0)} texture decisions"
+        headline.append(("shape bias", _with_ci(cue["shape_bias"], cue.get("shape_bias_ci"), "top1"), note))
+    if "texture_reliance" in cue:
+        headline.append(("texture reliance", _with_ci(cue["texture_reliance"], cue.get("texture_reliance_ci"), "ratio"),
+                         "share of clean kept under patch_shuffle k=4"))
+    rows = []
+    for name in _BACKGROUND_ORDER:
+        if name in background:
+            rows.append([name, _VARIANT_MEANING[name], _fmt(background[name], unit),
+                         _change_with_ci(background.get(f"{name}_vs_clean"), background.get(f"{name}_vs_clean_ci"), unit)])
+    variants = None
+    if rows:
+        chance = f"; chance is {_fmt(background['chance'], unit)}" if "chance" in background else ""
+        variants = Table(["variant", "what the model sees", metric, "vs clean [95% CI]"], rows, first_numeric=2,
+                         caption=f"{metric} on each background variant, on the {background.get('images', '')} images "
+                                 f"every variant scored (clean {_fmt(background.get('clean'), unit)}{chance}).")
+    cue_rows = [[name, _fmt(cue[name], unit)] for name in ("silhouette", "edges") if name in cue]
+    for k, value in (cue.get("patch_shuffle") or {}).items():
+        cue_rows.append([f"patch_shuffle {k}", _fmt(value, unit)])
+    if "shape_bias" in cue:
+        cue_rows.append(["texture_fill: shape bias", _with_ci(cue["shape_bias"], cue.get("shape_bias_ci"), "top1")])
+    cues = (Table(["view", metric], cue_rows, caption="Shape-only views (silhouette, edges), texture-only views "
+                  "(patch_shuffle), and the cue conflict (texture_fill: an object's silhouette filled with another "
+                  "class's texture; shape bias = shape / (shape + texture) decisions, Geirhos et al. 2019).")
+            if cue_rows else None)
+    notes = []
+    if background.get("images_with_empty_foreground"):
+        notes.append(f"{background['images_with_empty_foreground']} image(s) had an empty object mask and were left "
+                     "out of the background passes.")
+    if background.get("mask_dilation"):
+        notes.append(f"Object masks were grown by {background['mask_dilation']} px before compositing (a halo of the "
+                     "original surroundings travels with the object).")
+    for name, facts in (background.get("background_false_positives") or {}).items():
+        notes.append(f"{name}: {facts.get('count')} background false positives against {facts.get('clean')} clean "
+                     f"({facts.get('added'):+d}).")
+    return Probes(examples=examples, headline=headline, variants=variants, cues=cues, notes=notes)

@@ -64,3 +64,28 @@ register_options(
            "folder (../, absolute paths, links out of it).", tasks=frozenset({"classification", "detection"}),
            group="data"),
 )
+
+
+# --- Background and cue perturbations (visionstress.foreground, perturbations/background.py, cue.py) ----------
+# Object masks: where each task finds them, and how the background swaps use them.
+
+def _background_classes(value: str) -> None:
+    from visionstress.foreground import parse_background_classes  # checks the syntax; class count checked on load
+
+    parse_background_classes(value)
+
+
+register_options(
+    Option("masks", Path, None, "Classification: a folder of object masks for the background and cue perturbations, "
+           "one PNG per image with the image's stem (non-zero = object; class sub-folders allowed), needed only when "
+           "the suite has them. Segmentation: the folder of class-index masks (then --data is the images folder).",
+           tasks=frozenset({"classification", "segmentation"}), group="data"),
+    Option("background_classes", str, "0", "Segmentation: comma-separated class indices that are background for the "
+           "background and cue perturbations (every other class is the object; the ignore index never is).",
+           tasks=frozenset({"segmentation"}), check=_background_classes, group="data"),
+    Option("mask_dilation", int, 0, "Grow object masks by this many pixels before background swaps: a halo of the "
+           "object's own surroundings travels with it (0: the mask as given).", minimum=0, maximum=256, group="run"),
+    Option("foreground_cache", Path, None, "Detection: where GrabCut object masks of box-only annotations are cached "
+           "(default ~/.cache/visionstress/grabcut).", tasks=frozenset({"detection"}), group="data"),
+>>>>>>> bg
+)

@@ -24,8 +24,6 @@ NAME = "segmentation"
 _ONLY = frozenset({NAME})
 
 register_options(
-    Option("masks", Path, None, "Segmentation: folder of class-index mask PNGs (same stems as the images).",
-           tasks=_ONLY, group="data"),
     Option("ignore_index", int, 255, "Segmentation: mask value that is not scored.", tasks=_ONLY, minimum=0,
            group="data"),
 )
