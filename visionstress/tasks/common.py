@@ -87,5 +87,4 @@ register_options(
            "object's own surroundings travels with it (0: the mask as given).", minimum=0, maximum=256, group="run"),
     Option("foreground_cache", Path, None, "Detection: where GrabCut object masks of box-only annotations are cached "
            "(default ~/.cache/visionstress/grabcut).", tasks=frozenset({"detection"}), group="data"),
->>>>>>> bg
 )
