@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from visionstress.family_summaries import SummaryContext, register_family_summary
+from visionstress.family_summaries import SummaryContext, register_family_examples, register_family_summary
 
 from .bootstrap import bootstrap_ci
 
@@ -327,3 +327,13 @@ def _shape_bias(context: SummaryContext) -> dict[str, Any]:
 
 register_family_summary("background", background_summary)
 register_family_summary("cue", cue_summary)
+
+
+def _examples(passes: Sequence[tuple[Any, int]], batch: Any, seed: int, out_dir: Any) -> list[dict[str, Any]]:
+    from visionstress.variant_examples import variant_examples
+
+    return variant_examples(passes, batch, seed, out_dir)
+
+
+register_family_examples("background", _examples)
+register_family_examples("cue", _examples)

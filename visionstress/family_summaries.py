@@ -59,3 +59,29 @@ def register_family_summary(family: str, fn: SummaryFn) -> SummaryFn:
 def family_summaries(families: Sequence[str], context: SummaryContext) -> dict[str, dict[str, Any]]:
     """`{family: summary}` for every family of `families` that registered one."""
     return {family: _SUMMARIES[family](context) for family in dict.fromkeys(families) if family in _SUMMARIES}
+
+
+ExamplesFn = Callable[[Sequence[tuple[Any, int]], Any, int, Any], list[dict[str, Any]]]
+_EXAMPLES: dict[str, ExamplesFn] = {}
+
+
+def register_family_examples(family: str, fn: ExamplesFn) -> ExamplesFn:
+    """Register how the report shows a family's passes on a few images: `fn(passes, batch, seed, out_dir)`
+    with `passes` the run's (prepared perturbation, severity) pairs of that family and `batch` the first host
+    batch; returns the breakdown entries (image paths relative to `out_dir`)."""
+    _EXAMPLES[family] = fn
+    return fn
+
+
+def family_examples(passes: Sequence[tuple[Any, int]], batch: Any, seed: int, out_dir: Any) -> list[dict[str, Any]]:
+    """The example sheets of every family among `passes` that registered a way to draw them; families that
+    share a drawing function are drawn together."""
+    out: list[dict[str, Any]] = []
+    by_fn: dict[int, tuple[ExamplesFn, list[tuple[Any, int]]]] = {}
+    for perturbation, severity in passes:
+        fn = _EXAMPLES.get(perturbation.family)
+        if fn is not None:
+            by_fn.setdefault(id(fn), (fn, []))[1].append((perturbation, severity))
+    for fn, chosen in by_fn.values():
+        out += fn(chosen, batch, seed, out_dir)
+    return out

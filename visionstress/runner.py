@@ -115,12 +115,21 @@ class _Run:
         from visionstress.journal import Journal, iter_todo
         from visionstress.records import record_schema
 
+        from visionstress.foreground import check_foreground_source
+        from visionstress.perturbations import get_perturbation
+
         opts, world = self.opts, self.world
-        setup = self.task.setup(opts, self.device)
+        suite_perturbations = [get_perturbation(p.perturbation) for p in self.passes if p.severity > 0]
+        self.foreground = check_foreground_source(self.task.name, opts, suite_perturbations)
+        setup = (self.task.setup(opts, self.device, foreground=True) if self.foreground
+                 else self.task.setup(opts, self.device))
+        if self.foreground:
+            setup.dataset.info["foreground"] = {"source": self.foreground, **setup.dataset.info.get("foreground", {})}
         self.setup = setup
         manifest = _manifest(self.task, opts, setup, self.suite, self.passes)
         _check_manifest(self.out_dir, manifest, opts, world)
         perturbations = self._prepare({p.perturbation: perturbation_for(p) for p in self.passes if p.severity > 0})
+        self.examples = self._examples(perturbations) if world.rank == 0 else []
         journal = Journal(self.out_dir, record_schema(self.task.name), self.passes, rank=world.rank)
         plan = plan_batches(setup.dataset.images, opts.batch_size)
         mine = plan[world.rank::world.size]
@@ -205,32 +214,51 @@ class _Run:
             raise RunError(f"{self.opts.model}: {message}")
 
     def _prepare(self, perturbations: dict[str, Any]) -> dict[str, Any]:
-        """The prepare phase: fit or collect, or reload what this run (or rank 0) already saved."""
+        """The prepare phase: fit or collect, or reload what this run (or rank 0) already saved. One context
+        serves them all (the background perturbations share one bank)."""
         from visionstress.perturbations import Perturbation, PrepareContext
 
-        prepared = {}
-        for name, perturbation in perturbations.items():
-            if type(perturbation).prepare is Perturbation.prepare:
-                prepared[name] = perturbation
-                continue
-            state_dir = self.out_dir / PREPARED_DIR / name
-            context = PrepareContext(
-                task=self.task.name, adapter=self.setup.adapter, batches=self._host_batches,
-                severities=tuple(p.severity for p in self.passes if p.perturbation == name), seed=self.opts.seed,
-                device=self.device, options=self.opts, state_dir=state_dir,
-                class_names=self.setup.dataset.class_names, log=lambda message: None)
-            ready = (state_dir / "prepared.json").is_file()
+        needing = [name for name, p in perturbations.items() if type(p).prepare is not Perturbation.prepare]
+        self.prepared = dict(perturbations)
+        if not needing:
+            return self.prepared
+        state_dir = self.out_dir / PREPARED_DIR
+        context = PrepareContext(
+            task=self.task.name, adapter=self.setup.adapter, batches=self._host_batches,
+            severities={name: tuple(p.severity for p in self.passes if p.perturbation == name) for name in perturbations},
+            seed=self.opts.seed, device=self.device, options=self.opts, state_dir=state_dir,
+            class_names=self.setup.dataset.class_names, log=lambda message: None)
+        done = state_dir / "prepared.json"
+        ready = done.is_file()
+        if not ready and self.world.rank == 0:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        prepared, summaries = dict(perturbations), {}
+        for name in needing:
+            perturbation = perturbations[name]
             if not ready and self.world.rank == 0:
-                state_dir.mkdir(parents=True, exist_ok=True)
-                perturbation = perturbation.prepare(context)
-                (state_dir / "prepared.json").write_text(json.dumps(perturbation.prepared_summary(), default=str))
-                prepared[name] = perturbation
+                prepared[name] = perturbation.prepare(context)
+                summaries[name] = prepared[name].prepared_summary()
             else:
-                if self.world.size > 1:
-                    self.world.barrier()
-                prepared[name] = perturbation.load_prepared(state_dir, context)
+                prepared[name] = None
+        if not ready and self.world.rank == 0 and summaries:
+            tmp = done.with_name(done.name + ".tmp")
+            tmp.write_text(json.dumps(summaries, default=str), encoding="utf-8")
+            os.replace(tmp, done)
+        if self.world.size > 1:
+            self.world.barrier()
+        for name in needing:
+            if prepared[name] is None:
+                prepared[name] = perturbations[name].load_prepared(state_dir, context)
         self.prepared = prepared
         return prepared
+
+    def _examples(self, perturbations: dict[str, Any]) -> list[dict[str, Any]]:
+        """Example sheets the report shows for families that draw them (background and cue probes)."""
+        from visionstress.family_summaries import family_examples
+
+        passes = [(perturbations[p.perturbation], p.severity) for p in self.passes if p.severity > 0]
+        first = next(self._host_batches(), None)
+        return [] if first is None else family_examples(passes, first, self.opts.seed, self.out_dir)
 
     def _host_batches(self) -> Iterator[Any]:
         """A fresh pass over the run's dataset for the prepare phase (host batches with targets)."""
@@ -263,9 +291,11 @@ class _Run:
         families = {p.perturbation: p.family for p in self.passes}
         rows = [_row(r, families, len(setup.dataset), images) for r in results.rows]
         summaries = self.task.summaries(results.rows, {k: v for k, v in families.items() if k != "clean"}, setup, opts)
-        keep = {p.key for p in self.passes if self.prepared.get(p.perturbation) is not None
-                and getattr(self.prepared[p.perturbation], "keep_breakdowns", False)}
+        keep = {p.key for p in self.passes  # passes with a family summary keep their breakdowns (e.g. error types)
+                if p.severity > 0 and self.prepared[p.perturbation].kind in ("data-aware", "model-aware")}
         breakdowns = {**self.task.breakdowns(results, setup, keep), "gallery": gallery.save(self.out_dir)}
+        if self.examples:
+            breakdowns["probe_examples"] = self.examples
         prepared = {name: p.prepared_summary() for name, p in self.prepared.items() if p.prepared_summary()}
         suite = self.suite.to_dict()
         for item in suite["perturbations"]:

@@ -116,10 +116,12 @@ class SegmentationImages(SkipsUnreadable):
     """
 
     def __init__(self, dataset: SegmentationDataset, *, strict: bool = False,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+                 max_pixels: int | None = MAX_PIXELS, background_classes: Sequence[int] | None = None) -> None:
         self.dataset = dataset
         self.strict = strict
         self.max_pixels = max_pixels
+        self.background_classes = None if background_classes is None else tuple(background_classes)
+        """With these classes, batches carry `foreground`: every other class's pixels (for background swaps)."""
 
     def __len__(self) -> int:
         return len(self.dataset.samples)
@@ -134,9 +136,15 @@ class SegmentationImages(SkipsUnreadable):
         if not items:
             return Batch(images=torch.empty((0, 3, 0, 0), dtype=torch.uint8), sample_ids=torch.empty(0, dtype=torch.int64),
                          masks=torch.empty((0, 0, 0), dtype=torch.int64), ignore_index=ignore_index)
+        masks = torch.stack([item[1] for item in items])
+        foreground = None
+        if self.background_classes is not None:
+            from visionstress.foreground import segmentation_foreground
+
+            foreground = segmentation_foreground(masks, self.background_classes, ignore_index)
         return Batch(images=torch.stack([item[0] for item in items]),
                      sample_ids=torch.tensor([item[2] for item in items], dtype=torch.int64),
-                     masks=torch.stack([item[1] for item in items]), ignore_index=ignore_index)
+                     masks=masks, ignore_index=ignore_index, foreground=foreground)
 
     def load(self, index: int) -> tuple[Tensor, Tensor, int] | SkippedFile:
         """The sample, or why a file could not be decoded (see `read_image_or_skip`)."""

@@ -115,7 +115,9 @@ class Task:
         """pyarrow fields of this task's per-image records, after the shared identity columns."""
         raise NotImplementedError
 
-    def setup(self, options: RunOptions, device: Any) -> TaskRun:
+    def setup(self, options: RunOptions, device: Any, *, foreground: bool = False) -> TaskRun:
+        """Load the dataset, the model, its adapter and the evaluator. With `foreground` (the suite has
+        background or cue perturbations) batches carry object masks (`Batch.foreground`)."""
         raise NotImplementedError
 
     def statistics(self, columns: Mapping[str, Any]) -> StatFn:

@@ -85,7 +85,7 @@ class ClassificationTask(Task):
 
         root = demo_dir()
         return {"model": "visionstress.models.demo:tiny_classifier", "weights": str(root / "classifier.safetensors"),
-                "data": str(root / "val"), "name": "demo"}
+                "data": str(root / "val"), "masks": str(root / "val_masks"), "name": "demo"}
 
     def record_fields(self) -> list[Any]:
         import pyarrow as pa
@@ -100,7 +100,7 @@ class ClassificationTask(Task):
             pa.field("flipped", pa.bool_()),  # null on the clean pass: there is nothing to flip from
         ]
 
-    def setup(self, options: Any, device: Any) -> TaskRun:
+    def setup(self, options: Any, device: Any, *, foreground: bool = False) -> TaskRun:
         from visionstress.datasets import (ClassificationImages, dataset_fingerprint, load_classification_samples,
                                            read_class_names)
         from visionstress.evaluators import ClassificationEvaluator
@@ -136,7 +136,9 @@ class ClassificationTask(Task):
         evaluator = ClassificationEvaluator(len(class_list), class_list, bootstrap=options.bootstrap,
                                             seed=options.seed)
         return TaskRun(
-            dataset=RunDataset(ClassificationImages(samples, config, strict=options.strict, max_pixels=options.max_pixels),
+            dataset=RunDataset(ClassificationImages(samples, config, strict=options.strict,
+                                                    masks=options.masks if foreground else None,
+                                                    max_pixels=options.max_pixels),
                                relative_paths([s.display_path for s in samples], root), info, list(class_list), root),
             model=loaded, adapter=adapter, evaluator=evaluator, gallery=ClassificationGallery(class_list),
             data_config={**config.to_dict(), "source": source},

@@ -135,7 +135,7 @@ class DetectionTask(Task):
             pa.field("gt_labels", pa.list_(pa.int32())),
         ]
 
-    def setup(self, options: Any, device: Any) -> TaskRun:
+    def setup(self, options: Any, device: Any, *, foreground: bool = False) -> TaskRun:
         from visionstress.datasets import DetectionImages, load_coco_dataset
         from visionstress.datasets.batching import OnCanvas, canvas_scale
         from visionstress.evaluators import DetectionEvaluator
@@ -162,7 +162,10 @@ class DetectionTask(Task):
                                   label_map=mapping, categories=[int(c["id"]) for c in dataset.categories])
         samples = dataset.samples
         canvas = options.canvas
+        from visionstress.foreground import default_cache_dir
+
         images = DetectionImages(dataset, with_masks=options.instance_masks, strict=options.strict,
+                                 foreground=foreground, foreground_cache=options.foreground_cache or default_cache_dir(),
                                  max_pixels=options.max_pixels)
         planned = images if canvas is None else OnCanvas(images, canvas)
 
@@ -178,6 +181,8 @@ class DetectionTask(Task):
         info = {"path": data.name, "fingerprint": coco_fingerprint(dataset), "num_listed": len(samples),
                 "num_classes": len(class_names), "class_names": class_names,
                 "category_ids": [int(c["id"]) for c in dataset.categories], "warnings": list(dataset.warnings)}
+        if foreground:
+            info["foreground"] = {"images": images.foreground_sources()}
         names = {int(c["id"]): str(c["name"]) for c in dataset.categories}
         return TaskRun(
             dataset=RunDataset(planned, [s.display_path for s in samples], info, class_names, dataset.images_root),

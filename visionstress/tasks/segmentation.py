@@ -18,7 +18,7 @@ from typing import Any
 from visionstress.metrics import Metric, register_metric
 from visionstress.options import Option, register_options
 from visionstress.tasks import register_task
-from visionstress.tasks.base import CLEAN, GalleryScorer, RunDataset, Task, TaskRun, relative_paths, worst_key
+from visionstress.tasks.base import CLEAN, GalleryScorer, RunDataset, RunError, Task, TaskRun, worst_key
 
 NAME = "segmentation"
 _ONLY = frozenset({NAME})
@@ -68,7 +68,7 @@ class SegmentationTask(Task):
             pa.field("pred_pixels", pa.list_(pa.int64()), nullable=False),
         ]
 
-    def setup(self, options: Any, device: Any) -> TaskRun:
+    def setup(self, options: Any, device: Any, *, foreground: bool = False) -> TaskRun:
         from visionstress.datasets import SegmentationImages, load_segmentation_dataset
         from visionstress.evaluators import SegmentationEvaluator
         from visionstress.models import SegmenterAdapter, load_model
@@ -95,7 +95,9 @@ class SegmentationTask(Task):
                 "num_classes": num, "class_names": list(dataset.class_names), "ignore_index": dataset.ignore_index}
         paths = [s.display_path for s in dataset.samples]
         return TaskRun(
-            dataset=RunDataset(SegmentationImages(dataset, strict=options.strict, max_pixels=options.max_pixels), paths, info,
+            dataset=RunDataset(SegmentationImages(dataset, strict=options.strict, max_pixels=options.max_pixels,
+                                                  background_classes=_background(options, num) if foreground else None),
+                               paths, info,
                                list(dataset.class_names), dataset.images_root),
             model=loaded, adapter=adapter, evaluator=evaluator, gallery=SegmentationGallery(dataset.ignore_index),
             data_config={**config.to_dict(), "source": source},
@@ -113,6 +115,15 @@ class SegmentationTask(Task):
                 "confusion": {k: v for k, v in results.confusion.items()
                               if k in kept and v.shape[0] <= MAX_CONFUSION_CLASSES},
                 "region_recall": results.region_recall}
+
+
+def _background(options: Any, num_classes: int) -> tuple[int, ...]:
+    from visionstress.foreground import ForegroundError, parse_background_classes
+
+    try:
+        return parse_background_classes(options.background_classes, num_classes)
+    except ForegroundError as exc:
+        raise RunError(f"--background-classes {options.background_classes!r}: {exc}") from None
 
 
 def segmentation_fingerprint(dataset: Any) -> str:
