@@ -24,18 +24,25 @@ def read_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if array.max() > 255 else 255.0
-                img = Image.fromarray(np.round(array / peak * 255).astype(np.uint8), mode="L")
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return pil_to_tensor(ImageOps.exif_transpose(img), path)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+
+
+def pil_to_tensor(img: Image.Image, name: str | Path) -> torch.Tensor:
+    """A loaded Pillow image as uint8 RGB `[3, H, W]`, converted as `read_image` does (no orientation
+    change: callers decide about EXIF); `name` is the file the messages name."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        img = Image.fromarray(np.round(array / peak * 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ImageReadError(f"{path}: image has zero size")
+        raise ImageReadError(f"{name}: image has zero size")
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
