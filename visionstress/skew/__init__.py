@@ -9,8 +9,8 @@ libraries; `run_skew(...)` does the same with an already-loaded model and datase
 
 from visionstress.skew.cells import COMBINATIONS, KNOBS, Cell, Recipe, SkewError, parse_cell, read_cells_file
 from visionstress.skew.parity import Disagreement, ParityResult
-from visionstress.skew.run import SkewResult, check_serving_parity, run_skew, skew
+from visionstress.skew.run import SkewResult, cell_input, check_serving_parity, run_skew, skew
 from visionstress.skew.tasks import CellStatistics, SkewTask
 
 __all__ = ["COMBINATIONS", "KNOBS", "Cell", "CellStatistics", "Disagreement", "ParityResult", "Recipe", "SkewError",
-           "SkewResult", "SkewTask", "check_serving_parity", "parse_cell", "read_cells_file", "run_skew", "skew"]
+           "SkewResult", "SkewTask", "cell_input", "check_serving_parity", "parse_cell", "read_cells_file", "run_skew", "skew"]

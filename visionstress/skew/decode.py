@@ -9,6 +9,7 @@ path is `visionstress.images` (the reference), where orientation is a separate `
 from __future__ import annotations
 
 import io
+import warnings
 
 import cv2
 import numpy as np
@@ -62,8 +63,10 @@ def _opencv(data: bytes, exif: bool, name: str) -> torch.Tensor:
 
 def _torchvision(data: bytes, exif: bool, name: str) -> torch.Tensor:
     try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                             apply_exif_orientation=exif)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's, still current
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                 apply_exif_orientation=exif)
     except (RuntimeError, ValueError) as exc:
         raise ImageReadError(f"{name}: torchvision cannot decode it ({str(exc).strip().splitlines()[0]})") from None
     if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16

@@ -49,7 +49,8 @@ def shorter_side_size(height: int, width: int, short: int) -> tuple[int, int]:
 
 def classification_pixels(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """The decoded image brought to the model's input size as `recipe` says (uint8 `[3, h, w]`):
-    squash, shorter side then centre crop, or letterbox (fit, centred on black)."""
+    squash, shorter side then centre crop, or letterbox (fit, centred on black as Pillow's ImageOps.pad
+    does)."""
     height, width = (int(s) for s in image.shape[-2:])
     target = recipe.input_size
     if recipe.crop == "squash":
@@ -58,10 +59,15 @@ def classification_pixels(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
         resized = resize(image, shorter_side_size(height, width, int(recipe.resize)), recipe.resize_backend,
                          recipe.interpolation)
         return TF.center_crop(resized, list(target))
-    scale = min(target[0] / height, target[1] / width)
-    inner = (min(target[0], max(1, round(height * scale))), min(target[1], max(1, round(width * scale))))
+    # the size and placement of Pillow's ImageOps.pad (contain, then centre with round())
+    if width / height > target[1] / target[0]:
+        inner = (round(height / width * target[1]), target[1])
+    elif width / height < target[1] / target[0]:
+        inner = (target[0], round(width / height * target[0]))
+    else:
+        inner = target
     resized = resize(image, inner, recipe.resize_backend, recipe.interpolation)
-    top, left = (target[0] - inner[0]) // 2, (target[1] - inner[1]) // 2
+    top, left = round((target[0] - inner[0]) * 0.5), round((target[1] - inner[1]) * 0.5)
     canvas = torch.zeros((image.shape[0], *target), dtype=torch.uint8)
     canvas[:, top:top + inner[0], left:left + inner[1]] = resized
     return canvas

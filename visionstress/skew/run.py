@@ -198,6 +198,28 @@ def check_serving_parity(model: str | None = None, data: str | Path | None = Non
     return result.parity
 
 
+def cell_input(path: str | Path, cell: Cell | str | None, config: Any, task: str = "classification") -> torch.Tensor:
+    """What the model is fed for one image file under `cell` (None: the reference), float `[3, H, W]`:
+    the loop's own decoding, pixels and normalisation, for one image. Shows what a cell does."""
+    skew_task = get_skew_task(task)
+    reference = reference_recipe(config)
+    if cell is None:
+        recipe = reference
+    else:
+        cell = cell if isinstance(cell, Cell) else parse_cell(cell)
+        matrix = build_matrix(reference, [cell], skew_task.knobs)
+        recipe = matrix.cells[0][1] if matrix.cells else reference
+    item = _SkewImages([_Path(str(path))], [recipe], recipe, skew_task)[0]
+    if not isinstance(item, tuple):
+        raise ImageReadError(f"{item.path}: {item.reason}")
+    return model_input(item[1][recipe.pixels][None], recipe)[0]
+
+
+@dataclass(frozen=True)
+class _Path:
+    path: str
+
+
 def _load_classification(model: str, data: Path, weights: Any, trust_model: bool, num_classes: int | None,
                          data_config: Any, overrides: dict[str, Any], class_names: Any, limit: int | None):
     """The model, its DataConfig, the samples and the class names, as `visionstress run` loads them."""
