@@ -97,7 +97,7 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     if not samples:
         raise SkewError("no images to score")
     reference = reference_recipe(config)
-    explicit = cells is not None or knobs is not None
+    explicit = cells is not None
     if cells is not None:
         asked = [c if isinstance(c, Cell) else parse_cell(c, "--skew-cells") for c in cells]
     else:
@@ -266,8 +266,9 @@ def _check_numbers(batch_size: int, workers: int, bootstrap: int, alpha: float, 
 
 def _check_input_sizes(matrix: Matrix, task: SkewTask, loaded: Any, adapters: dict, device: torch.device, amp: bool,
                        num_classes: int, strict: bool) -> Matrix:
-    """Run the model once on a grey image of every input size the cells use. A size it refuses is an
-    error when the user asked for it, else the cells with it are left out with a note."""
+    """Run the model once on a blank image of every input size the cells use. A size it refuses is an
+    error when the user listed the cell (`strict`), else the catalogue's cells with it are left out with
+    a note: a model with a fixed input size is common, and the other knobs still apply to it."""
     from visionstress.models import ModelOutputError
 
     sizes = [matrix.reference.input_size] + [r.input_size for _, r in matrix.cells]
