@@ -62,10 +62,9 @@ class SkewResult:
         raise KeyError(f"no skew row {cell!r}; rows: {', '.join(r['cell'] for r in self.rows)}")
 
     def section(self) -> dict[str, Any]:
+        task = get_skew_task(self.task)
         return {"task": self.task, "metric": self.metric, "alpha": self.alpha,
-                "test": "exact McNemar on per-image top-1, Holm-adjusted over the cells" if self.task == "classification"
-                else "paired bootstrap, Holm-adjusted over the cells",
-                "interval": "metric: percentile bootstrap over images; delta: Clopper-Pearson on the discordant images",
+                "test": f"{task.test}, Holm-adjusted over the cells", "interval": task.interval,
                 "reference": self.reference.to_dict(), "images": len(self.paths), "rows": self.rows,
                 "summary": _summary(self.rows, self.metric, self.alpha), "notes": self.notes,
                 "parity": None if self.parity is None else self.parity.to_dict(), "timing": self.timing}
@@ -209,15 +208,10 @@ def cell_input(path: str | Path, cell: Cell | str | None, config: Any, task: str
         cell = cell if isinstance(cell, Cell) else parse_cell(cell)
         matrix = build_matrix(reference, [cell], skew_task.knobs)
         recipe = matrix.cells[0][1] if matrix.cells else reference
-    item = _SkewImages([_Path(str(path))], [recipe], recipe, skew_task)[0]
+    item = _SkewImages([str(path)], [recipe], recipe, skew_task)[0]
     if not isinstance(item, tuple):
         raise ImageReadError(f"{item.path}: {item.reason}")
     return model_input(item[1][recipe.pixels][None], recipe)[0]
-
-
-@dataclass(frozen=True)
-class _Path:
-    path: str
 
 
 def _load_classification(model: str, data: Path, weights: Any, trust_model: bool, num_classes: int | None,
@@ -367,8 +361,8 @@ class _SkewImages(Dataset):
     file})`, or a SkippedFile when the reference decoder cannot read it (the image is left out, as
     `visionstress run` leaves it out)."""
 
-    def __init__(self, samples: Sequence[Any], recipes: Sequence[Recipe], reference: Recipe, task: SkewTask) -> None:
-        self.paths = [str(s.path) for s in samples]
+    def __init__(self, paths: Sequence[str], recipes: Sequence[Recipe], reference: Recipe, task: SkewTask) -> None:
+        self.paths = list(paths)
         self.by_pixels = {r.pixels: r for r in recipes}
         self.sources = sorted({r.source for r in recipes}, key=str)
         self.reference = reference
@@ -437,7 +431,7 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
 
     cells: list[tuple[Cell | None, Recipe]] = [(None, matrix.reference), *matrix.cells]
     recipes = [r for _, r in cells]
-    dataset = _SkewImages(samples, recipes, matrix.reference, task)
+    dataset = _SkewImages([str(s.path) for s in samples], recipes, matrix.reference, task)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_as_list)
     accumulators = [_Accumulator() for _ in cells]
     evaluator = task.reference_evaluator(class_names, bootstrap, seed)

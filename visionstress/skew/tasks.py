@@ -39,6 +39,8 @@ class SkewTask(Protocol):
     name: str
     metric: str  # the main metric, higher is better
     knobs: tuple[str, ...]  # the knobs that apply
+    test: str  # the paired test, as the report names it
+    interval: str  # how the metric's and the difference's intervals are computed
 
     def adapter(self, loaded: Any, input_size: tuple[int, int], device: torch.device, amp: bool,
                 num_classes: int) -> Any:
@@ -77,6 +79,8 @@ class ClassificationSkew:
     name = "classification"
     metric = "top1"
     knobs = tuple(KNOBS)
+    test = "exact McNemar on per-image top-1"
+    interval = "top1: percentile bootstrap over images; change: Clopper-Pearson on the discordant images"
 
     def adapter(self, loaded: Any, input_size: tuple[int, int], device: torch.device, amp: bool,
                 num_classes: int) -> Any:
