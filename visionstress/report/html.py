@@ -583,7 +583,7 @@ def _skew(section: Mapping[str, Any] | None) -> SkewView | None:
     chart = None
     if cells:
         chart = EmbeddedFigure(figures.skew_deltas(
-            [(name(r), _number(r["delta"].get(metric)), *[_number(v) for v in (r["delta_ci"].get(metric) or
+            [(r.get("label") or str(r["cell"]), _number(r["delta"].get(metric)), *[_number(v) for v in (r["delta_ci"].get(metric) or
                                                                                   (None, None))],
               bool(r.get("significant"))) for r in cells], metric),
             f"change of {metric} from the reference per preprocessing cell")

@@ -80,7 +80,8 @@ class ClassificationSkew:
     metric = "top1"
     knobs = tuple(KNOBS)
     test = "exact McNemar on per-image top-1"
-    interval = "top1: percentile bootstrap over images; change: Clopper-Pearson on the discordant images"
+    interval = ("top1: percentile bootstrap over images; change: Clopper-Pearson on the discordant images "
+                "(95% each, not adjusted over the cells)")
 
     def adapter(self, loaded: Any, input_size: tuple[int, int], device: torch.device, amp: bool,
                 num_classes: int) -> Any:
