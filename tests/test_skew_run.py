@@ -126,6 +126,10 @@ def test_each_image_is_read_once_and_decoded_once_per_decoder(photo_folder, monk
 
     import visionstress.skew.decode as decode_module
 
+    samples, _ = load_classification_samples(photo_folder, DEMO_CLASSES.read_text().split())
+    samples = [s for s in samples if s.path.endswith(".jpg")]
+    loaded = vs.models.load_model("visionstress.models.demo:tiny_classifier",
+                                  weights=str(demo_dir() / "classifier.safetensors"))
     reads: dict[str, int] = {}
     calls = {"pil": 0, "opencv": 0, "torchvision": 0}
     read_bytes, pil_open, imdecode = Path.read_bytes, PILImage.open, cv2.imdecode
@@ -145,10 +149,6 @@ def test_each_image_is_read_once_and_decoded_once_per_decoder(photo_folder, monk
     monkeypatch.setattr(PILImage, "open", counted("pil", pil_open))
     monkeypatch.setattr(cv2, "imdecode", counted("opencv", imdecode))
     monkeypatch.setattr(decode_module, "decode_image", counted("torchvision", tv_decode))
-    samples, _ = load_classification_samples(photo_folder, DEMO_CLASSES.read_text().split())
-    samples = [s for s in samples if s.path.endswith(".jpg")]
-    loaded = vs.models.load_model("visionstress.models.demo:tiny_classifier",
-                                  weights=str(demo_dir() / "classifier.safetensors"))
     config = DataConfig(input_size=(48, 48), resize=56)
     cells = ["decoder=opencv", "decoder=torchvision", "exif=ignored", "resize_backend=pil", "interpolation=nearest",
              "crop=squash", "channel_order=bgr", "normalization=none", "resize_backend=opencv,interpolation=area"]

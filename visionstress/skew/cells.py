@@ -81,12 +81,13 @@ _SUPPORTED = {
 class Recipe:
     """Concrete preprocessing: decode, (re-encode), resize, crop, channel order, normalisation.
 
-    `crop` is "center" (shorter side to `resize`, then a centre crop of `input_size`), "squash" or
-    "letterbox"; `unit_scale` divides pixels by 255 before the mean/std, which are in the model's
-    channel order (applied after the channel swap, as `DataConfig` says).
+    `crop` is "center" (shorter side to `resize`, then a centre crop of `input_size`), "squash",
+    "letterbox", or "none" for tasks that feed the image at its own size (`input_size` None), which
+    `scale` may then resize; `unit_scale` divides pixels by 255 before the mean/std, which are in the
+    model's channel order (applied after the channel swap, as `DataConfig` says).
     """
 
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None
     decoder: str = "pil"
     exif: bool = True
     jpeg: int | None = None
@@ -98,6 +99,7 @@ class Recipe:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     unit_scale: bool = True
+    scale: float = 1.0
 
     @property
     def source(self) -> tuple[str, bool, int | None]:
@@ -107,12 +109,14 @@ class Recipe:
     @property
     def pixels(self) -> tuple[Any, ...]:
         """What the uint8 model-sized pixels depend on: cells that share it differ only on the device."""
-        return (self.source, self.resize_backend, self.interpolation, self.crop, self.resize, self.input_size)
+        return (self.source, self.resize_backend, self.interpolation, self.crop, self.resize, self.input_size,
+                self.scale)
 
     def to_dict(self) -> dict[str, Any]:
         return {"decoder": self.decoder, "exif": "applied" if self.exif else "ignored",
                 "jpeg": self.jpeg, "resize_backend": self.resize_backend, "interpolation": self.interpolation,
-                "crop": self.crop, "resize": self.resize, "input_size": list(self.input_size),
+                "crop": self.crop, "resize": self.resize,
+                "input_size": None if self.input_size is None else list(self.input_size), "scale": self.scale,
                 "channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std),
                 "scale": "1/255" if self.unit_scale else "0-255"}
 
@@ -134,24 +138,29 @@ class Cell:
         return f"{self.label} ({self.name})" if self.label else self.name
 
 
-def reference_recipe(config: DataConfig) -> Recipe:
+def reference_recipe(config: DataConfig, native_size: bool = False) -> Recipe:
     """What the model declares, decoded and resized the way `visionstress run` does (Pillow with the
-    EXIF orientation applied; torchvision's antialiased tensor resize)."""
+    EXIF orientation applied; torchvision's antialiased tensor resize). `native_size`: the task feeds
+    images at their own size (segmentation), so only the decoding and normalisation apply."""
+    if native_size:
+        return Recipe(input_size=None, interpolation=config.interpolation, crop="none",
+                      channel_order=config.channel_order.lower(), mean=tuple(config.mean), std=tuple(config.std))
     return Recipe(input_size=tuple(config.input_size), interpolation=config.interpolation,
                   crop="squash" if config.resize is None else "center", resize=config.resize,
                   channel_order=config.channel_order.lower(), mean=tuple(config.mean), std=tuple(config.std))
 
 
-def reference_knobs(reference: Recipe) -> dict[str, str]:
-    """The reference's value of every knob, as a cell would spell it."""
+def reference_knobs(reference: Recipe, knobs: Sequence[str] = tuple(KNOBS)) -> dict[str, str]:
+    """The reference's value of each of `knobs`, as a cell would spell it."""
     crop = reference.crop
     if crop == "center":
         crop = f"center-{_g(min(reference.input_size) / reference.resize)}"
-    return {"decoder": reference.decoder, "resize_backend": reference.resize_backend,
-            "interpolation": reference.interpolation, "crop": crop, "input_size": "x1.0",
-            "channel_order": reference.channel_order, "normalization": "reference",
-            "jpeg": "none" if reference.jpeg is None else str(reference.jpeg),
-            "exif": "applied" if reference.exif else "ignored"}
+    values = {"decoder": reference.decoder, "resize_backend": reference.resize_backend,
+              "interpolation": reference.interpolation, "crop": crop, "input_size": "x1.0",
+              "channel_order": reference.channel_order, "normalization": "reference",
+              "jpeg": "none" if reference.jpeg is None else str(reference.jpeg),
+              "exif": "applied" if reference.exif else "ignored"}
+    return {k: values[k] for k in knobs}
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -226,11 +235,13 @@ def read_cells_file(path: str | Path) -> list[Cell]:
     return cells
 
 
-def parse_knobs(text: str | Sequence[str] | None, allowed: Sequence[str]) -> list[str]:
-    """`--skew-knobs`: comma-separated knob names (and `combinations`), `all` (default) or `none`."""
+def parse_knobs(text: str | Sequence[str] | None, allowed: Sequence[str],
+                catalogue: Sequence[str] | None = None) -> list[str]:
+    """`--skew-knobs`: comma-separated knob names (and `combinations`), `all` or `none`; None (the
+    default) is the task's `catalogue` (default: every allowed knob) with the combinations."""
     choices = [*allowed, COMBINATIONS_KNOB]
     if text is None:
-        return choices
+        return [*(allowed if catalogue is None else catalogue), COMBINATIONS_KNOB]
     names = [p.strip().lower() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
     if names == ["all"]:
         return choices
@@ -307,7 +318,11 @@ def resolve(cell: Cell, reference: Recipe) -> Recipe:
     is an error that says which backend has it."""
     knobs = dict(cell.knobs)
     recipe = reference
-    if "input_size" in knobs:
+    if "input_size" in knobs and reference.input_size is None:
+        value = knobs["input_size"]
+        recipe = replace(recipe, scale=float(value[1:])) if value.startswith("x") else \
+            replace(recipe, input_size=_input_size(value, (1, 1)))
+    elif "input_size" in knobs:
         size = _input_size(knobs["input_size"], reference.input_size)
         resize = None
         if reference.crop == "center" and reference.resize is not None:
@@ -389,9 +404,12 @@ class Matrix:
     notes: list[str]
 
 
-def build_matrix(reference: Recipe, cells: Sequence[Cell], allowed_knobs: Sequence[str]) -> Matrix:
+def build_matrix(reference: Recipe, cells: Sequence[Cell], allowed_knobs: Sequence[str],
+                 canonical: Any = None) -> Matrix:
     """Resolve `cells`; a cell using a knob this task does not have is an error; cells equal to the
-    reference or to an earlier cell are left out with a note (the reference row already shows them)."""
+    reference or to an earlier cell are left out with a note (the reference row already shows them).
+    `canonical(recipe, reference)` lets a task say which settings cannot matter to it (a resize filter
+    where nothing is resized), so such cells are recognised as the reference."""
     seen: dict[Recipe, Cell] = {reference: Cell((), label="reference")}
     kept, notes = [], []
     for cell in cells:
@@ -400,6 +418,8 @@ def build_matrix(reference: Recipe, cells: Sequence[Cell], allowed_knobs: Sequen
             raise SkewError(f"cell {cell.name}: knob {foreign[0]!r} does not apply to this task "
                             f"(it has {', '.join(allowed_knobs)})")
         recipe = resolve(cell, reference)
+        if canonical is not None:
+            recipe = canonical(recipe, reference)
         if recipe in seen:
             same = seen[recipe]
             notes.append(f"{cell} left out: same preprocessing as {'the reference' if same.label == 'reference' else same}")

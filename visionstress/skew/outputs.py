@@ -58,8 +58,9 @@ def write_skew(result: Any, out_dir: str | Path) -> Path:
 
 
 def skew_records(result: Any) -> pd.DataFrame:
-    """One row per image and cell: sample order, path, cell, then the task's columns (prediction,
-    confidence), the per-image score (top-1 correct) and agreement with the reference."""
+    """One row per image and cell: path, cell, then the task's columns (classification: prediction,
+    confidence, correct; segmentation: the image's mIoU and pixel accuracy) and the agreement with the
+    reference's prediction."""
     frames = []
     for cell, columns in result.records.items():
         frame = pd.DataFrame({"path": result.paths, "cell": cell})

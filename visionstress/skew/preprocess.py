@@ -73,6 +73,16 @@ def classification_pixels(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     return canvas
 
 
+def native_pixels(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """For tasks fed images at their own size: the decoded image, resized only when the recipe scales it
+    or names a size."""
+    if recipe.input_size is None and recipe.scale == 1.0:
+        return image
+    height, width = (int(s) for s in image.shape[-2:])
+    size = recipe.input_size or (max(1, round(height * recipe.scale)), max(1, round(width * recipe.scale)))
+    return resize(image, size, recipe.resize_backend, recipe.interpolation)
+
+
 def model_input(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """float32 `[B, 3, H, W]` the model is fed: scaled to [0, 1] (unless 0-255), channels swapped for
     BGR, then (x - mean) / std; the same arithmetic as the adapter, so the reference is bit-identical."""

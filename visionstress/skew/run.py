@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from visionstress.images import ImageReadError
-from visionstress.skew.cells import (Cell, Matrix, Recipe, SkewError, build_matrix, default_cells,
-                                     parse_cell, parse_knobs, read_cells_file, reference_knobs, reference_recipe)
+from visionstress.skew.cells import (Cell, Matrix, Recipe, SkewError, build_matrix, default_cells, parse_cell,
+                                     parse_knobs, read_cells_file, reference_knobs)
 from visionstress.skew.decode import decode, reencode_jpeg
 from visionstress.skew.parity import (ParityCheck, ParityResult, call_serving, check_serving_model_shape,
                                       serving_function)
@@ -42,6 +42,8 @@ class SkewResult:
 
     task: str
     metric: str
+    test: str
+    interval: str
     alpha: float
     reference: Recipe
     rows: list[dict[str, Any]]
@@ -62,9 +64,8 @@ class SkewResult:
         raise KeyError(f"no skew row {cell!r}; rows: {', '.join(r['cell'] for r in self.rows)}")
 
     def section(self) -> dict[str, Any]:
-        task = get_skew_task(self.task)
         return {"task": self.task, "metric": self.metric, "alpha": self.alpha,
-                "test": f"{task.test}, Holm-adjusted over the cells", "interval": task.interval,
+                "test": f"{self.test}, Holm-adjusted over the cells", "interval": self.interval,
                 "reference": self.reference.to_dict(), "images": len(self.paths), "rows": self.rows,
                 "summary": _summary(self.rows, self.metric, self.alpha), "notes": self.notes,
                 "parity": None if self.parity is None else self.parity.to_dict(), "timing": self.timing}
@@ -73,7 +74,7 @@ class SkewResult:
 # --- the library entry points -----------------------------------------------------------------------------
 
 def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequence[str], *,
-             task: str = "classification", knobs: str | Sequence[str] | None = None,
+             task: str = "classification", ignore_index: int = 255, knobs: str | Sequence[str] | None = None,
              cells: Sequence[Cell | str] | None = None, serving: str | Callable[[str], Any] | None = None,
              serving_model: Any = None, min_agreement: float = 1.0, trust_model: bool = False,
              device: str | torch.device = "cpu", amp: bool = False, batch_size: int = 64, workers: int = 2,
@@ -82,31 +83,37 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     """The skew matrix (and serving parity) of an already-loaded model on already-listed samples.
 
     `loaded` is a `LoadedModel` (or an `nn.Module`), `config` its resolved `DataConfig` (the reference
-    cell), `samples` have `.path` and `.label` (model indices), `class_names` the model's classes.
-    `knobs` picks the catalogue's knobs (None: all, with named combinations; "none": only parity);
-    `cells` replaces that with explicit cells (`knob=value[,...]` strings or `Cell`s). `serving` is a
-    function path -> model input `[C, H, W]` (or "package.module:function"); `serving_model` an exported
-    model (a path such as model.onnx, or a LoadedModel) compared with `loaded`. Everything is checked
-    before the first image is read: cells, the model on every input size, the serving path on the first
-    image.
+    cell), `class_names` the model's classes. Classification samples have `.path` and `.label` (a
+    model index); segmentation samples `.path` and `.mask_path` (class-index masks, `ignore_index`
+    not scored). `knobs` picks the catalogue's knobs (None: the task's catalogue with the named
+    combinations; "none": only parity); `cells` replaces that with explicit cells (`knob=value[,...]`
+    strings or `Cell`s). `serving` is a function path -> model input `[C, H, W]` (or
+    "package.module:function"); `serving_model` an exported model (a path such as model.onnx, or a
+    LoadedModel) compared with `loaded` (classification). Everything is checked before the first image
+    is read: cells, the model on every fixed input size, the serving path on the first image.
     """
-    skew_task = get_skew_task(task)
+    settings = {"num_classes": len(class_names), "ignore_index": ignore_index} if task == "segmentation" else {}
+    skew_task = get_skew_task(task, **settings)
     device = torch.device(device)
     _check_numbers(batch_size, workers, bootstrap, alpha, min_agreement)
     if not samples:
         raise SkewError("no images to score")
-    reference = reference_recipe(config)
-    explicit = cells is not None
+    reference = skew_task.reference(config)
     if cells is not None:
         asked = [c if isinstance(c, Cell) else parse_cell(c, "--skew-cells") for c in cells]
     else:
-        asked = default_cells(parse_knobs(knobs, skew_task.knobs), reference)
-    matrix = build_matrix(reference, asked, skew_task.knobs)
+        asked = default_cells(parse_knobs(knobs, skew_task.knobs, skew_task.catalogue), reference)
+    matrix = build_matrix(reference, asked, skew_task.knobs, skew_task.canonical)
     num_classes = len(class_names)
     adapters = {reference.input_size: skew_task.adapter(loaded, reference.input_size, device, amp, num_classes)}
-    matrix = _check_input_sizes(matrix, skew_task, loaded, adapters, device, amp, num_classes, strict=explicit)
-    parity = _Parity.prepare(serving, serving_model, trust_model, reference, skew_task, samples[0].path, device, amp,
-                             num_classes, list(class_names), min_agreement) if serving or serving_model else None
+    matrix = _check_input_sizes(matrix, skew_task, loaded, adapters, device, amp, num_classes,
+                                strict=cells is not None)
+    parity = None
+    if serving is not None or serving_model is not None:
+        if task != "classification":
+            raise SkewError("--serving and --serving-model check classification models so far")
+        parity = _Parity.prepare(serving, serving_model, trust_model, reference, skew_task, str(samples[0].path),
+                                 device, amp, num_classes, list(class_names), min_agreement)
     return _loop(skew_task, matrix, adapters, parity, samples, list(class_names), device=device,
                  batch_size=batch_size, workers=workers, bootstrap=bootstrap, seed=seed, alpha=alpha, strict=strict,
                  progress=progress)
@@ -115,7 +122,8 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
 def skew(model: str | None = None, data: str | Path | None = None, *, task: str = "classification",
          weights: str | Path | None = None, trust_model: bool = False, num_classes: int | None = None,
          data_config: str | Path | None = None, data_config_overrides: dict[str, Any] | None = None,
-         class_names: str | Path | None = None, knobs: str | Sequence[str] | None = None,
+         class_names: str | Path | None = None, images: str | Path | None = None, masks: str | Path | None = None,
+         ignore_index: int = 255, knobs: str | Sequence[str] | None = None,
          cells: Sequence[Cell | str] | None = None, cells_file: str | Path | None = None,
          serving: str | Callable[[str], Any] | None = None, serving_model: str | Path | None = None,
          min_agreement: float = 1.0, device: str | torch.device | None = None, batch_size: int = 64,
@@ -124,13 +132,16 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
          progress: Callable[[int, int], None] | None = None) -> SkewResult:
     """`visionstress skew`: load the model and data as `visionstress run` does, run the skew matrix (and
     serving parity), write scorecard.json, summary.md, report.html and skew_records.parquet to `out`
-    (default reports/<name>-skew), and return the result. Neither model nor data: the bundled demo."""
+    (default reports/<name>-skew), and return the result. Neither model nor data: the bundled demo.
+    Segmentation data is given as for `visionstress run --task segmentation` (`images`, `masks`,
+    `class_names`, `ignore_index`)."""
     from visionstress.engine import default_device, demo_arguments
 
     name = None
     if model is None and data is None:
         demo = demo_arguments(task)
         model, weights, data, name = demo["model"], demo["weights"], demo["data"], f"{demo['name']}-skew"
+        masks, class_names = demo.get("masks", masks), demo.get("class_names", class_names)
     elif model is None or data is None:
         raise SkewError("give both --model and --data, or neither to use the bundled demo")
     if limit is not None and limit < 1:
@@ -141,22 +152,34 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
         cells = read_cells_file(cells_file)
     if cells is not None and knobs is not None:
         raise SkewError("--skew-knobs selects catalogue cells and --skew-cells defines them: give one of them")
-    loaded, config, config_source, samples, names = _load_classification(
-        str(model), Path(data), weights, trust_model, num_classes, data_config, data_config_overrides or {},
-        class_names, limit)
+    if task == "segmentation":
+        loaded, config, config_source, samples, names, dataset_facts = _load_segmentation(
+            str(model), Path(data), weights, trust_model, num_classes, data_config, data_config_overrides or {},
+            class_names, images, masks, ignore_index, limit)
+        ignore_index = dataset_facts["ignore_index"]
+    elif task == "classification":
+        if images is not None or masks is not None:
+            raise SkewError("--images and --masks apply to --task segmentation")
+        loaded, config, config_source, samples, names = _load_classification(
+            str(model), Path(data), weights, trust_model, num_classes, data_config, data_config_overrides or {},
+            class_names, limit)
+        from visionstress.datasets import dataset_fingerprint
+
+        dataset_facts = {"fingerprint": dataset_fingerprint(samples, data)}
+    else:
+        get_skew_task(task)  # the error that lists the tasks
     out_dir = Path(out) if out is not None else Path("reports") / (name or _report_name(str(model), Path(data)))
-    result = run_skew(loaded, config, samples, names, task=task, knobs=knobs, cells=cells, serving=serving,
+    result = run_skew(loaded, config, samples, names, task=task, ignore_index=ignore_index, knobs=knobs, cells=cells,
+                      serving=serving,
                       serving_model=serving_model, min_agreement=min_agreement, trust_model=trust_model,
                       device=device or default_device(), amp=amp, batch_size=batch_size, workers=workers,
                       bootstrap=bootstrap, seed=seed, alpha=alpha, strict=strict, progress=progress)
-    from visionstress.datasets import dataset_fingerprint
     from visionstress.skew.outputs import write_skew
 
     result.extra = {
         "model": {"spec": str(model), "path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
                   "weights": None if weights is None else str(weights)},
-        "dataset": {"path": str(data), "fingerprint": dataset_fingerprint(samples, data),
-                    "num_samples": len(result.paths), "num_listed": len(samples), "num_classes": len(names),
+        "dataset": {"path": str(data), **dataset_facts, "num_samples": len(result.paths), "num_listed": len(samples), "num_classes": len(names),
                     "class_names": list(names)},
         "data_config": {**config.to_dict(), "source": config_source}, "seed": seed,
         "device": str(device or default_device()),
@@ -200,18 +223,30 @@ def check_serving_parity(model: str | None = None, data: str | Path | None = Non
 def cell_input(path: str | Path, cell: Cell | str | None, config: Any, task: str = "classification") -> torch.Tensor:
     """What the model is fed for one image file under `cell` (None: the reference), float `[3, H, W]`:
     the loop's own decoding, pixels and normalisation, for one image. Shows what a cell does."""
-    skew_task = get_skew_task(task)
-    reference = reference_recipe(config)
-    if cell is None:
-        recipe = reference
-    else:
+    skew_task = get_skew_task(task, **({"num_classes": 1} if task == "segmentation" else {}))
+    reference = skew_task.reference(config)
+    recipe = reference
+    if cell is not None:
         cell = cell if isinstance(cell, Cell) else parse_cell(cell)
-        matrix = build_matrix(reference, [cell], skew_task.knobs)
+        matrix = build_matrix(reference, [cell], skew_task.knobs, skew_task.canonical)
         recipe = matrix.cells[0][1] if matrix.cells else reference
-    item = _SkewImages([str(path)], [recipe], recipe, skew_task)[0]
+    item = _SkewImages([_File(str(path))], [recipe], recipe, skew_task, targets=False)[0]
     if not isinstance(item, tuple):
         raise ImageReadError(f"{item.path}: {item.reason}")
     return model_input(item[1][recipe.pixels][None], recipe)[0]
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str
+
+
+@dataclass(frozen=True)
+class _Masked:
+    """A segmentation sample as the skew loop reads it: the image and its mask, absolute paths."""
+
+    path: str
+    mask_path: str
 
 
 def _load_classification(model: str, data: Path, weights: Any, trust_model: bool, num_classes: int | None,
@@ -238,6 +273,33 @@ def _load_classification(model: str, data: Path, weights: Any, trust_model: bool
         raise SkewError(f"{model}: the model outputs {width} classes but the dataset has {len(class_list)}; pass "
                         f"--class-names with the model's {width} class names in index order")
     return loaded, config, source, samples, class_list
+
+
+def _load_segmentation(model: str, data: Path, weights: Any, trust_model: bool, num_classes: int | None,
+                       data_config: Any, overrides: dict[str, Any], class_names: Any, images: Any, masks: Any,
+                       ignore_index: int, limit: int | None):
+    """The model, its DataConfig, the image/mask pairs, the class names and the dataset's facts, as
+    `visionstress run --task segmentation` loads them."""
+    from visionstress.datasets import load_segmentation_dataset
+    from visionstress.models import load_model, resolve_data_config
+    from visionstress.runner import _segmentation_fingerprint
+
+    if masks is not None:  # --data is then the images folder
+        dataset = load_segmentation_dataset(images=images or data, masks=masks, class_names=class_names,
+                                            ignore_index=ignore_index)
+    else:
+        dataset = load_segmentation_dataset(data, images=images, class_names=class_names, ignore_index=ignore_index)
+    if limit is not None:
+        dataset.samples = dataset.samples[:limit]
+    names = list(dataset.class_names)
+    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
+                        num_classes=num_classes or len(names), task="segmentation")
+    config, source = resolve_data_config(loaded.data_config, None if data_config is None else str(data_config),
+                                         overrides)
+    samples = [_Masked(str(Path(dataset.images_root) / s.image_path), str(Path(dataset.masks_root) / s.mask_path))
+               for s in dataset.samples]
+    facts = {"fingerprint": _segmentation_fingerprint(dataset), "ignore_index": dataset.ignore_index}
+    return loaded, config, source, samples, names, facts
 
 
 def _report_name(model: str, data: Path) -> str:
@@ -268,9 +330,11 @@ def _check_input_sizes(matrix: Matrix, task: SkewTask, loaded: Any, adapters: di
     sizes = [matrix.reference.input_size] + [r.input_size for _, r in matrix.cells]
     refused: dict[tuple[int, int], str] = {}
     for size in dict.fromkeys(sizes):
+        if size is None:  # images at their own size: nothing fixed to check
+            continue
         adapter = adapters.get(size) or task.adapter(loaded, size, device, amp, num_classes)
         try:
-            task.predict(adapter, torch.zeros((1, 3, *size), device=device))
+            adapter.predict(torch.zeros((1, 3, *size), device=device))
         except (ModelOutputError, ValueError) as exc:
             if size == matrix.reference.input_size:
                 raise SkewError(f"the model fails on its own input size {size[0]}x{size[1]}: {exc}") from None
@@ -328,7 +392,7 @@ class _Parity:
             fixed = check_serving_model_shape(serving_model, shape) if isinstance(serving_model, LoadedModel) else None
             adapter = task.adapter(serving_model, shape[1:], device, amp, num_classes)
             try:
-                task.predict(adapter, torch.zeros((fixed or 1, *shape), device=device))
+                adapter.predict(torch.zeros((fixed or 1, *shape), device=device))
             except (ModelOutputError, ValueError) as exc:
                 raise SkewError(f"--serving-model {model_name}: it fails on a {'x'.join(map(str, shape))} input "
                                 f"({exc})") from None
@@ -340,39 +404,43 @@ class _Parity:
             return reference
         return torch.stack([call_serving(self.fn, self.fn_name, p, self.shape) for p in paths]).to(reference.device)
 
-    def predict(self, task: SkewTask, fallback: Any, inputs: torch.Tensor) -> torch.Tensor:
+    def predict(self, task: SkewTask, fallback: Any, inputs: torch.Tensor) -> list[torch.Tensor]:
         adapter = self.adapter or fallback
         if self.fixed_batch is None:
-            return task.predict(adapter, inputs)
-        outs = []
+            return task.predict(adapter, inputs, [None] * len(inputs))
+        outs: list[torch.Tensor] = []
         for start in range(0, len(inputs), self.fixed_batch):
             chunk = inputs[start:start + self.fixed_batch]
             pad = self.fixed_batch - len(chunk)
             if pad:
                 chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
-            outs.append(task.predict(adapter, chunk)[: self.fixed_batch - pad])
-        return torch.cat(outs)
+            outs += task.predict(adapter, chunk, [None] * len(chunk))[: self.fixed_batch - pad]
+        return outs
 
 
 # --- decoding and pixels, in the loader workers -------------------------------------------------------------
 
 class _SkewImages(Dataset):
     """Item i: `(i, {pixels key: uint8 tensor, or the ImageReadError of a library that cannot read the
-    file})`, or a SkippedFile when the reference decoder cannot read it (the image is left out, as
-    `visionstress run` leaves it out)."""
+    file}, target)`; a SkippedFile when the reference decoder cannot read the file (the image is left
+    out, as `visionstress run` leaves it out); a DatasetError (returned, so that the main process raises
+    it as the user's message) for a target that cannot be right."""
 
-    def __init__(self, paths: Sequence[str], recipes: Sequence[Recipe], reference: Recipe, task: SkewTask) -> None:
-        self.paths = list(paths)
+    def __init__(self, samples: Sequence[Any], recipes: Sequence[Recipe], reference: Recipe, task: SkewTask,
+                 targets: bool = True) -> None:
+        self.samples = list(samples)
+        self.paths = [str(s.path) for s in self.samples]
         self.by_pixels = {r.pixels: r for r in recipes}
         self.sources = sorted({r.source for r in recipes}, key=str)
         self.reference = reference
         self.task = task
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Any:
-        from visionstress.datasets import SkippedFile
+        from visionstress.datasets import DatasetError, SkippedFile
 
         path = self.paths[index]
         try:
@@ -380,14 +448,20 @@ class _SkewImages(Dataset):
         except OSError as exc:
             return SkippedFile(path, f"cannot read the file ({exc.strerror or exc})")
         decoded = _decode_sources(data, self.sources, path)
-        failure = decoded[self.reference.source]
-        if isinstance(failure, ImageReadError):
-            return SkippedFile(path, str(failure).removeprefix(f"{path}: "))
+        image = decoded[self.reference.source]
+        if isinstance(image, ImageReadError):
+            return SkippedFile(path, str(image).removeprefix(f"{path}: "))
+        try:
+            target = self.task.target(self.samples[index], image) if self.targets else None
+        except ImageReadError as exc:
+            return SkippedFile(path, str(exc))
+        except DatasetError as exc:
+            return exc
         pixels = {}
         for key, recipe in self.by_pixels.items():
             source = decoded[recipe.source]
             pixels[key] = source if isinstance(source, ImageReadError) else self.task.pixels(source, recipe)
-        return index, pixels
+        return index, pixels, target
 
 
 def _decode_sources(data: bytes, sources: Sequence[tuple[str, bool, int | None]], name: str) -> dict[Any, Any]:
@@ -430,8 +504,7 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
     from visionstress.datasets import DatasetError, SkippedFile
 
     cells: list[tuple[Cell | None, Recipe]] = [(None, matrix.reference), *matrix.cells]
-    recipes = [r for _, r in cells]
-    dataset = _SkewImages([str(s.path) for s in samples], recipes, matrix.reference, task)
+    dataset = _SkewImages(samples, [r for _, r in cells], matrix.reference, task)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_as_list)
     accumulators = [_Accumulator() for _ in cells]
     evaluator = task.reference_evaluator(class_names, bootstrap, seed)
@@ -449,6 +522,8 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
             break
         good = []
         for item in items:
+            if isinstance(item, DatasetError):
+                raise item
             if isinstance(item, SkippedFile):
                 if strict:
                     raise DatasetError(f"{item.path}: {item.reason}")
@@ -457,27 +532,25 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
                 good.append(item)
         if not good:
             continue
-        ids = [index for index, _ in good]
+        ids = [index for index, _, _ in good]
+        targets = [target for _, _, target in good]
         batch_paths = [dataset.paths[i] for i in ids]
         paths += batch_paths
-        targets = torch.tensor([int(samples[i].label) for i in ids], dtype=torch.int64)
-        stacks = {key: _stack([pixels[key] for _, pixels in good], recipe.input_size, device)
-                  for key, recipe in dataset.by_pixels.items()}
         timing["data_seconds"] += time.perf_counter() - t0
-        reference = None
+        reference: list[Any] = []
         for (cell, recipe), acc in zip(cells, accumulators):
-            pixels, valid, errors = stacks[recipe.pixels]
+            pixels = [item_pixels[recipe.pixels] for _, item_pixels, _ in good]
             t1 = time.perf_counter()
-            x = model_input(pixels, recipe)
-            predictions = task.predict(adapters[recipe.input_size], x)
+            predictions, inputs = _predict(task, adapters[recipe.input_size], pixels, targets, recipe, device)
             timing["model_seconds"] += time.perf_counter() - t1
             if cell is None:
-                reference, reference_inputs = predictions, x
-                evaluator.update(torch.tensor(ids), targets, predictions)
-            acc.scores.append(task.score(predictions, targets, valid))
-            acc.agreement.append(task.agreement(reference, predictions, valid))
-            acc.columns.append(task.columns(predictions, valid))
-            acc.unreadable += [{"path": batch_paths[i], "reason": str(errors[i])} for i in np.flatnonzero(~valid)]
+                reference, reference_inputs = predictions, inputs
+                evaluator.update(ids, targets, predictions)
+            acc.scores.append(task.score(predictions, targets))
+            acc.agreement.append(task.agreement(reference, predictions, targets))
+            acc.columns.append(task.columns(predictions, targets))
+            acc.unreadable += [{"path": batch_paths[i], "reason": str(p)} for i, p in enumerate(pixels)
+                               if not isinstance(p, torch.Tensor)]
             done += len(ids)
             if progress is not None:
                 progress(done, total)
@@ -486,7 +559,7 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
             served = parity.predict(task, adapters[matrix.reference.input_size],
                                     parity.inputs(batch_paths, reference_inputs))
             timing["model_seconds"] += time.perf_counter() - t1
-            parity.check.update(batch_paths, reference, served, targets.numpy())
+            parity.check.update(batch_paths, torch.stack(reference), torch.stack(served), np.asarray(targets))
             done += len(ids)
             if progress is not None:
                 progress(done, total)
@@ -497,18 +570,30 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
     timing.update(images=len(paths), cells=len(cells), predictions=len(paths) * len(cells),
                   predictions_per_second=len(paths) * len(cells) / max(timing["total_seconds"], 1e-9))
     rows, records = _rows(task, cells, accumulators, bootstrap, seed, alpha)
-    return SkewResult(task=task.name, metric=task.metric, alpha=alpha, reference=matrix.reference, rows=rows,
-                      notes=list(matrix.notes), parity=None if parity is None else parity.check.result(),
-                      clean_row=evaluator.row(), paths=paths, records=records, skipped=skipped,
+    return SkewResult(task=task.name, metric=task.metric, test=task.test, interval=task.interval, alpha=alpha,
+                      reference=matrix.reference, rows=rows, notes=list(matrix.notes),
+                      parity=None if parity is None else parity.check.result(), clean_row=evaluator.row(),
+                      paths=paths, records=records, skipped=skipped,
                       timing={k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()})
 
 
-def _stack(items: list[Any], size: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, np.ndarray, list]:
-    """One batch of pixels on the device; images a library could not decode are zeros, marked invalid."""
-    valid = np.array([isinstance(t, torch.Tensor) for t in items])
-    blank = torch.zeros((3, *size), dtype=torch.uint8)
-    pixels = torch.stack([t if ok else blank for t, ok in zip(items, valid)]).to(device)
-    return pixels, valid, [None if ok else t for t, ok in zip(items, valid)]
+def _predict(task: SkewTask, adapter: Any, pixels: list[Any], targets: list[Any], recipe: Recipe,
+             device: torch.device) -> tuple[list[Any], torch.Tensor | None]:
+    """Per-image predictions of one cell on one batch: images of one shape go to the device and the model
+    together (channel order and normalisation applied there); an image the cell's decoder could not read
+    gets None. Also returns the model inputs when the whole batch was one shape (what parity reuses)."""
+    predictions: list[Any] = [None] * len(pixels)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(pixels):
+        if isinstance(p, torch.Tensor):
+            groups.setdefault(tuple(p.shape), []).append(i)
+    inputs = None
+    for index in groups.values():
+        inputs = model_input(torch.stack([pixels[i] for i in index]).to(device), recipe)
+        for i, prediction in zip(index, task.predict(adapter, inputs, [targets[i] for i in index])):
+            predictions[i] = prediction
+    whole = len(groups) == 1 and len(next(iter(groups.values()))) == len(pixels)
+    return predictions, inputs if whole else None
 
 
 def _rows(task: SkewTask, cells: list[tuple[Cell | None, Recipe]], accumulators: list[_Accumulator], bootstrap: int,
@@ -522,15 +607,16 @@ def _rows(task: SkewTask, cells: list[tuple[Cell | None, Recipe]], accumulators:
         name = REFERENCE if cell is None else cell.name
         row = {"cell": name, "label": None if cell is None else cell.label,
                "group": REFERENCE if cell is None else cell.group,
-               "knobs": reference_knobs(recipe) if cell is None else dict(cell.knobs), "recipe": recipe.to_dict(),
+               "knobs": reference_knobs(recipe, task.knobs) if cell is None else dict(cell.knobs),
+               "recipe": recipe.to_dict(),
                "metrics": stats.metrics, "ci": stats.ci, "delta": stats.delta, "delta_ci": stats.delta_ci,
                "agreement": float(agreement.mean()), "test": None if cell is None else stats.test,
                "p_value": None if cell is None else stats.p_value, "p_adjusted": None, "significant": False,
                **({} if cell is None else stats.details), "unreadable": acc.unreadable}
         rows.append(row)
         columns = {k: np.concatenate([c[k] for c in acc.columns]) for k in acc.columns[0]}
-        records[name] = {**columns, "score": scores, "agreement": agreement}
-    tested = rows[1:]
+        records[name] = {**columns, "agreement": agreement}
+    tested = [r for r in rows[1:] if r["p_value"] is not None]
     for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
         row["p_adjusted"] = adjusted
         row["significant"] = bool(adjusted < alpha)

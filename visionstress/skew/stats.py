@@ -16,7 +16,7 @@ shared paired statistics without touching the loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +59,54 @@ def paired_binary(reference: np.ndarray, cell: np.ndarray, *, bootstrap: int, se
         p_value, delta_interval = float(test.pvalue), (share * (2 * low - 1), share * (2 * high - 1))
     return PairedBinary(float(values.mean()), interval, (cell_only - reference_only) / n, delta_interval,
                         p_value, reference_only, cell_only)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """A cell's count-based metrics against the reference's on the same images, by bootstrap."""
+
+    values: dict[str, float]
+    intervals: dict[str, list[float]]  # empty without resamples
+    deltas: dict[str, float]
+    delta_intervals: dict[str, list[float]]
+    p_value: float | None  # for the first metric's difference; None without resamples
+
+
+def paired_bootstrap(reference: np.ndarray, cell: np.ndarray, metrics: Callable[[np.ndarray], dict[str, np.ndarray]],
+                     names: Sequence[str], *, bootstrap: int, seed: int, alpha: float = 0.05) -> PairedBootstrap:
+    """Metrics that are ratios of sums over images (mIoU): `reference` and `cell` are per-image counts
+    `[n, k]` and `metrics(totals [..., k])` turns summed counts into `{name: value}`. Each resample draws
+    image multiplicities once and applies them to both sides (the same draws as `visionstress run`'s
+    intervals, so the reference's interval is the run's), giving percentile intervals for the cell's
+    metrics and their differences; the p-value of the first metric's difference is the two-sided
+    bootstrap one, 2 x the smaller share of resampled differences on either side of 0 (+1 smoothed), the
+    test the percentile interval inverts."""
+    ref, hit = (np.asarray(x, dtype=np.float64) for x in (reference, cell))
+    n, k = ref.shape
+    ref_point, cell_point = metrics(ref.sum(axis=0)), metrics(hit.sum(axis=0))
+    values = {m: float(cell_point[m]) for m in names}
+    deltas = {m: values[m] - float(ref_point[m]) for m in names}
+    if bootstrap == 0:
+        return PairedBootstrap(values, {}, deltas, {}, None)
+    stacked = np.concatenate([ref, hit], axis=1)
+    resampled: list[np.ndarray] = []
+
+    def stats(idx: np.ndarray) -> dict[str, np.ndarray]:
+        r = idx.shape[0]
+        rows = (np.arange(r)[:, None] * n + idx).reshape(-1)
+        totals = np.bincount(rows, minlength=r * n).reshape(r, n).astype(np.float64) @ stacked
+        ref_m, cell_m = metrics(totals[:, :k]), metrics(totals[:, k:])
+        out = {m: cell_m[m] for m in names} | {f"delta {m}": cell_m[m] - ref_m[m] for m in names}
+        resampled.append(out[f"delta {names[0]}"])
+        return out
+
+    ci = bootstrap_ci(stats, n, bootstrap, seed, alpha)
+    differences = np.concatenate(resampled)
+    differences = differences[np.isfinite(differences)]
+    count = len(differences)
+    below, above = (int((differences <= 0).sum()) + 1) / (count + 1), (int((differences >= 0).sum()) + 1) / (count + 1)
+    return PairedBootstrap(values, {m: list(ci[m]) for m in names}, deltas,
+                           {m: list(ci[f"delta {m}"]) for m in names}, min(1.0, 2 * min(below, above)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
