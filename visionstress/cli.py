@@ -274,7 +274,7 @@ def _print_skew(result) -> None:
     console.print(f"[bold]reference[/] {metric} {fmt(reference['metrics'][metric])} "
                   f"[{fmt_interval(reference['ci'].get(metric))}] on {len(result.paths)} images "
                   f"({', '.join(f'{k}={v}' for k, v in reference['knobs'].items())})", highlight=False)
-    table = Table(title=f"{metric} per preprocessing cell (p: {'exact McNemar' if result.task == 'classification' else 'paired bootstrap'}, Holm)")
+    table = Table(title=f"{metric} per preprocessing cell (p: {result.test}, Holm)")
     for column, justify in (("cell", "left"), (metric, "right"), ("change", "right"), ("change 95% CI", "right"),
                             ("agreement", "right"), ("p (Holm)", "right"), ("significant", "center")):
         table.add_column(column, justify=justify, overflow="fold")
