@@ -170,8 +170,7 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
         get_skew_task(task)  # the error that lists the tasks
     out_dir = Path(out) if out is not None else Path("reports") / (name or _report_name(str(model), Path(data)))
     result = run_skew(loaded, config, samples, names, task=task, ignore_index=ignore_index, knobs=knobs, cells=cells,
-                      serving=serving,
-                      serving_model=serving_model, min_agreement=min_agreement, trust_model=trust_model,
+                      serving=serving, serving_model=serving_model, min_agreement=min_agreement, trust_model=trust_model,
                       device=device or default_device(), amp=amp, batch_size=batch_size, workers=workers,
                       bootstrap=bootstrap, seed=seed, alpha=alpha, strict=strict, progress=progress)
     from visionstress.skew.outputs import write_skew
@@ -179,8 +178,8 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
     result.extra = {
         "model": {"spec": str(model), "path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
                   "weights": None if weights is None else str(weights)},
-        "dataset": {"path": str(data), **dataset_facts, "num_samples": len(result.paths), "num_listed": len(samples), "num_classes": len(names),
-                    "class_names": list(names)},
+        "dataset": {"path": str(data), **dataset_facts, "num_samples": len(result.paths),
+                    "num_listed": len(samples), "num_classes": len(names), "class_names": list(names)},
         "data_config": {**config.to_dict(), "source": config_source}, "seed": seed,
         "device": str(device or default_device()),
     }
