@@ -548,8 +548,8 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
             acc.scores.append(task.score(predictions, targets))
             acc.agreement.append(task.agreement(reference, predictions, targets))
             acc.columns.append(task.columns(predictions, targets))
-            acc.unreadable += [{"path": batch_paths[i], "reason": str(p)} for i, p in enumerate(pixels)
-                               if not isinstance(p, torch.Tensor)]
+            acc.unreadable += [{"path": batch_paths[i], "reason": str(p).removeprefix(f"{batch_paths[i]}: ")}
+                               for i, p in enumerate(pixels) if not isinstance(p, torch.Tensor)]
             done += len(ids)
             if progress is not None:
                 progress(done, total)
