@@ -215,6 +215,108 @@ run_command.__annotations__ = {p.name: p.annotation for p in run_command.__signa
 app.command("run")(run_command)
 
 
+@app.command("skew")
+def skew_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="As for `visionstress run`. Omit with --data to "
+                                        "use the bundled demo."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="ImageFolder directory, or a .csv/.json list of path,label."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="State dict (.pth/.pt/.safetensors)."),
+    task: str = typer.Option("classification", help="classification or segmentation."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: the images folder."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Segmentation: folder of class-index mask PNGs."),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="Segmentation: mask value that is not scored."),
+    class_names: Optional[Path] = typer.Option(None, "--class-names", help="One class name per line, in model index order."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Build the architecture with this many outputs."),
+    data_config: Optional[Path] = typer.Option(None, "--data-config", help="YAML/JSON preprocessing (the reference cell)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Model input side in pixels."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Shorter side before the centre crop."),
+    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="bilinear, bicubic or nearest."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 0.485,0.456,0.406"),
+    std: Optional[str] = typer.Option(None, "--std", help="e.g. 0.229,0.224,0.225"),
+    channel_order: Optional[str] = typer.Option(None, "--channel-order", help="RGB or BGR."),
+    skew_knobs: Optional[str] = typer.Option(None, "--skew-knobs", help="Comma-separated knobs of the catalogue "
+                                             "(decoder, resize_backend, interpolation, crop, input_size, channel_order, "
+                                             "normalization, jpeg, exif, combinations), all (default) or none."),
+    skew_cells: Optional[Path] = typer.Option(None, "--skew-cells", help="YAML list of cells knob=value[,knob=value] "
+                                              "instead of the catalogue."),
+    serving: Optional[str] = typer.Option(None, "--serving", help="Your serving preprocessing, package.module:function "
+                                          "(image path -> model input [C,H,W], normalised): checked for parity."),
+    serving_model: Optional[Path] = typer.Option(None, "--serving-model", help="An export of the same model (e.g. "
+                                                 "model.onnx) checked for parity with it."),
+    min_agreement: float = typer.Option(1.0, "--min-agreement", help="Serving parity fails (exit 1) below this "
+                                        "share of images agreeing with the reference."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    workers: int = typer.Option(2, help="DataLoader workers decoding and resizing images."),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the model."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resamples."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: reports/<name>-skew)."),
+    strict: bool = typer.Option(False, "--strict", help="A file the reference cannot read is an error, not a skip."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow model files that execute code."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the metric intervals (0: none)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level after the Holm adjustment over the cells."),
+) -> None:
+    """Preprocessing skew: the model under the ways serving differs from its declared preprocessing, and
+    the parity of your serving path (no arguments: the bundled demo). Exit 1 when serving parity fails."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from visionstress.skew import skew
+
+    overrides = {"input_size": input_size, "resize": resize, "interpolation": interpolation,
+                 "mean": mean, "std": std, "channel_order": channel_order}
+    columns = (TextColumn("[bold]skew"), BarColumn(), MofNCompleteColumn(), TextColumn("predictions"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task_id = bar.add_task("skew", total=None)
+        try:
+            result = skew(model=model, data=data, task=task, weights=weights, trust_model=trust_model,
+                          num_classes=num_classes, data_config=data_config, data_config_overrides=overrides,
+                          class_names=class_names, images=images, masks=masks, ignore_index=ignore_index,
+                          knobs=skew_knobs, cells_file=skew_cells, serving=serving,
+                          serving_model=serving_model, min_agreement=min_agreement, device=device,
+                          batch_size=batch_size, workers=workers, amp=amp, limit=limit, seed=seed, out=out,
+                          strict=strict, bootstrap=bootstrap, alpha=alpha,
+                          progress=lambda done, total: bar.update(task_id, completed=done, total=total))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+        except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+            _fail(str(exc))
+    _print_skew(result)
+    if result.parity is not None and not result.parity.passed:
+        raise typer.Exit(code=1)
+
+
+def _print_skew(result) -> None:
+    from visionstress.skew.outputs import fmt, fmt_delta, fmt_interval, fmt_p
+
+    metric, rows = result.metric, result.rows
+    reference = rows[0]
+    console.print(f"[bold]reference[/] {metric} {fmt(reference['metrics'][metric])} "
+                  f"[{fmt_interval(reference['ci'].get(metric))}] on {len(result.paths)} images "
+                  f"({', '.join(f'{k}={v}' for k, v in reference['knobs'].items())})", highlight=False)
+    table = Table(title=f"{metric} per preprocessing cell (p: {result.test}, Holm)")
+    for column, justify in (("cell", "left"), (metric, "right"), ("change", "right"), ("change 95% CI", "right"),
+                            ("agreement", "right"), ("p (Holm)", "right"), ("significant", "center")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for row in rows[1:]:
+        delta = row["delta"][metric]
+        style = "red" if row["significant"] and delta < 0 else ("green" if row["significant"] else "")
+        table.add_row(Text(f"{row['label']} ({row['cell']})" if row["label"] else row["cell"]),
+                      fmt(row["metrics"][metric]), Text(fmt_delta(delta), style=style),
+                      fmt_interval(row["delta_ci"].get(metric), True), fmt(row["agreement"]), fmt_p(row["p_adjusted"]),
+                      Text("yes" if row["significant"] else "", style=style))
+    console.print(table)
+    for note in result.notes:
+        err_console.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
+    if result.parity is not None:
+        console.print(Text(result.parity.message, style="green" if result.parity.passed else "bold red"),
+                      soft_wrap=True)
+    if result.out_dir is not None:
+        console.print(f"scorecard: {result.out_dir / 'scorecard.json'}", highlight=False)
+
+
+
 class _Progress:
     """Progress of a run: a live bar on a terminal; elsewhere (CI logs) a plain line every `LOG_EVERY`
     seconds, so a long run never looks dead. Both show the known total from the start, the rate once

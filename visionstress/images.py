@@ -103,20 +103,25 @@ def read_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS) -> torc
                 raise ImageReadError(f"{display_path(path)}: {width}x{height} is {width * height:,} pixels, over the "
                                      f"max_pixels limit of {max_pixels:,} (raise --max-pixels to decode it)")
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("F", "I", "I;16", "I;16B", "I;16L", "I;16N"):
-                img = _to_8bit(img, path)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return pil_to_tensor(ImageOps.exif_transpose(img), path)
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{display_path(path)}: not a readable image ({exc})") from exc
+
+
+def pil_to_tensor(img: Image.Image, name: str | Path) -> torch.Tensor:
+    """A loaded Pillow image as uint8 RGB `[3, H, W]`, converted as `read_image` does (no orientation
+    change: callers decide about EXIF); `name` is the file the messages name."""
+    if img.mode in ("F", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+        img = _to_8bit(img, Path(name))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ImageReadError(f"{path}: image has zero size")
+        raise ImageReadError(f"{display_path(name)}: image has zero size")
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -72,7 +72,7 @@ class Scorecard:
     records_path: str | None = None
     prepared: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
-    skew: list[dict[str, Any]] = field(default_factory=list)
+    skew: dict[str, Any] = field(default_factory=dict)
 
     @property
     def main_metric(self) -> str:

@@ -166,6 +166,29 @@ def error_type_bars(panels: Sequence[tuple[str, dict[str, dict[str, float]]]]) -
     return data_uri(figure)
 
 
+@_styled
+def skew_deltas(cells: Sequence[tuple[str, float, float, float, bool]], metric: str) -> str:
+    """Preprocessing skew: each cell's change of the main metric from the reference (points), worst at
+    the top, with its 95% interval as a whisker; significant cells in the warning colour."""
+    figure = _figure(7.0, 0.8 + 0.24 * len(cells))
+    ax = figure.add_subplot()
+    y = np.arange(len(cells))
+    deltas = np.array([c[1] for c in cells], dtype=np.float64) * 100
+    low = np.array([c[2] for c in cells], dtype=np.float64) * 100
+    high = np.array([c[3] for c in cells], dtype=np.float64) * 100
+    colours = [WORST_COLOUR if c[4] else "#9aa5b1" for c in cells]
+    ax.barh(y, deltas, color=colours, height=0.7)
+    whiskers = np.isfinite(low) & np.isfinite(high)
+    ax.errorbar(deltas[whiskers], y[whiskers], xerr=[deltas[whiskers] - low[whiskers], high[whiskers] - deltas[whiskers]],
+                fmt="none", ecolor="#333333", elinewidth=0.8, capsize=2)
+    ax.axvline(0, color="#555555", linewidth=0.8)
+    ax.set_yticks(y, [text(c[0]) for c in cells])
+    ax.invert_yaxis()
+    ax.set_xlabel(text(f"change of {metric} from the reference (points)"))
+    ax.grid(axis="x", alpha=0.3)
+    return data_uri(figure)
+
+
 def _count(value: float) -> str:
     """A count short enough for a matrix cell (segmentation counts pixels: 1.2M, 45k)."""
     if value >= 1e6:

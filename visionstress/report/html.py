@@ -38,7 +38,8 @@ _PER_CLASS = (("per_class", "F1"), ("per_class_ap", "AP"), ("per_class_iou", "Io
 """The per-class breakdowns tasks write, and the value each shows (the first one present is shown)."""
 _SIZE_COLUMNS = {"size": ("num_gt", "objects", (("AP", "AP"), ("recall", "recall"))),
                  "region_recall": ("num_regions", "regions", (("recall", "recall"),))}
-_SECTIONS = (("headline", "headline", ()), ("heatmap", "heatmap", ("heatmap",)),
+_SECTIONS = (("headline", "headline", ()), ("skew", "preprocessing skew", ("skew",)),
+             ("heatmap", "heatmap", ("heatmap",)),
              ("curves", "degradation", ("curves",)), ("confusion", "confusion", ("confusion", "most_confused")),
              ("calibration", "calibration", ("calibration",)), ("small-objects", "small objects", ("size",)),
              ("error-types", "error types", ("error_types",)), ("occlusion", "occlusion", ("occlusion",)),
@@ -151,8 +152,9 @@ def write_report(scorecard: str | Path | Scorecard, out: str | Path | None = Non
     return target
 
 
-def render_report(card: Scorecard, base_dir: Path) -> str:
-    """The report's HTML text; `base_dir` is the folder the gallery's relative image paths start from."""
+def render_report(card: Scorecard, base_dir: Path, skew: Mapping[str, Any] | None = None) -> str:
+    """The report's HTML text; `base_dir` is the folder the gallery's relative image paths start from.
+    `skew` is a scorecard's `skew` section (visionstress.skew), by default the card's own if it has one."""
     metric = card.main_metric
     passes = _passes(card, metric)
     breakdowns = card.breakdowns or {}
@@ -162,6 +164,7 @@ def render_report(card: Scorecard, base_dir: Path) -> str:
         "metric": metric,
         "title": f"{card.model.get('spec')} on {card.dataset.get('path')}",
         "tiles": _tiles(card, passes),
+        "skew": _skew(skew if skew is not None else getattr(card, "skew", None)),
         "facts": _facts(card),
         "worst": _worst_table(passes),
         "heatmap": _heatmap(passes),
@@ -534,6 +537,89 @@ def _occlusion(breakdowns: Mapping[str, Any], passes: _Passes) -> Table | None:
         rows.append(row)
     return Table(["pass"] + [f"miss rate · {b}" for b in bins], rows,
                  caption="Share of ground-truth objects missed, by how much of each object was occluded.")
+
+
+@dataclass
+class SkewView:
+    """The preprocessing-skew section: the cell table, the bar chart of deltas, the knobs ranked by their
+    worst cell, notes, and the serving-parity verdict with its disagreeing images."""
+
+    metric: str
+    headline: str
+    table: Table
+    chart: EmbeddedFigure | None
+    knobs: Table | None
+    notes: list[str]
+    parity: str | None
+    parity_passed: bool
+    disagreements: Table | None
+
+
+def _skew(section: Mapping[str, Any] | None) -> SkewView | None:
+    if not isinstance(section, Mapping) or not section.get("rows"):
+        return None
+    metric, rows = str(section.get("metric")), section["rows"]
+
+    def name(row: Mapping[str, Any]) -> str:
+        return f"{row['label']} ({row['cell']})" if row.get("label") else str(row["cell"])
+
+    def interval(pair: Any, change: bool = False) -> str:
+        if not pair or len(pair) != 2 or not all(math.isfinite(_number(v)) for v in pair):
+            return "–"
+        f = (lambda v: _fmt_change(_number(v), metric)) if change else (lambda v: _fmt(v, metric))
+        return f"{f(pair[0])} – {f(pair[1])}"
+
+    def p_value(value: Any) -> str:
+        v = _number(value)
+        return "–" if not math.isfinite(v) else ("<0.001" if v < 0.001 else f"{v:.3f}")
+
+    table = Table(["cell", metric, "95% CI", "change", "change 95% CI", "agreement", "p (Holm)",
+                   "significant"],
+                  [[name(r), _fmt(r["metrics"].get(metric), metric), interval(r["ci"].get(metric)),
+                    _fmt_change(_number(r["delta"].get(metric)), metric), interval(r["delta_ci"].get(metric), True),
+                    _percent(r.get("agreement")), p_value(r.get("p_adjusted")), "yes" if r.get("significant") else ""]
+                   for r in rows],
+                  caption=f"Each cell changes the model's declared preprocessing (the reference, first row); "
+                          f"agreement is the share of images (pixels, for segmentation) whose prediction is the "
+                          f"reference's. "
+                          f"{section.get('test', '')}; intervals: {section.get('interval', '')}.")
+    cells = sorted(rows[1:], key=lambda r: _number(r["delta"].get(metric)))
+    chart = None
+    if cells:
+        chart = EmbeddedFigure(figures.skew_deltas(
+            [(r.get("label") or str(r["cell"]), _number(r["delta"].get(metric)), *[_number(v) for v in (r["delta_ci"].get(metric) or
+                                                                                  (None, None))],
+              bool(r.get("significant"))) for r in cells], metric),
+            f"change of {metric} from the reference per preprocessing cell")
+    summary = section.get("summary") or {}
+    knobs = None
+    if summary.get("knobs"):
+        knobs = Table(["knob", "worst cell", "change", "p (Holm)"],
+                      [[str(k["knob"]), str(k["worst_cell"]), _fmt_change(_number(k["delta"]), metric),
+                        p_value(k.get("p_adjusted"))] for k in summary["knobs"]], first_numeric=2,
+                      caption="Knobs ranked by their worst cell.")
+    reference = rows[0]
+    significant = summary.get("significant") or []
+    headline = (f"Reference {metric} {_fmt(reference['metrics'].get(metric), metric)} on {section.get('images')} "
+                f"images; {len(significant)} of {len(rows) - 1} cells change it significantly"
+                + (": " + ", ".join(significant) if significant else "."))
+    parity = section.get("parity")
+    parity_text, passed, disagreements = None, True, None
+    if isinstance(parity, Mapping):
+        passed = bool(parity.get("passed"))
+        parity_text = (f"Serving parity {'PASS' if passed else 'FAIL'}: {parity.get('serving')} agrees with the reference "
+                       f"on {_percent(parity.get('agreement'))} of {parity.get('images')} images (minimum "
+                       f"{_percent(parity.get('min_agreement'))}); largest logit difference "
+                       f"{_number(parity.get('max_logit_diff')):.3g}.")
+        listed = parity.get("disagreements") or []
+        if listed:
+            disagreements = Table(["image", "reference", "serving", "max logit diff"],
+                                  [[str(d["path"]), str(d["reference"]), str(d["serving"]),
+                                    f"{_number(d['max_logit_diff']):.3g}"] for d in listed[:_SKIPPED_SHOWN]],
+                                  first_numeric=3, caption=f"{len(listed)} image(s) where the serving prediction "
+                                                           f"differs from the reference's.")
+    return SkewView(metric, headline, table, chart, knobs, [str(n) for n in section.get("notes") or []],
+                    parity_text, passed, disagreements)
 
 
 def _image(base_dir: Path, relative: Any) -> str | None:
