@@ -56,7 +56,8 @@ def test_the_reference_reproduces_the_clean_pass_of_visionstress_run(photo_folde
     common = dict(model="visionstress.models.demo:tiny_classifier", weights=demo_dir() / "classifier.safetensors",
                   data=photo_folder, class_names=DEMO_CLASSES, data_config_overrides=OVERRIDES, workers=0,
                   batch_size=8, bootstrap=50, seed=0, device="cpu")
-    card = vs.run(**common, suite="quick", out=tmp_path / "run", gallery=0)
+    run_options = {k: v for k, v in common.items() if k != "data_config_overrides"} | OVERRIDES
+    card = vs.run(**run_options, suite="quick", out=tmp_path / "run", gallery=0)
     result = skew(**common, knobs="none", out=tmp_path / "skew")
     clean = read_records(tmp_path / "run" / "records.parquet").query("perturbation == 'clean'").set_index("path")
     ours = pd.read_parquet(tmp_path / "skew" / "skew_records.parquet").query("cell == 'reference'").set_index("path")

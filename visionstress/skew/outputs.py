@@ -60,9 +60,12 @@ def skew_records(result: Any) -> pd.DataFrame:
     """One row per image and cell: path, cell, then the task's columns (classification: prediction,
     confidence, correct; segmentation: the image's mIoU and pixel accuracy) and the agreement with the
     reference's prediction."""
+    from visionstress.tasks.base import relative_paths
+
+    paths = relative_paths(result.paths, result.extra["root"]) if "root" in result.extra else result.paths
     frames = []
     for cell, columns in result.records.items():
-        frame = pd.DataFrame({"path": result.paths, "cell": cell})
+        frame = pd.DataFrame({"path": paths, "cell": cell})
         for name, values in columns.items():
             frame[name] = values
         frames.append(frame)

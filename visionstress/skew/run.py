@@ -135,13 +135,15 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
     (default reports/<name>-skew), and return the result. Neither model nor data: the bundled demo.
     Segmentation data is given as for `visionstress run --task segmentation` (`images`, `masks`,
     `class_names`, `ignore_index`)."""
-    from visionstress.engine import default_device, demo_arguments
+    from visionstress.demo import demo_arguments
+    from visionstress.engine import default_device
 
     name = None
     if model is None and data is None:
         demo = demo_arguments(task)
         model, weights, data, name = demo["model"], demo["weights"], demo["data"], f"{demo['name']}-skew"
-        masks, class_names = demo.get("masks", masks), demo.get("class_names", class_names)
+        if task == "segmentation":  # the classification demo's masks are object masks, not a task input here
+            masks, class_names = demo.get("masks", masks), demo.get("class_names", class_names)
     elif model is None or data is None:
         raise SkewError("give both --model and --data, or neither to use the bundled demo")
     if limit is not None and limit < 1:
@@ -175,10 +177,13 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
                       bootstrap=bootstrap, seed=seed, alpha=alpha, strict=strict, progress=progress)
     from visionstress.skew.outputs import write_skew
 
-    result.extra = {
-        "model": {"spec": str(model), "path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
-                  "weights": None if weights is None else str(weights)},
-        "dataset": {"path": str(data), **dataset_facts, "num_samples": len(result.paths),
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    result.extra = {  # file names, not machine paths: the scorecard may be committed or posted
+        "model": {"spec": str(model) if "/" not in str(model) else Path(model).name,
+                  "path": None if loaded.path is None else Path(loaded.path).name, "sha256": loaded.sha256,
+                  "format": loaded.format, "weights": None if weights is None else Path(weights).name},
+        "root": root,
+        "dataset": {"path": Path(data).name, **dataset_facts, "num_samples": len(result.paths),
                     "num_listed": len(samples), "num_classes": len(names), "class_names": list(names)},
         "data_config": {**config.to_dict(), "source": config_source}, "seed": seed,
         "device": str(device or default_device()),
@@ -199,7 +204,8 @@ def check_serving_parity(model: str | None = None, data: str | Path | None = Non
     `[C, H, W]`, or "package.module:function") and/or `serving_model` (e.g. model.onnx) against the
     model's declared preprocessing and the model itself. The result's `passed` says whether agreement is
     at least `min_agreement`; its `message` names the disagreeing image files (the pytest assertion)."""
-    from visionstress.engine import default_device, demo_arguments
+    from visionstress.demo import demo_arguments
+    from visionstress.engine import default_device
 
     if serving is None and serving_model is None:
         raise SkewError("check_serving_parity: give serving (a function or package.module:function) and/or "
@@ -281,7 +287,7 @@ def _load_segmentation(model: str, data: Path, weights: Any, trust_model: bool, 
     `visionstress run --task segmentation` loads them."""
     from visionstress.datasets import load_segmentation_dataset
     from visionstress.models import load_model, resolve_data_config
-    from visionstress.runner import _segmentation_fingerprint
+    from visionstress.tasks.segmentation import segmentation_fingerprint
 
     if masks is not None:  # --data is then the images folder
         dataset = load_segmentation_dataset(images=images or data, masks=masks, class_names=class_names,
@@ -297,7 +303,7 @@ def _load_segmentation(model: str, data: Path, weights: Any, trust_model: bool, 
                                          overrides)
     samples = [_Masked(str(Path(dataset.images_root) / s.image_path), str(Path(dataset.masks_root) / s.mask_path))
                for s in dataset.samples]
-    facts = {"fingerprint": _segmentation_fingerprint(dataset), "ignore_index": dataset.ignore_index}
+    facts = {"fingerprint": segmentation_fingerprint(dataset), "ignore_index": dataset.ignore_index}
     return loaded, config, source, samples, names, facts
 
 

@@ -159,7 +159,7 @@ class _ClassificationClean:
         self.evaluator = ClassificationEvaluator(len(class_names), class_names, bootstrap=bootstrap, seed=seed)
 
     def update(self, sample_ids: list[int], targets: list[Any], predictions: list[torch.Tensor]) -> None:
-        self.evaluator.update("clean", 0, torch.tensor(sample_ids), torch.tensor(targets), torch.stack(predictions))
+        self.evaluator.update_arrays("clean", 0, torch.tensor(sample_ids), torch.tensor(targets), torch.stack(predictions))
 
     def row(self) -> dict[str, Any]:
         return _clean_row(self.evaluator.finalize().rows[0])
@@ -279,7 +279,7 @@ class _SegmentationClean:
 
     def update(self, sample_ids: list[int], targets: list[Any], predictions: list[torch.Tensor]) -> None:
         for sample_id, mask, labels in zip(sample_ids, targets, predictions):
-            self.evaluator.update("clean", 0, torch.tensor([sample_id]), mask[None], SimpleNamespace(labels=labels[None]))
+            self.evaluator.update_arrays("clean", 0, torch.tensor([sample_id]), mask[None], SimpleNamespace(labels=labels[None]))
 
     def row(self) -> dict[str, Any]:
         return _clean_row(self.evaluator.finalize().rows[0])
