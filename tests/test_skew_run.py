@@ -260,3 +260,13 @@ def test_visionstress_skew_bad_input_exits_2_with_the_problem(tmp_path):
     bad_cell = CliRunner().invoke(app, ["skew", "--skew-cells", str(cells), "--out", str(tmp_path / "b")])
     assert bad_cell.exit_code == 2 and "cells[0]: interpolation='cubic' is not a known value" in bad_cell.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_run_with_skew_adds_the_section_to_the_scorecard_and_report(tmp_path):
+    card = vs.run(suite="quick", limit=24, bootstrap=0, workers=0, gallery=0, out=tmp_path, skew=True,
+                  skew_knobs="channel_order")
+    rows = card.skew["rows"]
+    assert [r["cell"] for r in rows] == ["reference", "channel_order=bgr"]
+    assert rows[0]["metrics"]["top1"] == pytest.approx(card.metric("top1"))  # the reference is the clean pass
+    assert vs.Scorecard.load(tmp_path).skew["rows"][1]["cell"] == "channel_order=bgr"
+    assert "channel_order=bgr" in (tmp_path / "report.html").read_text()

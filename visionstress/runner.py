@@ -330,9 +330,23 @@ class _Run:
             timing=timing.as_dict(), records_path=str(records_path.resolve()), prepared=prepared,
             run={"world_size": world.size, "resumed": bool(opts.resume), "options": _given(opts)},
         )
+        if opts.skew:
+            card.skew = self._skew()
         card.save(self.out_dir)
         write_report(card, self.out_dir)
         return card
+
+    def _skew(self) -> dict[str, Any]:
+        """`--skew`: the preprocessing-skew section of visionstress.skew on this run's model and images."""
+        from visionstress.skew import read_cells_file, run_skew
+
+        opts = self.opts
+        samples, config, extra = self.task.skew_inputs(self.setup)
+        result = run_skew(self.setup.model, config, samples, self.setup.dataset.class_names, task=self.task.name,
+                          knobs=opts.skew_knobs, cells=None if opts.skew_cells is None else read_cells_file(opts.skew_cells),
+                          device=self.device, amp=opts.amp, batch_size=opts.batch_size, workers=opts.workers,
+                          bootstrap=opts.bootstrap, seed=opts.seed, strict=opts.strict, **extra)
+        return result.section()
 
 
 def _row(row: Any, families: dict[str, str], listed: int, images: int) -> dict[str, Any]:

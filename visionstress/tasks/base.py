@@ -137,6 +137,11 @@ class Task:
         ("clean@0", the worst cell, ...) whose large breakdowns (confusion, error types) are kept."""
         return {}
 
+    def skew_inputs(self, run: TaskRun) -> tuple[list[Any], Any, dict[str, Any]]:
+        """(samples, DataConfig, extra run_skew keywords) for `visionstress run --skew`
+        (visionstress.skew.run_skew); tasks without a skew matrix raise."""
+        raise RunError(f"--skew: task {self.name} has no preprocessing-skew matrix")
+
     def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
         """After the first clean batches: a message when the model's label numbering looks like it differs
         from the dataset's (visionstress.label_check), which stops the run; None when all is well."""

@@ -173,6 +173,10 @@ class ClassificationTask(Task):
             return summary
         return robustness_summary(rows, families)
 
+    def skew_inputs(self, run: TaskRun) -> tuple[list[Any], Any, dict[str, Any]]:
+        images = run.dataset.images
+        return images.samples, images.data_config, {}
+
     def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
         import numpy as np
 

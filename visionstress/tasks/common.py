@@ -88,3 +88,17 @@ register_options(
     Option("foreground_cache", Path, None, "Detection: where GrabCut object masks of box-only annotations are cached "
            "(default ~/.cache/visionstress/grabcut).", tasks=frozenset({"detection"}), group="data"),
 )
+
+
+# --- Preprocessing skew on a run (visionstress.skew; `visionstress skew` runs it alone) ---------------------------
+_SKEWED = frozenset({"classification", "segmentation"})
+
+register_options(
+    Option("skew", bool, False, "Also score the model under the ways serving preprocessing differs from its declared "
+           "one (decoder, resize backend, interpolation, crop, channel order, normalisation, JPEG, EXIF) and add the "
+           "skew section to the scorecard and report.", tasks=_SKEWED, group="run"),
+    Option("skew_knobs", str, None, "With --skew: comma-separated knobs of the catalogue (default: all).",
+           tasks=_SKEWED, group="run"),
+    Option("skew_cells", Path, None, "With --skew: a YAML list of cells knob=value[,knob=value] instead of the "
+           "catalogue.", tasks=_SKEWED, group="run"),
+)

@@ -108,6 +108,17 @@ class SegmentationTask(Task):
 
         return segmentation_statistics(columns)
 
+    def skew_inputs(self, run: TaskRun) -> tuple[list[Any], Any, dict[str, Any]]:
+        from types import SimpleNamespace
+
+        from visionstress.models import DataConfig
+
+        dataset = run.dataset.images.dataset
+        samples = [SimpleNamespace(path=str(Path(dataset.images_root) / s.image_path),
+                                   mask_path=str(Path(dataset.masks_root) / s.mask_path)) for s in dataset.samples]
+        config = DataConfig.from_mapping({k: v for k, v in run.data_config.items() if k != "source"}, "the run")
+        return samples, config, {"ignore_index": dataset.ignore_index}
+
     def breakdowns(self, results: Any, run: TaskRun, keep: set[str]) -> dict[str, Any]:
         worst = worst_key(results.rows, "mIoU")
         kept = {f"{CLEAN}@0"} | ({worst} if worst else set()) | keep
