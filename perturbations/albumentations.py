@@ -69,14 +69,14 @@ class AlbumentationsPerturbation(Perturbation):
     """
 
     def __init__(self, name: str, family: str, transforms: Sequence[Any], description: str,
-                 kind: str = "photometric", min_visibility: float = 0.0) -> None:
+                 kind: str = "photometric", min_visibility: float = 0.0, version: int = 1) -> None:
         albumentations = _require_albumentations()
         if kind not in ("photometric", "geometric"):
             raise ValueError(
                 f"perturbation {name!r}: an albumentations perturbation is photometric or geometric, got {kind!r}"
             )
         super().__init__(name=name, family=family, severities=tuple(transforms), description=description,
-                         sample=_sample_seed, targets=ALL_TARGETS, kind=kind)
+                         sample=_sample_seed, targets=ALL_TARGETS, kind=kind, version=version)
         bbox_params = albumentations.BboxParams(format="pascal_voc", label_fields=["box_index"], clip=True,
                                                 filter_invalid_bboxes=True, min_visibility=min_visibility)
         # Photometric transforms pass targets through untouched, so only geometric ones get box handling.
@@ -162,14 +162,16 @@ class AlbumentationsPerturbation(Perturbation):
 
 
 def albumentations_perturbation(name: str, family: str, transforms: Sequence[Any], description: str,
-                                kind: str = "photometric", register: bool = True) -> AlbumentationsPerturbation:
+                                kind: str = "photometric", register: bool = True,
+                                version: int = 1) -> AlbumentationsPerturbation:
     """Build (and by default register) a perturbation from five albumentations transforms, mildest first.
 
     `kind` is "photometric" for pixel-only transforms or "geometric" for spatial ones (boxes, instance
-    masks and the semantic mask are then moved by albumentations). Raises ImportError with install
-    instructions when albumentations is missing.
+    masks and the semantic mask are then moved by albumentations). `version` is the implementation
+    version (bump it when the transforms change). Raises ImportError with install instructions when
+    albumentations is missing.
     """
-    perturbation = AlbumentationsPerturbation(name, family, transforms, description, kind=kind)
+    perturbation = AlbumentationsPerturbation(name, family, transforms, description, kind=kind, version=version)
     return register_perturbation(perturbation) if register else perturbation
 
 

@@ -73,6 +73,10 @@ class Perturbation:
     """
 
     kind: str = "photometric"
+    version: int = 1
+    """Implementation version: bumped whenever the output changes for the same inputs (batch, severity,
+    seed), so that a scorecard records which implementation produced its numbers and `compare` can
+    tell an implementation change from a model regression."""
     needs_foreground: bool = False
     """Whether `apply` reads `Batch.foreground` (the run then loads object masks with the images)."""
 
@@ -104,6 +108,7 @@ class Perturbation:
         sample: SampleFn | None = None,
         targets: frozenset[str] = ALL_TARGETS,
         kind: str | None = None,
+        version: int = 1,
     ) -> None:
         if kind is not None:
             self.kind = kind
@@ -111,6 +116,8 @@ class Perturbation:
             raise ValueError(f"perturbation {name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if len(severities) != MAX_SEVERITY:
             raise ValueError(f"perturbation {name!r}: needs exactly {MAX_SEVERITY} severity levels, got {len(severities)}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"perturbation {name!r}: version must be a positive integer, got {version!r}")
         unknown = set(targets) - ALL_TARGETS
         if unknown:
             raise ValueError(f"perturbation {name!r}: unknown target kinds {sorted(unknown)}")
@@ -119,6 +126,7 @@ class Perturbation:
         self.severities = tuple(severities)
         self.description = description
         self.targets = frozenset(targets)
+        self.version = version
         self._sample = sample or _no_params
 
     def __repr__(self) -> str:
@@ -337,21 +345,23 @@ def _decorator(cls: type[Perturbation], **meta: Any) -> Callable[[Callable], Cal
 
 
 def photometric(*, name: str, family: str, severities: Sequence[Any], description: str,
-                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS) -> Callable[[Callable], Callable]:
+                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
+                version: int = 1) -> Callable[[Callable], Callable]:
     """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1])."""
     return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities,
-                      description=description, sample=sample, targets=targets)
+                      description=description, sample=sample, targets=targets, version=version)
 
 
 def geometric(*, name: str, family: str, severities: Sequence[Any], description: str,
-              sample: SampleFn | None = None, padding: str = "zeros") -> Callable[[Callable], Callable]:
+              sample: SampleFn | None = None, padding: str = "zeros", version: int = 1) -> Callable[[Callable], Callable]:
     """Register a geometric kernel `fn(params, level, size, device) -> Warp`."""
     return _decorator(GeometricPerturbation, name=name, family=family, severities=severities,
-                      description=description, sample=sample, padding=padding)
+                      description=description, sample=sample, padding=padding, version=version)
 
 
 def data_aware(*, name: str, family: str, severities: Sequence[Any], description: str,
-               sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS) -> Callable[[Callable], Callable]:
+               sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
+               version: int = 1) -> Callable[[Callable], Callable]:
     """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes)."""
     return _decorator(BatchPerturbation, name=name, family=family, severities=severities,
-                      description=description, sample=sample, targets=targets)
+                      description=description, sample=sample, targets=targets, version=version)
