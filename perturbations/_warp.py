@@ -17,7 +17,7 @@ from torch import Tensor
 
 from visionstress.batch import Batch, ObjectTargets
 
-from ._filters import separable_filter
+from ._filters import fold_index, separable_filter
 
 _BOX_CHUNK = 32  # objects moved at once through a dense warp (bounds memory at 32 x H x W bools)
 
@@ -89,16 +89,6 @@ def _normalised(grid: Tensor, size: tuple[int, int]) -> Tensor:
     return grid * scale - 1.0
 
 
-def _reflect(index: Tensor, n: int) -> Tensor:
-    """Reflect integer indices into [0, n), repeating the edge pixel (cv2's BORDER_REFLECT), which is
-    what grid_sample's 'reflection' padding does with align_corners=False."""
-    if n == 1:
-        return torch.zeros_like(index)
-    period = 2 * n
-    index = torch.remainder(index, period)
-    return torch.where(index >= n, period - 1 - index, index)
-
-
 def _nearest_index(grid: Tensor, size: tuple[int, int], padding: str) -> tuple[Tensor, Tensor]:
     """Flat source index `[B, H*W]` of each output pixel (nearest) and whether it lies in the input."""
     h, w = size
@@ -106,7 +96,8 @@ def _nearest_index(grid: Tensor, size: tuple[int, int], padding: str) -> tuple[T
     iy = torch.floor(grid[..., 1]).long()
     inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     if padding == "reflection":
-        ix, iy = _reflect(ix, w), _reflect(iy, h)
+        # grid_sample's 'reflection' padding (align_corners=False) repeats the edge pixel: 'symmetric'
+        ix, iy = fold_index(ix, w, "symmetric"), fold_index(iy, h, "symmetric")
         inside = torch.ones_like(inside)
     elif padding == "border":
         inside = torch.ones_like(inside)

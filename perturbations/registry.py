@@ -36,6 +36,12 @@ def _no_params(rng: SampleRNG, level: Any, batch: Batch) -> Params:
     return {}
 
 
+def sample_key(rng: SampleRNG, level: Any, batch: Batch) -> Params:
+    """The sampler of kernels that draw their own noise fields: one 62-bit key per sample, `params["key"]`,
+    which the kernel expands with `visionstress.rng.uniform_field` / `normal_field`."""
+    return {"key": rng.key()}
+
+
 @dataclass
 class PrepareContext:
     """What a model-aware or data-aware perturbation may use in the prepare phase, before the loop.
@@ -168,7 +174,8 @@ class Perturbation:
         if params is None:
             params = self.sample_params(work, severity, seed)
         else:
-            params = _check_params(self.name, params, len(batch), batch.images.device)
+            _check_replayed(self.name, params, len(batch))
+        params = _on_device(params, batch.images.device)
         result = self.apply(work, params, self.level(severity))
         return unwrap(restore(result).replace(params=params))
 
@@ -183,17 +190,28 @@ def _check_severity(name: str, severity: Any, allow_zero: bool = False) -> int:
     return severity
 
 
-def _check_params(name: str, params: Mapping[str, Tensor], batch_size: int, device: torch.device) -> Params:
-    checked = {}
+def _check_replayed(name: str, params: Mapping[str, Any], batch_size: int) -> None:
     for key, value in params.items():
-        value = torch.as_tensor(value, device=device)
-        if value.ndim == 0 or value.shape[0] != batch_size:
+        shape = tuple(torch.as_tensor(value).shape)
+        if not shape or shape[0] != batch_size:
             raise ValueError(
                 f"perturbation {name!r}: replayed param {key!r} must have leading dimension {batch_size}, "
-                f"got shape {tuple(value.shape)}"
+                f"got shape {shape}"
             )
-        checked[key] = value
-    return checked
+
+
+def _on_device(params: Mapping[str, Any], device: torch.device) -> Params:
+    """Params as kernels read them, once for all kernels: on the images' device, floats as float32 and
+    integers (keys) as int64, the dtypes sampling produces, whatever form a replayed case came in."""
+    out = {}
+    for key, value in params.items():
+        value = torch.as_tensor(value)
+        if value.is_floating_point():
+            value = value.to(torch.float32)
+        elif value.dtype != torch.bool:
+            value = value.to(torch.int64)
+        out[key] = value.to(device)
+    return out
 
 
 def _as_batch(data: Batch | Tensor) -> tuple[Batch, Callable[[Batch], Batch | Tensor]]:
@@ -336,32 +354,36 @@ def list_perturbations(pattern: str | None = None, family: str | None = None, ki
     return sorted(names)
 
 
-def _decorator(cls: type[Perturbation], **meta: Any) -> Callable[[Callable], Callable]:
+def _decorator(cls: type[Perturbation], name: str | None, **meta: Any) -> Callable[[Callable], Callable]:
     def wrap(kernel: Callable) -> Callable:
-        register_perturbation(cls(kernel, **meta))
+        register_perturbation(cls(kernel, name=name or kernel.__name__, **meta))
         return kernel
 
     return wrap
 
 
-def photometric(*, name: str, family: str, severities: Sequence[Any], description: str,
+def photometric(*, family: str, severities: Sequence[Any], description: str,
                 sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
-                version: int = 1) -> Callable[[Callable], Callable]:
-    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1])."""
+                version: int = 1, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1]); the name defaults to the
+    function's."""
     return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities,
                       description=description, sample=sample, targets=targets, version=version)
 
 
-def geometric(*, name: str, family: str, severities: Sequence[Any], description: str,
-              sample: SampleFn | None = None, padding: str = "zeros", version: int = 1) -> Callable[[Callable], Callable]:
-    """Register a geometric kernel `fn(params, level, size, device) -> Warp`."""
+def geometric(*, family: str, severities: Sequence[Any], description: str,
+              sample: SampleFn | None = None, padding: str = "zeros", version: int = 1,
+              name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a geometric kernel `fn(params, level, size, device) -> Warp`; the name defaults to the
+    function's."""
     return _decorator(GeometricPerturbation, name=name, family=family, severities=severities,
                       description=description, sample=sample, padding=padding, version=version)
 
 
-def data_aware(*, name: str, family: str, severities: Sequence[Any], description: str,
+def data_aware(*, family: str, severities: Sequence[Any], description: str,
                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
-               version: int = 1) -> Callable[[Callable], Callable]:
-    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes)."""
+               version: int = 1, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes); the name defaults to the
+    function's."""
     return _decorator(BatchPerturbation, name=name, family=family, severities=severities,
                       description=description, sample=sample, targets=targets, version=version)
