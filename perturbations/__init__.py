@@ -15,9 +15,11 @@ from .registry import (
     get_perturbation,
     list_perturbations,
     register_perturbation,
+    sample_key,
     unregister_perturbation,
 )
 from ._warp import Warp
+from .levels import Field, Level, LevelError
 # Each family module registers its perturbations on import.
 from . import occlusion, scale, rotation, lighting, blur, camera, weather, digital  # noqa: E402,F401
 
@@ -33,7 +35,7 @@ IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 """The four held-out ImageNet-C corruptions."""
 
 __all__ = [
-    "ALL_TARGETS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "GeometricPerturbation",
-    "Perturbation", "PhotometricPerturbation", "PrepareContext", "Warp", "get_perturbation", "list_perturbations",
-    "register_perturbation", "unregister_perturbation",
+    "ALL_TARGETS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "Field", "GeometricPerturbation",
+    "Level", "LevelError", "Perturbation", "PhotometricPerturbation", "PrepareContext", "Warp", "get_perturbation",
+    "list_perturbations", "register_perturbation", "sample_key", "unregister_perturbation",
 ]

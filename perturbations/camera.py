@@ -21,6 +21,7 @@ from visionstress.rng import SampleRNG, normal_field, numba_available, uniform_f
 
 from ._warp import Warp, pixel_centres
 from .albumentations import albumentations_perturbation, optional_albumentations
+from .levels import Field
 from .registry import geometric, photometric, sample_key
 
 Params = dict[str, Tensor]
@@ -33,6 +34,7 @@ GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)
 
 
 @photometric(family="camera", severities=GAUSSIAN_NOISE, sample=sample_key,
+             fields=[Field("std", 0, 1)],
              description="ImageNet-C Gaussian noise: independent zero-mean noise added to every channel of every pixel.")
 def gaussian_noise(images: Tensor, params: Params, level: float) -> Tensor:
     noise = normal_field(params["key"], tuple(images.shape[1:]), counter=0)
@@ -137,6 +139,7 @@ def _poisson_search_cpu():
 
 
 @photometric(family="camera", severities=SHOT_NOISE, sample=sample_key,
+             fields=[Field("photons", 1, 1000)],
              description="ImageNet-C shot noise: photon-counting (Poisson) noise of a sensor starved of light.")
 def shot_noise(images: Tensor, params: Params, level: float) -> Tensor:
     """Poisson(c x) / c with c the table's photon count. Deviation from the reference: numpy's Poisson
@@ -152,6 +155,7 @@ IMPULSE_NOISE = (0.03, 0.06, 0.09, 0.17, 0.27)
 
 
 @photometric(family="camera", severities=IMPULSE_NOISE, sample=sample_key,
+             fields=[Field("amount", 0, 1)],
              description="ImageNet-C impulse noise: a fraction of channel values flipped to black or white (salt and pepper).")
 def impulse_noise(images: Tensor, params: Params, level: float) -> Tensor:
     """scikit-image's 's&p' mode as the reference calls it: each channel value independently replaced
@@ -166,6 +170,7 @@ SPECKLE_NOISE = (0.15, 0.2, 0.35, 0.45, 0.6)
 
 
 @photometric(family="camera", severities=SPECKLE_NOISE, sample=sample_key,
+             fields=[Field("std", 0, 2)],
              description="ImageNet-C speckle noise: multiplicative Gaussian noise, proportional to brightness.")
 def speckle_noise(images: Tensor, params: Params, level: float) -> Tensor:
     noise = normal_field(params["key"], tuple(images.shape[1:]), counter=0)
@@ -179,6 +184,7 @@ JPEG_QUALITY = (25, 18, 15, 10, 7)
 
 
 @photometric(family="camera", severities=JPEG_QUALITY,
+             fields=[Field("quality", 1, 100, integer=True)],
              description="ImageNet-C JPEG compression: encoded and decoded at a low quality factor (blocking, ringing).")
 def jpeg_compression(images: Tensor, params: Params, level: int) -> Tensor:
     """Through torchvision.io's libjpeg (CPU, one call per image inside the codec) or nvjpeg (CUDA,
@@ -254,6 +260,7 @@ def _torch_nearest_agrees(n_small: int, n_out: int) -> bool:
 
 
 @photometric(family="camera", severities=PIXELATE,
+             fields=[Field("scale", 0.01, 1)],
              description="ImageNet-C pixelate: box-averaged down to a fraction of the size, enlarged back by nearest neighbour.")
 def pixelate(images: Tensor, params: Params, level: float) -> Tensor:
     """PIL's BOX-then-NEAREST resize pair as separable matrix products and an index gather, to the
@@ -289,6 +296,7 @@ between green and each of red and blue, 7 px red-to-blue: a poor wide-angle zoom
 
 
 @photometric(family="camera", severities=CHROMATIC_ABERRATION,
+             fields=[Field("fringe", 0, 0.2)],
              description="Lateral chromatic aberration: red and blue channels magnified differently, colour fringes towards the corners.")
 def chromatic_aberration(images: Tensor, params: Params, level: float) -> Tensor:
     """Photometric although it resamples: object geometry moves by at most a few pixels at the corners,
@@ -315,6 +323,7 @@ _DISPLAY_GAMMA = 2.2
 
 
 @photometric(family="camera", severities=VIGNETTING_STOPS,
+             fields=[Field("stops", 0, 8)],
              description="Vignetting: cos^4 radial darkening towards the corners, applied in linear light.")
 def vignetting(images: Tensor, params: Params, level: float) -> Tensor:
     """Relative illumination cos^4(theta) with tan(theta) = r tan(theta_c), r the radius in
@@ -343,6 +352,7 @@ def _sample_lens(rng: SampleRNG, level: float, batch) -> Params:
 
 
 @geometric(family="camera", severities=LENS_DISTORTION, sample=_sample_lens,
+           fields=[Field("k1", 0, 1)],
            description="Barrel lens distortion: straight lines bow outwards, off-centre content pulled towards the centre.")
 def lens_distortion(params: Params, level: float, size: tuple[int, int], device: torch.device) -> Warp:
     """A dense backward map (the radial model is not projective); boxes and masks follow it.

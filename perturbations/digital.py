@@ -14,6 +14,7 @@ from visionstress.rng import uniform_field
 
 from ._filters import gaussian_kernel1d, separable_filter
 from ._warp import Warp, pixel_centres
+from .levels import Field
 from .registry import geometric, photometric, sample_key
 
 Params = dict[str, Tensor]
@@ -28,6 +29,7 @@ Severities 1-2 desaturate, 3-5 oversaturate (so distortion is not monotone in se
 
 
 @photometric(family="digital", severities=SATURATE,
+             fields=[Field("scale", 0, 100), Field("shift", -1, 1)],
              description="ImageNet-C saturate: HSV saturation scaled and shifted, hue and value kept.")
 def saturate(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     """RGB -> HSV -> RGB with S replaced, done in closed form.
@@ -60,6 +62,7 @@ displacement field. The field is U(-0.005 H, 0.005 H) per pixel smoothed by a Ga
 
 
 @geometric(family="digital", severities=ELASTIC_ALPHA, sample=sample_key,
+           fields=[Field("alpha", 0, 100)],
            padding="reflection",
            description="ImageNet-C elastic transform: a smooth random displacement field; targets move with it.")
 def elastic_transform(params: Params, level: float, size: tuple[int, int], device: torch.device) -> Warp:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from visionstress.rng import SampleRNG, normal_field
 
+from .levels import Field
 from .registry import photometric, sample_key
 
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -16,6 +17,7 @@ BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 @photometric(family="lighting", severities=BRIGHTNESS,
+             fields=[Field("delta", 0, 1)],
              description="ImageNet-C brightness: the HSV value channel raised, hue and saturation kept.")
 def brightness(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     # Raising V with H and S fixed scales all three channels by V'/V; black becomes grey V'.
@@ -30,6 +32,7 @@ CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
 
 
 @photometric(family="lighting", severities=CONTRAST,
+             fields=[Field("factor", 0, 2)],
              description="ImageNet-C contrast: every channel pulled towards its image mean.")
 def contrast(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     means = images.mean(dim=(2, 3), keepdim=True)
@@ -61,6 +64,7 @@ def _sample_gamma(rng: SampleRNG, level: float, batch) -> dict[str, Tensor]:
 
 
 @photometric(family="lighting", severities=GAMMA, sample=_sample_gamma,
+             fields=[Field("gamma", 1, 10)],
              description="Wrong exposure curve: encoded values raised to a power, darker or brighter per sample.")
 def gamma(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     g = params["gamma"].reshape(-1, 1, 1, 1)
@@ -96,6 +100,7 @@ def _blackbody_rgb(kelvin: Tensor) -> Tensor:
 
 
 @photometric(family="lighting", severities=WHITE_BALANCE_MIRED, sample=_sample_white_balance,
+             fields=[Field("mired", 0, 500)],
              description="Colour cast of a wrong white balance: per-channel gains of a warmer or cooler light, per sample.")
 def white_balance(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     shift = params["mired_shift"].reshape(-1)
@@ -136,6 +141,7 @@ def _soft_threshold(distance: Tensor, fraction: float, width: Tensor) -> Tensor:
 
 
 @photometric(family="lighting", severities=SHADOW, sample=_sample_shadow,
+             fields=[Field("area", 0, 1), Field("depth", 0, 1)],
              description="A cast shadow: a half-plane at a per-sample angle darkened, with a soft penumbra.")
 def shadow(images: Tensor, params: dict[str, Tensor], level: tuple[float, float]) -> Tensor:
     fraction, depth = level
@@ -162,6 +168,7 @@ def _sample_glare(rng: SampleRNG, level: tuple[float, float, float], batch) -> d
 
 
 @photometric(family="lighting", severities=GLARE, sample=_sample_glare,
+             fields=[Field("haze", 0, 1), Field("peak", 0, 1), Field("radius", 0.01, 2)],
              description="Lens glare: a bright soft blob at a per-sample position plus a veiling haze over the image.")
 def glare(images: Tensor, params: dict[str, Tensor], level: tuple[float, float, float]) -> Tensor:
     haze, peak, radius = level
@@ -187,6 +194,7 @@ image stays dark, as an under-exposed frame."""
 
 
 @photometric(family="lighting", severities=LOW_LIGHT, sample=sample_key,
+             fields=[Field("exposure", 0.001, 1), Field("white_electrons", 1, 1e6), Field("read_noise", 0, 100)],
              description="Dark scene: exposure cut, then photon shot noise and sensor read noise in linear light.")
 def low_light(images: Tensor, params: dict[str, Tensor], level: tuple[float, float, float]) -> Tensor:
     exposure, white_electrons, read_noise = level

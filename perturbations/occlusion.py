@@ -15,6 +15,7 @@ from torch import Tensor
 from visionstress.batch import Batch, ObjectTargets
 from visionstress.rng import SampleRNG, uniform_field
 
+from .levels import Field
 from .registry import data_aware
 
 _FILL_BLOCKS = 56  # the noise has about this many blocks along the shorter side (1-pixel blocks below)
@@ -138,6 +139,7 @@ def _random_rects(params: dict[str, Tensor], fraction: float, size: tuple[int, i
 
 
 @data_aware(family="occlusion", severities=RANDOM_OCCLUSION, sample=_sample_random_occlusion,
+            fields=[Field("area", 0, 1), Field("count", 1, 8, integer=True)],
             description="Cutout: rectangles at per-sample positions covering a set fraction of the image, "
                         "filled with colour noise; the covered fraction of each box is recorded.")
 def random_occlusion(batch: Batch, params: dict[str, Tensor], level: tuple[float, int]) -> Batch:
@@ -194,6 +196,7 @@ def _box_fraction(mask: Tensor, boxes: Tensor) -> Tensor:
 
 
 @data_aware(family="occlusion", severities=OBJECT_OCCLUSION, sample=_sample_object_occlusion,
+            fields=[Field("area", 0.01, 1)],
             description="Each object partly hidden: an occluder covering a set fraction of every box "
                         "(the central region without boxes); the covered fraction is recorded.")
 def object_occlusion(batch: Batch, params: dict[str, Tensor], level: float) -> Batch:

@@ -10,8 +10,10 @@ other float dtypes, grayscale, RGBA) into that form and back, so every kernel is
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, overload
@@ -23,6 +25,7 @@ from visionstress.batch import Batch
 from visionstress.rng import SampleRNG, sample_keys
 
 from ._warp import Warp, apply_warp
+from .levels import Field, LevelError, describe_level, make_level
 
 KINDS = ("photometric", "geometric", "data-aware", "model-aware")
 ALL_TARGETS = frozenset({"labels", "boxes", "instance_masks", "masks"})
@@ -115,13 +118,15 @@ class Perturbation:
         targets: frozenset[str] = ALL_TARGETS,
         kind: str | None = None,
         version: int = 1,
+        fields: Sequence[Field] | None = None,
     ) -> None:
         if kind is not None:
             self.kind = kind
         if self.kind not in KINDS:
             raise ValueError(f"perturbation {name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if len(severities) != MAX_SEVERITY:
-            raise ValueError(f"perturbation {name!r}: needs exactly {MAX_SEVERITY} severity levels, got {len(severities)}")
+        if len(severities) not in (1, MAX_SEVERITY):
+            raise ValueError(f"perturbation {name!r}: needs {MAX_SEVERITY} severity levels (or a single one), "
+                             f"got {len(severities)}")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"perturbation {name!r}: version must be a positive integer, got {version!r}")
         unknown = set(targets) - ALL_TARGETS
@@ -129,7 +134,13 @@ class Perturbation:
             raise ValueError(f"perturbation {name!r}: unknown target kinds {sorted(unknown)}")
         self.name = name
         self.family = family
+        self.fields = None if fields is None else tuple(fields)
         self.severities = tuple(severities)
+        if self.fields is not None:
+            try:
+                self.severities = tuple(make_level(self.fields, level) for level in severities)
+            except LevelError as error:
+                raise ValueError(f"perturbation {name!r}: a severity level does not fit its fields: {error}") from None
         self.description = description
         self.targets = frozenset(targets)
         self.version = version
@@ -138,9 +149,38 @@ class Perturbation:
     def __repr__(self) -> str:
         return f"<Perturbation {self.name} ({self.family}, {self.kind})>"
 
+    @property
+    def max_severity(self) -> int:
+        """5, or 1 for a single-level perturbation (one variant, no graded strength)."""
+        return len(self.severities)
+
     def level(self, severity: int) -> Any:
-        """The severity table's entry for `severity` (1..5)."""
-        return self.severities[_check_severity(self.name, severity) - 1]
+        """The severity table's entry for `severity` (1..max_severity)."""
+        return self.severities[_check_severity(self, severity) - 1]
+
+    def parse_level(self, value: Any) -> Any:
+        """A plain value (a number, a list, or a mapping by field name, as a suite file's `table:` gives
+        it) as this perturbation's level, checked against its declared fields and their ranges.
+
+        Raises LevelError saying where inside the level (`.sigma`) and what is wrong. Without declared
+        fields a level must be shaped like the built-in ones: finite numbers, or lists of as many.
+        """
+        if self.fields is not None:
+            return make_level(self.fields, value)
+        return _shaped_like(self.severities[0], value)
+
+    def describe_level(self, level: Any) -> str:
+        """A level for people: `radius=10, sigma=3`, or a plain number for one-field levels."""
+        return describe_level(level, self.fields)
+
+    def with_table(self, table: Sequence[Any]) -> Perturbation:
+        """A copy that runs with its own severity table (a suite's `table:`), each level checked by
+        `parse_level`; the registered perturbation is left untouched."""
+        if len(table) != self.max_severity:
+            raise ValueError(f"perturbation {self.name!r}: a table needs {self.max_severity} levels, got {len(table)}")
+        custom = copy.copy(self)
+        custom.severities = tuple(self.parse_level(level) for level in table)
+        return custom
 
     def sample_params(self, batch: Batch, severity: int, seed: int = 0) -> Params:
         """Per-sample parameters, each a tensor with leading dimension B, on the batch's device."""
@@ -158,7 +198,7 @@ class Perturbation:
 
     def __call__(self, data: Batch | Tensor, severity: int, seed: int = 0, params: Params | None = None) -> Batch | Tensor:
         """Perturb `data` (a Batch, or images `[B,C,H,W]` / `[C,H,W]`) at `severity` (0 = identity)."""
-        severity = _check_severity(self.name, severity, allow_zero=True)
+        severity = _check_severity(self, severity, allow_zero=True)
         batch, unwrap = _as_batch(data)
         unsupported = batch.target_kinds - self.targets
         if unsupported:
@@ -180,14 +220,34 @@ class Perturbation:
         return unwrap(restore(result).replace(params=params))
 
 
-def _check_severity(name: str, severity: Any, allow_zero: bool = False) -> int:
+def _check_severity(p: Perturbation, severity: Any, allow_zero: bool = False) -> int:
     low = 0 if allow_zero else 1
-    if isinstance(severity, bool) or not isinstance(severity, int) or not low <= severity <= MAX_SEVERITY:
+    if isinstance(severity, bool) or not isinstance(severity, int) or not low <= severity <= p.max_severity:
+        if p.max_severity == 1:
+            raise ValueError(f"perturbation {p.name!r} has a single level: its severity is 1"
+                             f"{' (or 0 = unperturbed)' if allow_zero else ''}, got {severity!r}")
         raise ValueError(
-            f"perturbation {name!r}: severity must be an integer from {low} to {MAX_SEVERITY}"
+            f"perturbation {p.name!r}: severity must be an integer from {low} to {p.max_severity}"
             f"{' (0 = unperturbed)' if allow_zero else ''}, got {severity!r}"
         )
     return severity
+
+
+def _shaped_like(reference: Any, value: Any) -> Any:
+    """`value` checked to be finite numbers shaped like `reference` (for perturbations without fields)."""
+    def number(v: Any, key: str) -> int | float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LevelError(key, f"must be a finite number like {reference!r}, got {v!r}")
+        return v
+
+    if isinstance(reference, bool) or not isinstance(reference, (int, float, tuple, list)):
+        raise LevelError("", f"this perturbation's levels are {type(reference).__name__} objects, which a suite "
+                             f"file cannot give; register a perturbation with the levels you want in Python")
+    if isinstance(reference, (tuple, list)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != len(reference):
+            raise LevelError("", f"must be a list of {len(reference)} numbers like {list(reference)}, got {value!r}")
+        return tuple(number(v, f"[{i}]") for i, v in enumerate(value))
+    return number(value, "")
 
 
 def _check_replayed(name: str, params: Mapping[str, Any], batch_size: int) -> None:
@@ -362,28 +422,28 @@ def _decorator(cls: type[Perturbation], name: str | None, **meta: Any) -> Callab
     return wrap
 
 
-def photometric(*, family: str, severities: Sequence[Any], description: str,
+def photometric(*, family: str, severities: Sequence[Any], description: str, fields: Sequence[Field] | None = None,
                 sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
                 version: int = 1, name: str | None = None) -> Callable[[Callable], Callable]:
-    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1]); the name defaults to the
-    function's."""
-    return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities,
+    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1]); the
+    name defaults to the function's."""
+    return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities, fields=fields,
                       description=description, sample=sample, targets=targets, version=version)
 
 
-def geometric(*, family: str, severities: Sequence[Any], description: str,
+def geometric(*, family: str, severities: Sequence[Any], description: str, fields: Sequence[Field] | None = None,
               sample: SampleFn | None = None, padding: str = "zeros", version: int = 1,
               name: str | None = None) -> Callable[[Callable], Callable]:
     """Register a geometric kernel `fn(params, level, size, device) -> Warp`; the name defaults to the
     function's."""
-    return _decorator(GeometricPerturbation, name=name, family=family, severities=severities,
+    return _decorator(GeometricPerturbation, name=name, family=family, severities=severities, fields=fields,
                       description=description, sample=sample, padding=padding, version=version)
 
 
-def data_aware(*, family: str, severities: Sequence[Any], description: str,
+def data_aware(*, family: str, severities: Sequence[Any], description: str, fields: Sequence[Field] | None = None,
                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
                version: int = 1, name: str | None = None) -> Callable[[Callable], Callable]:
-    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes); the name defaults to the
-    function's."""
-    return _decorator(BatchPerturbation, name=name, family=family, severities=severities,
+    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes); the name
+    defaults to the function's."""
+    return _decorator(BatchPerturbation, name=name, family=family, severities=severities, fields=fields,
                       description=description, sample=sample, targets=targets, version=version)

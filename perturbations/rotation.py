@@ -10,6 +10,7 @@ from torch import Tensor
 from visionstress.rng import SampleRNG
 
 from ._warp import Warp, centred, warp_from_matrix
+from .levels import Field
 from .registry import geometric
 
 ROTATION_DEGREES = (5.0, 10.0, 20.0, 30.0, 45.0)
@@ -21,6 +22,7 @@ def _sample_rotation(rng: SampleRNG, level: float, batch) -> dict[str, Tensor]:
 
 
 @geometric(family="rotation", severities=ROTATION_DEGREES, sample=_sample_rotation,
+           fields=[Field("degrees", 0, 180)],
            description="In-plane rotation about the image centre by a fixed angle, direction per sample; corners filled black.")
 def rotation(params: dict[str, Tensor], level: float, size: tuple[int, int], device: torch.device) -> Warp:
     theta = params["angle"] * (math.pi / 180.0)
@@ -60,6 +62,7 @@ def _homography(src: Tensor, dst: Tensor) -> Tensor:
 
 
 @geometric(family="rotation", severities=PERSPECTIVE_DISTORTION, sample=_sample_perspective,
+           fields=[Field("distortion", 0, 0.9)],
            description="Viewpoint change: the image plane tilted, each corner pulled inwards by a per-sample amount.")
 def perspective(params: dict[str, Tensor], level: float, size: tuple[int, int], device: torch.device) -> Warp:
     h, w = size

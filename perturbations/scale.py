@@ -15,6 +15,7 @@ from torch import Tensor
 from visionstress.rng import SampleRNG
 
 from ._warp import Warp, centred, warp_from_matrix
+from .levels import Field
 from .registry import geometric, photometric
 
 Params = dict[str, Tensor]
@@ -40,6 +41,7 @@ object framed much tighter than in training. Own calibration."""
 
 
 @geometric(family="scale", severities=ZOOM_IN, sample=_sample_scale,
+           fields=[Field("min_scale", 1, 8), Field("max_scale", 1, 8)],
            description="Zoom in: a centred crop magnified back to full size, objects larger and cut off at the borders.")
 def zoom_in(params: Params, level: tuple[float, float], size: tuple[int, int], device: torch.device) -> Warp:
     return _scale_warp(params, size, device)
@@ -59,6 +61,7 @@ def _antialias_sigma(band: tuple[float, float]) -> float:
 
 
 @geometric(family="scale", severities=ZOOM_OUT, sample=_sample_scale,
+           fields=[Field("min_scale", 0.05, 1), Field("max_scale", 0.05, 1)],
            description="Zoom out: the image shrunk about the centre with anti-aliasing and padded black, objects smaller.")
 def zoom_out(params: Params, level: tuple[float, float], size: tuple[int, int], device: torch.device) -> Warp:
     """Replay: Gaussian blur with sigma `_antialias_sigma(level)` (reflect padding, kernel radius
@@ -73,6 +76,7 @@ Own calibration."""
 
 
 @photometric(family="scale", severities=LOW_RESOLUTION,
+             fields=[Field("factor", 1, 64)],
              description="Low resolution: downsampled with antialiasing by a factor, then upsampled back bilinearly.")
 def low_resolution(images: Tensor, params: Params, level: float) -> Tensor:
     _, _, h, w = images.shape

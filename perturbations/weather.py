@@ -20,6 +20,7 @@ from visionstress.rng import SampleRNG, normal_field, uniform_field
 
 from ._filters import box3, correlate3x3, gaussian_blur, motion_blur, pad2d
 from .albumentations import albumentations_perturbation, optional_albumentations
+from .levels import Field
 from .registry import photometric, sample_key
 
 Params = dict[str, Tensor]
@@ -69,6 +70,7 @@ def plasma_fractal(keys: Tensor, mapsize: int, wibble_decay: float) -> Tensor:
 
 
 @photometric(family="weather", severities=FOG, sample=sample_key,
+             fields=[Field("strength", 0, 10), Field("decay", 1, 10)],
              description="ImageNet-C fog: a per-sample plasma-fractal haze added, then the range renormalised.")
 def fog(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     """`(x + s * plasma) * max(x) / (max(x) + s)`, the reference's formula, with its power-of-two
@@ -188,6 +190,8 @@ def _water(liquid: Tensor, intensity: float) -> Tensor:
 
 
 @photometric(family="weather", severities=SPATTER, sample=sample_key,
+             fields=[Field("mean", 0, 1), Field("std", 0, 1), Field("sigma", 0.1, 10), Field("threshold", 0, 2),
+                     Field("intensity", 0, 10), Field("mode", 0, 1, integer=True)],
              description="ImageNet-C spatter: pale water drops (severities 1-3) or brown mud blobs (4-5) on the lens.")
 def spatter(images: Tensor, params: Params, level: tuple) -> Tensor:
     """Liquid layer = thresholded, Gaussian-smoothed normal noise, as in the reference.
@@ -234,6 +238,8 @@ def _sample_snow(rng: SampleRNG, level, batch) -> Params:
 
 
 @photometric(family="weather", severities=SNOW, sample=_sample_snow,
+             fields=[Field("mean", 0, 1), Field("std", 0, 1), Field("zoom", 1, 10), Field("threshold", 0, 1),
+                     Field("blur_radius", 0, 50, integer=True), Field("blur_sigma", 0.1, 50), Field("keep", 0, 1)],
              description="ImageNet-C snow: falling flakes streaked along a per-sample direction over a whitened scene.")
 def snow(images: Tensor, params: Params, level: tuple) -> Tensor:
     """The reference's algorithm, batched.
@@ -301,6 +307,7 @@ def frost_texture(keys: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 @photometric(family="weather", severities=FROST, sample=sample_key,
+             fields=[Field("image", 0, 1.5), Field("frost", 0, 1.5)],
              description="ImageNet-C frost: the image seen through a frosted pane (procedural ice texture blended in).")
 def frost(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     """`a * x + b * frost`, the reference's blend and table.

@@ -63,7 +63,8 @@ def _tile(images: torch.Tensor, targets: ObjectTargets | None, names: dict[int, 
 def contact_sheet(image: torch.Tensor, perturbations: Sequence[str], severities: Sequence[int] = (1, 3, 5),
                   boxes: ObjectTargets | None = None, category_names: dict[int, str] | None = None,
                   seed: int = 0, device: str | torch.device = "cpu", max_side: int = 256) -> Image.Image:
-    """Grid image: a row per perturbation, a column per severity, the clean image first in each row."""
+    """Grid image: a row per perturbation, a column per severity, the clean image first in each row (a
+    single-level perturbation fills only the column of severity 1)."""
     names = category_names or {}
     image = image.to(device)
     _, h, w = image.shape
@@ -78,6 +79,8 @@ def contact_sheet(image: torch.Tensor, perturbations: Sequence[str], severities:
     for row, name in enumerate(perturbations):
         perturbation = get_perturbation(name)
         for col, severity in enumerate(columns):
+            if severity > perturbation.max_severity:  # a single-level perturbation: its other columns stay blank
+                continue
             out = perturbation(batch, severity=severity, seed=seed)
             tile = _tile(out.images[0], None if out.boxes is None else out.boxes[0], names)
             tile = tile.resize((tile_w, tile_h), Image.BILINEAR)
