@@ -35,6 +35,7 @@ GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)
 
 @photometric(family="camera", severities=GAUSSIAN_NOISE, sample=sample_key,
              fields=[Field("std", 0, 1)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C Gaussian noise: independent zero-mean noise added to every channel of every pixel.")
 def gaussian_noise(images: Tensor, params: Params, level: float) -> Tensor:
     noise = normal_field(params["key"], tuple(images.shape[1:]), counter=0)
@@ -171,6 +172,7 @@ SPECKLE_NOISE = (0.15, 0.2, 0.35, 0.45, 0.6)
 
 @photometric(family="camera", severities=SPECKLE_NOISE, sample=sample_key,
              fields=[Field("std", 0, 2)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C speckle noise: multiplicative Gaussian noise, proportional to brightness.")
 def speckle_noise(images: Tensor, params: Params, level: float) -> Tensor:
     noise = normal_field(params["key"], tuple(images.shape[1:]), counter=0)

@@ -195,6 +195,7 @@ image stays dark, as an under-exposed frame."""
 
 @photometric(family="lighting", severities=LOW_LIGHT, sample=sample_key,
              fields=[Field("exposure", 0.001, 1), Field("white_electrons", 1, 1e6), Field("read_noise", 0, 100)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="Dark scene: exposure cut, then photon shot noise and sensor read noise in linear light.")
 def low_light(images: Tensor, params: dict[str, Tensor], level: tuple[float, float, float]) -> Tensor:
     exposure, white_electrons, read_noise = level

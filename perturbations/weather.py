@@ -192,6 +192,7 @@ def _water(liquid: Tensor, intensity: float) -> Tensor:
 @photometric(family="weather", severities=SPATTER, sample=sample_key,
              fields=[Field("mean", 0, 1), Field("std", 0, 1), Field("sigma", 0.1, 10), Field("threshold", 0, 2),
                      Field("intensity", 0, 10), Field("mode", 0, 1, integer=True)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C spatter: pale water drops (severities 1-3) or brown mud blobs (4-5) on the lens.")
 def spatter(images: Tensor, params: Params, level: tuple) -> Tensor:
     """Liquid layer = thresholded, Gaussian-smoothed normal noise, as in the reference.
@@ -240,6 +241,7 @@ def _sample_snow(rng: SampleRNG, level, batch) -> Params:
 @photometric(family="weather", severities=SNOW, sample=_sample_snow,
              fields=[Field("mean", 0, 1), Field("std", 0, 1), Field("zoom", 1, 10), Field("threshold", 0, 1),
                      Field("blur_radius", 0, 50, integer=True), Field("blur_sigma", 0.1, 50), Field("keep", 0, 1)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C snow: falling flakes streaked along a per-sample direction over a whitened scene.")
 def snow(images: Tensor, params: Params, level: tuple) -> Tensor:
     """The reference's algorithm, batched.
@@ -308,6 +310,7 @@ def frost_texture(keys: Tensor, size: tuple[int, int]) -> Tensor:
 
 @photometric(family="weather", severities=FROST, sample=sample_key,
              fields=[Field("image", 0, 1.5), Field("frost", 0, 1.5)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C frost: the image seen through a frosted pane (procedural ice texture blended in).")
 def frost(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     """`a * x + b * frost`, the reference's blend and table.

@@ -6,8 +6,12 @@ registry is tested here without anyone writing a test for it.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import torch
+from conftest import natural_images_np
 
 import visionstress as vs
 from visionstress.perturbations import (Field, PhotometricPerturbation, get_perturbation, list_perturbations,
@@ -221,6 +225,58 @@ def test_targets_carried_or_refused(name):
         assert torch.equal(out.masks, batch.masks)
         for before, after in zip(batch.boxes, out.boxes):
             assert torch.equal(before.boxes, after.boxes) and torch.equal(before.masks, after.masks)
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_photos() -> tuple[np.ndarray, ...]:
+    """scikit-learn's two sample photographs (china.jpg, flower.jpg; 427 x 640), uint8 HWC."""
+    from sklearn.datasets import load_sample_images
+
+    return tuple(load_sample_images().images)
+
+
+@functools.lru_cache(maxsize=None)
+def _photo_crops(count: int = 64, side: int = 32) -> torch.Tensor:
+    """`count` float crops `[count, 3, side, side]` of natural photographs (scikit-learn's two and the
+    three of conftest), each photo reduced to 96 x 128 first so a small crop still holds real structure."""
+    import cv2
+
+    photos = [cv2.resize(p, (128, 96), interpolation=cv2.INTER_AREA) for p in (*_sample_photos(), *natural_images_np())]
+    crops = [photos[k % len(photos)][(13 * k) % (96 - side + 1):][:side, (29 * k) % (128 - side + 1):][:, :side]
+             for k in range(count)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+
+
+FINITE_SEEDS = (0, 7, 2024)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_finite_and_in_range_on_natural_photos(name):
+    """Every output value is finite and in [0, 1] (float input), over 192 sample ids x 3 seeds x every
+    severity on crops of natural photographs (issue 13, item 15: a NaN pixel slipped through before)."""
+    p = get_perturbation(name)
+    images = _photo_crops()
+    foreground = torch.zeros(len(images), 32, 32, dtype=torch.bool)
+    foreground[:, 8:24, 10:22] = True
+    for round_, seed in enumerate(FINITE_SEEDS):
+        batch = vs.Batch(images, sample_ids=torch.arange(len(images)) + len(images) * round_, foreground=foreground)
+        for severity in range(1, p.max_severity + 1):
+            out = p(batch, severity=severity, seed=seed).images
+            bad = ~torch.isfinite(out) | (out < 0) | (out > 1)
+            if bad.any():
+                first = int(batch.sample_ids[bad.flatten(1).any(dim=1)][0])
+                pytest.fail(f"{name} severity {severity} seed {seed}: {int(bad.sum())} values non-finite or outside "
+                            f"[0, 1], the first in sample id {first}")
+
+
+def test_low_light_reported_nan_case():
+    """The reported case: low_light at severity 5, seed 7, sample id 102 on 224-px crops of scikit-learn's
+    sample photos gave a NaN pixel (a uniform draw of exactly 1.0 fed to the inverse normal CDF)."""
+    crops = [photo[y : y + 224, x : x + 224] for photo in _sample_photos()
+             for y, x in ((0, 0), (0, 416), (203, 0), (203, 416))]
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    out = get_perturbation("low_light")(vs.Batch(images, sample_ids=torch.full((8,), 102)), severity=5, seed=7)
+    assert torch.isfinite(out.images).all()
 
 
 # ---- registry behaviour ---------------------------------------------------------------------------
