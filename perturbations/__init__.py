@@ -18,7 +18,7 @@ from .registry import (
     sample_key,
     unregister_perturbation,
 )
-from ._warp import Warp
+from ._warp import BOX_METHODS, Warp
 from .levels import Field, Level, LevelError
 # Each family module registers its perturbations on import.
 from . import occlusion, scale, rotation, lighting, blur, camera, weather, digital  # noqa: E402,F401
@@ -35,7 +35,7 @@ IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 """The four held-out ImageNet-C corruptions."""
 
 __all__ = [
-    "ALL_TARGETS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "Field", "GeometricPerturbation",
+    "ALL_TARGETS", "BOX_METHODS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "Field", "GeometricPerturbation",
     "Level", "LevelError", "Perturbation", "PhotometricPerturbation", "PrepareContext", "Warp", "get_perturbation",
     "list_perturbations", "register_perturbation", "sample_key", "unregister_perturbation",
 ]

@@ -355,6 +355,7 @@ def _sample_lens(rng: SampleRNG, level: float, batch) -> Params:
 
 @geometric(family="camera", severities=LENS_DISTORTION, sample=_sample_lens,
            fields=[Field("k1", 0, 1)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Barrel lens distortion: straight lines bow outwards, off-centre content pulled towards the centre.")
 def lens_distortion(params: Params, level: float, size: tuple[int, int], device: torch.device) -> Warp:
     """A dense backward map (the radial model is not projective); boxes and masks follow it.

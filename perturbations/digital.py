@@ -64,6 +64,7 @@ displacement field. The field is U(-0.005 H, 0.005 H) per pixel smoothed by a Ga
 @geometric(family="digital", severities=ELASTIC_ALPHA, sample=sample_key,
            fields=[Field("alpha", 0, 100)],
            padding="reflection",
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="ImageNet-C elastic transform: a smooth random displacement field; targets move with it.")
 def elastic_transform(params: Params, level: float, size: tuple[int, int], device: torch.device) -> Warp:
     """One dense backward map: output pixel p samples the input at p + alpha * G_sigma * U.

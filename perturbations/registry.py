@@ -24,7 +24,7 @@ from torch import Tensor
 from visionstress.batch import Batch
 from visionstress.rng import SampleRNG, sample_keys
 
-from ._warp import Warp, apply_warp
+from ._warp import BOX_METHODS, Warp, apply_warp
 from .levels import Field, LevelError, describe_level, make_level
 
 KINDS = ("photometric", "geometric", "data-aware", "model-aware")
@@ -88,6 +88,9 @@ class Perturbation:
     tell an implementation change from a model regression."""
     needs_foreground: bool = False
     """Whether `apply` reads `Batch.foreground` (the run then loads object masks with the images)."""
+    box_method: str | None = None
+    """How this perturbation moves boxes (one of `BOX_METHODS`), or None where boxes do not depend on a
+    method (they stay put, or a wrapped library moves them its own way)."""
 
     def prepare(self, context: PrepareContext) -> Perturbation:
         """Fit or collect what this perturbation needs, save it under `context.state_dir`, and return
@@ -173,6 +176,13 @@ class Perturbation:
         """A level for people: `radius=10, sigma=3`, or a plain number for one-field levels."""
         return describe_level(level, self.fields)
 
+    def with_box_method(self, method: str) -> Perturbation:
+        """This perturbation moving boxes by `method` ('ellipse' or 'enclosing', see `BOX_METHODS`): a
+        configured copy for geometric perturbations (the registered one is untouched), itself for those
+        whose boxes do not depend on a method. Read the method used back from `.box_method`."""
+        _check_box_method(method)
+        return self
+
     def with_table(self, table: Sequence[Any]) -> Perturbation:
         """A copy that runs with its own severity table (a suite's `table:`), each level checked by
         `parse_level`; the registered perturbation is left untouched."""
@@ -231,6 +241,11 @@ def _check_severity(p: Perturbation, severity: Any, allow_zero: bool = False) ->
             f"{' (0 = unperturbed)' if allow_zero else ''}, got {severity!r}"
         )
     return severity
+
+
+def _check_box_method(method: Any) -> None:
+    if method not in BOX_METHODS:
+        raise ValueError(f"box method must be one of {', '.join(BOX_METHODS)}, got {method!r}")
 
 
 def _shaped_like(reference: Any, value: Any) -> Any:
@@ -334,11 +349,13 @@ class GeometricPerturbation(Perturbation):
     """Moves pixels; boxes, instance masks and semantic masks move with them.
 
     Kernel: `fn(params, level, size, device) -> Warp`; the shared `apply_warp` resamples images
-    (bilinear), masks (nearest; uncovered area becomes the ignore index) and boxes (enclosing box of
-    the moved corners, clipped; boxes left with no area are dropped and counted).
+    (bilinear), masks (nearest; uncovered area becomes the ignore index) and boxes by `box_method`
+    (clipped; boxes left with no area are dropped and counted): by default the tight box of the moved
+    instance mask, or of the moved inscribed ellipse for an object without one (see `BOX_METHODS`).
     """
 
     kind = "geometric"
+    box_method = "ellipse"
 
     def __init__(
         self, kernel: Callable[[Params, Any, tuple[int, int], torch.device], Warp], padding: str = "zeros", **kwargs: Any
@@ -349,9 +366,17 @@ class GeometricPerturbation(Perturbation):
         self.kernel = kernel
         self.padding = padding
 
+    def with_box_method(self, method: str) -> Perturbation:
+        _check_box_method(method)
+        if method == self.box_method:
+            return self
+        configured = copy.copy(self)
+        configured.box_method = method
+        return configured
+
     def apply(self, batch: Batch, params: Params, level: Any) -> Batch:
         warp = self.kernel(params, level, batch.image_size, batch.images.device)
-        return apply_warp(batch, warp, padding=self.padding)
+        return apply_warp(batch, warp, padding=self.padding, box_method=self.box_method)
 
 
 class BatchPerturbation(Perturbation):

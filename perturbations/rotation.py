@@ -23,6 +23,7 @@ def _sample_rotation(rng: SampleRNG, level: float, batch) -> dict[str, Tensor]:
 
 @geometric(family="rotation", severities=ROTATION_DEGREES, sample=_sample_rotation,
            fields=[Field("degrees", 0, 180)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="In-plane rotation about the image centre by a fixed angle, direction per sample; corners filled black.")
 def rotation(params: dict[str, Tensor], level: float, size: tuple[int, int], device: torch.device) -> Warp:
     theta = params["angle"] * (math.pi / 180.0)
@@ -63,6 +64,7 @@ def _homography(src: Tensor, dst: Tensor) -> Tensor:
 
 @geometric(family="rotation", severities=PERSPECTIVE_DISTORTION, sample=_sample_perspective,
            fields=[Field("distortion", 0, 0.9)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Viewpoint change: the image plane tilted, each corner pulled inwards by a per-sample amount.")
 def perspective(params: dict[str, Tensor], level: float, size: tuple[int, int], device: torch.device) -> Warp:
     h, w = size

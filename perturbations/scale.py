@@ -42,6 +42,7 @@ object framed much tighter than in training. Own calibration."""
 
 @geometric(family="scale", severities=ZOOM_IN, sample=_sample_scale,
            fields=[Field("min_scale", 1, 8), Field("max_scale", 1, 8)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Zoom in: a centred crop magnified back to full size, objects larger and cut off at the borders.")
 def zoom_in(params: Params, level: tuple[float, float], size: tuple[int, int], device: torch.device) -> Warp:
     return _scale_warp(params, size, device)
@@ -62,6 +63,7 @@ def _antialias_sigma(band: tuple[float, float]) -> float:
 
 @geometric(family="scale", severities=ZOOM_OUT, sample=_sample_scale,
            fields=[Field("min_scale", 0.05, 1), Field("max_scale", 0.05, 1)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Zoom out: the image shrunk about the centre with anti-aliasing and padded black, objects smaller.")
 def zoom_out(params: Params, level: tuple[float, float], size: tuple[int, int], device: torch.device) -> Warp:
     """Replay: Gaussian blur with sigma `_antialias_sigma(level)` (reflect padding, kernel radius
