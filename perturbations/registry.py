@@ -4,8 +4,9 @@ A perturbation has two halves, as in kornia / torchvision v2: `sample_params` dr
 parameters from per-sample randomness (visionstress.rng), and `apply` is a pure function of the
 batch and those parameters. Calling `p(batch, severity, seed)` does both; `params=` replays a case.
 
-Kernels see float32 RGB images in [0, 1]. The base class converts whatever it is given (uint8,
-other float dtypes, grayscale, RGBA) into that form and back, so every kernel is written once.
+Kernels see float32 RGB images in [0, 1], and params on the images' device (float32 / int64). The
+base class converts whatever it is given (uint8, other float dtypes, grayscale, RGBA, replayed params
+in any form) into that form and back, so every kernel is written once.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class PrepareContext:
 
 
 class Perturbation:
-    """A named, registered image perturbation with a five-level severity table.
+    """A named, registered image perturbation with a five-level severity table (or a single level: one
+    variant, severity 1 only), an implementation `version`, and optionally the named, range-checked
+    `fields` of its levels (see `levels.Field`).
 
     Subclasses implement `apply(batch, params, level)` on a float32 RGB batch; `level` is the
     severity table's entry for the requested severity. Override `sample_params` (or pass `sample=`)
