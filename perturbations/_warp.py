@@ -171,10 +171,11 @@ def _move_boxes(targets: ObjectTargets, warp: Warp, index: int, size: tuple[int,
     return out.keep(keep, dropped=int((~keep).sum()))
 
 
-def ellipse_points(boxes: Tensor, count: int = ELLIPSE_POINTS) -> Tensor:
-    """`[N, count, 2]` points (float64) evenly spaced in angle on the ellipse inscribed in each box
-    `[N, 4]`, starting at the right-hand extreme; `count` a multiple of 4, so the four extremes are
-    among them and an axis-aligned scaling moves the ellipse's box exactly as the box itself."""
+def _ellipse_points(boxes: Tensor) -> Tensor:
+    """`[N, ELLIPSE_POINTS, 2]` points (float64) evenly spaced in angle on the ellipse inscribed in each
+    box `[N, 4]`, starting at the right-hand extreme; their count is a multiple of 4, so the four extremes
+    are among them and an axis-aligned scaling moves the ellipse's box exactly as the box itself."""
+    count = ELLIPSE_POINTS
     boxes = boxes.to(torch.float64)
     angle = torch.arange(count, device=boxes.device, dtype=torch.float64) * (2.0 * math.pi / count)
     centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])
@@ -187,7 +188,7 @@ def ellipse_points(boxes: Tensor, count: int = ELLIPSE_POINTS) -> Tensor:
 
 def _ellipses_through_homography(boxes: Tensor, matrix: Tensor) -> Tensor:
     """Box `[N, 4]` of each box's inscribed ellipse moved by one homography `[3, 3]` (float64 math)."""
-    points = ellipse_points(boxes)
+    points = _ellipse_points(boxes)
     moved = apply_homography(matrix.to(torch.float64)[None], points.reshape(1, -1, 2)).reshape(points.shape)
     return torch.cat([moved.amin(dim=1), moved.amax(dim=1)], dim=-1).to(boxes.dtype)
 

@@ -86,9 +86,6 @@ class Level(tuple):
     def __reduce__(self) -> tuple:
         return Level, (tuple(self), self.names)
 
-    def asdict(self) -> dict[str, Any]:
-        return dict(zip(self.names, self))
-
     def __repr__(self) -> str:
         return "Level(" + ", ".join(f"{n}={v!r}" for n, v in zip(self.names, self)) + ")"
 

@@ -186,15 +186,6 @@ class Perturbation:
         _check_box_method(method)
         return self
 
-    def with_table(self, table: Sequence[Any]) -> Perturbation:
-        """A copy that runs with its own severity table (a suite's `table:`), each level checked by
-        `parse_level`; the registered perturbation is left untouched."""
-        if len(table) != self.max_severity:
-            raise ValueError(f"perturbation {self.name!r}: a table needs {self.max_severity} levels, got {len(table)}")
-        custom = copy.copy(self)
-        custom.severities = tuple(self.parse_level(level) for level in table)
-        return custom
-
     def sample_params(self, batch: Batch, severity: int, seed: int = 0) -> Params:
         """Per-sample parameters, each a tensor with leading dimension B, on the batch's device."""
         keys = sample_keys(seed, self.name, severity, batch.sample_ids)
