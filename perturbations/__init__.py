@@ -15,11 +15,13 @@ from .registry import (
     get_perturbation,
     list_perturbations,
     register_perturbation,
+    sample_key,
     unregister_perturbation,
 )
-from ._warp import Warp
+from ._warp import BOX_METHODS, Warp
+from .levels import Field, Level, LevelError
 # Each family module registers its perturbations on import.
-from . import occlusion, scale, rotation, lighting, blur, camera, weather, albumentations  # noqa: E402,F401
+from . import occlusion, scale, rotation, lighting, blur, camera, weather, digital  # noqa: E402,F401
 from . import background, cue  # noqa: E402,F401
 
 IMAGENET_C = (
@@ -34,7 +36,7 @@ IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 """The four held-out ImageNet-C corruptions."""
 
 __all__ = [
-    "ALL_TARGETS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "GeometricPerturbation",
-    "Perturbation", "PhotometricPerturbation", "PrepareContext", "Warp", "get_perturbation", "list_perturbations",
-    "register_perturbation", "unregister_perturbation",
+    "ALL_TARGETS", "BOX_METHODS", "KINDS", "IMAGENET_C", "IMAGENET_C_EXTRA", "BatchPerturbation", "Field", "GeometricPerturbation",
+    "Level", "LevelError", "Perturbation", "PhotometricPerturbation", "PrepareContext", "Warp", "get_perturbation",
+    "list_perturbations", "register_perturbation", "sample_key", "unregister_perturbation",
 ]

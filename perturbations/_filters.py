@@ -1,9 +1,9 @@
-"""Batched linear filters shared by the blur family and the weather effects.
+"""Padding and batched linear filters: the one place every family takes them from.
 
 Everything takes float images `[B, C, H, W]` on any device and returns the same shape. Filters
 with per-sample kernels (a motion-blur direction per image) are evaluated as one FFT correlation
-over the batch, whose cost does not depend on the kernel's size; small shared kernels (Gaussians)
-use separable depthwise convolutions.
+over the batch, whose cost does not depend on the kernel's size; separable kernels (Gaussians) run
+as a compiled loop on the CPU and as banded matrix products elsewhere.
 """
 
 from __future__ import annotations
@@ -19,14 +19,20 @@ from torch import Tensor
 from visionstress.rng import numba_available
 
 __all__ = [
+    "PAD_MODES",
+    "box3",
+    "correlate3x3",
     "disk_kernel",
     "fft_correlate",
     "filter2d",
     "filter_matrix",
+    "fold_index",
     "gaussian_blur",
     "gaussian_kernel1d",
     "motion_blur",
     "motion_blur_taps",
+    "pad",
+    "pad2d",
     "separable_filter",
 ]
 
@@ -43,25 +49,39 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device: torch.device 
     return (kernel / kernel.sum()).to(torch.float32)
 
 
-def _pad_1d(x: Tensor, before: int, after: int, dim: int, mode: str) -> Tensor:
-    """Pad one spatial dim of `[N, C, H, W]` by any amount; 'replicate' or 'reflect' (scipy's 'mirror')."""
+PAD_MODES = ("replicate", "reflect", "symmetric")
+"""Border modes: 'replicate' repeats the edge pixel (scipy 'nearest'); 'reflect' mirrors about the edge
+pixel (cv2 BORDER_REFLECT_101, torch 'reflect', scipy 'mirror'); 'symmetric' mirrors including the edge
+pixel (cv2 BORDER_REFLECT, scipy 'reflect', grid_sample's 'reflection')."""
+
+
+def fold_index(index: Tensor, n: int, mode: str) -> Tensor:
+    """Integer positions on an axis of length `n` (any, inside or outside [0, n)) mapped to the pixel
+    that border mode `mode` reads there."""
+    if mode == "replicate" or n == 1:
+        return index.clamp(0, n - 1)
+    if mode == "reflect":
+        period = 2 * (n - 1)
+        index = torch.remainder(index, period)
+        return torch.where(index >= n, period - index, index)
+    if mode == "symmetric":
+        period = 2 * n
+        index = torch.remainder(index, period)
+        return torch.where(index >= n, period - 1 - index, index)
+    raise ValueError(f"unknown padding mode {mode!r}; use one of {PAD_MODES}")
+
+
+def pad(x: Tensor, before: int, after: int, dim: int, mode: str) -> Tensor:
+    """Pad dimension `dim` of `x` by any amount (even more than its length) in border mode `mode`."""
     if before == 0 and after == 0:
         return x
     n = x.shape[dim]
-    index = torch.arange(-before, n + after, device=x.device)
-    if mode == "replicate" or n == 1:
-        index = index.clamp(0, n - 1)
-    elif mode == "reflect":  # mirror about the edge pixel (cv2 BORDER_REFLECT_101, torch 'reflect')
-        period = 2 * (n - 1)
-        index = torch.remainder(index, period)
-        index = torch.where(index >= n, period - index, index)
-    elif mode == "symmetric":  # mirror including the edge pixel (scipy 'reflect', cv2 BORDER_REFLECT)
-        period = 2 * n
-        index = torch.remainder(index, period)
-        index = torch.where(index >= n, period - 1 - index, index)
-    else:
-        raise ValueError(f"unknown padding mode {mode!r}")
-    return x.index_select(dim, index)
+    return x.index_select(dim, fold_index(torch.arange(-before, n + after, device=x.device), n, mode))
+
+
+def pad2d(x: Tensor, r: int, mode: str) -> Tensor:
+    """Pad the last two dimensions of `x` by `r` on every side."""
+    return pad(pad(x, r, r, -1, mode), r, r, -2, mode)
 
 
 def filter_matrix(n: int, kernel: Tensor, mode: str = "replicate") -> Tensor:
@@ -71,8 +91,7 @@ def filter_matrix(n: int, kernel: Tensor, mode: str = "replicate") -> Tensor:
     k = kernel.numel()
     r = (k - 1) // 2
     index = torch.arange(n, device=kernel.device)[:, None] + torch.arange(-r, r + 1, device=kernel.device)[None]
-    index = _pad_1d(torch.arange(n, device=kernel.device).view(1, 1, 1, n).float(), r, r, 3, mode).view(-1).long()[
-        index + r]
+    index = fold_index(index, n, mode)
     matrix = torch.zeros(n, n, device=kernel.device, dtype=kernel.dtype)
     return matrix.scatter_add_(1, index, kernel.expand(n, -1).contiguous())
 
@@ -129,9 +148,8 @@ def _separable_kernel() -> Callable[..., np.ndarray]:
 
 
 def _border_index(n: int, r: int, mode: str) -> np.ndarray:
-    """Source index of each of the `n + 2 r` positions of a `mode`-padded axis (as `_pad_1d` pads)."""
-    index = _pad_1d(torch.arange(n).view(1, 1, 1, n), r, r, 3, mode).view(-1)
-    return index.numpy().astype(np.int64)
+    """Source index of each of the `n + 2 r` positions of a `mode`-padded axis (as `pad` pads)."""
+    return fold_index(torch.arange(-r, n + r), n, mode).numpy().astype(np.int64)
 
 
 def _separable_numba(images: Tensor, kernel_y: Tensor, kernel_x: Tensor, mode: str) -> Tensor:
@@ -173,6 +191,30 @@ def gaussian_blur(images: Tensor, sigma: float, truncate: float = 4.0, mode: str
 
 
 # ---------------------------------------------------------------------------------------------
+# Small 3x3 filters with OpenCV's arithmetic
+
+
+def box3(x: Tensor) -> Tensor:
+    """cv2.blur with a 3x3 window (BORDER_REFLECT_101) of `[..., H, W]`: the nine values summed, then
+    divided, so integer-valued inputs give the same floors as OpenCV."""
+    p = pad2d(x, 1, "reflect")
+    rows = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
+    return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) * (1.0 / 9.0)
+
+
+def correlate3x3(x: Tensor, kernel: tuple[tuple[float, ...], ...], mode: str) -> Tensor:
+    """Correlate `[..., H, W]` with a small 3x3 kernel by shifted slices (cv2.filter2D semantics)."""
+    h, w = x.shape[-2:]
+    p = pad2d(x, 1, mode)
+    out = torch.zeros_like(x)
+    for i in range(3):
+        for j in range(3):
+            if kernel[i][j] != 0:
+                out = out + kernel[i][j] * p[..., i : i + h, j : j + w]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Generic FFT correlation
 
 
@@ -209,7 +251,7 @@ def fft_correlate(images: Tensor, taps_y: Tensor, taps_x: Tensor, weights: Tenso
     left, right = max(0, -int(taps_x.min())), max(0, int(taps_x.max()))
     hp, wp = _good_size(h + top + bottom), _good_size(w + left + right)
     bottom, right = hp - h - top, wp - w - left  # extra padding up to the fast length, wrap-free
-    x = _pad_1d(_pad_1d(images.float(), top, bottom, 2, mode), left, right, 3, mode)
+    x = pad(pad(images.float(), top, bottom, 2, mode), left, right, 3, mode)
     # Circular correlation: kernel value k at offset (u, v) sits at ((u mod Hp), (v mod Wp)).
     flat = torch.remainder(taps_y, hp) * wp + torch.remainder(taps_x, wp)
     kernel = torch.zeros(kb, hp * wp, device=device, dtype=torch.float32)
@@ -362,7 +404,7 @@ def motion_blur(images: Tensor, radius: float, sigma: float, angle_degrees: Tens
         return _taps_numba(images, taps_y, taps_x, weights)
     top, bottom = max(0, -int(taps_y.min())), max(0, int(taps_y.max()))
     left, right = max(0, -int(taps_x.min())), max(0, int(taps_x.max()))
-    padded = _pad_1d(_pad_1d(images, top, bottom, 2, "replicate"), left, right, 3, "replicate")
+    padded = pad(pad(images, top, bottom, 2, "replicate"), left, right, 3, "replicate")
     out = torch.zeros_like(images)
     for s, (ys, xs, ws) in enumerate(zip(taps_y.tolist(), taps_x.tolist(), weights.tolist())):
         acc, src = out[s], padded[s]

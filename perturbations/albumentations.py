@@ -8,6 +8,9 @@ key, and the albumentations pipeline is re-seeded with it before that image, so 
 identically alone or in any batch. Boxes (pascal_voc), instance masks (`masks`) and the semantic mask
 (`mask`) go through albumentations' own target handling; boxes it removes are counted in
 `ObjectTargets.dropped`.
+
+The built-in perturbations made this way live in their families' modules (`rain` in weather,
+`iso_noise` in camera).
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ def _require_albumentations() -> Any:
     return albumentations
 
 
+def optional_albumentations() -> Any | None:
+    """The albumentations module, or None where it is not installed (the built-in perturbations made
+    from it, `rain` and `iso_noise`, are then simply absent)."""
+    try:
+        return _require_albumentations()
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+
+
 def _image_back(image: np.ndarray, size: tuple[int, int], name: str) -> Tensor:
     """An albumentations result (HWC or HW, uint8 or float in [0, 1]) as float32 `[3, H, W]`."""
     if image.shape[:2] != size:
@@ -69,14 +81,14 @@ class AlbumentationsPerturbation(Perturbation):
     """
 
     def __init__(self, name: str, family: str, transforms: Sequence[Any], description: str,
-                 kind: str = "photometric", min_visibility: float = 0.0) -> None:
+                 kind: str = "photometric", min_visibility: float = 0.0, version: int = 1) -> None:
         albumentations = _require_albumentations()
         if kind not in ("photometric", "geometric"):
             raise ValueError(
                 f"perturbation {name!r}: an albumentations perturbation is photometric or geometric, got {kind!r}"
             )
         super().__init__(name=name, family=family, severities=tuple(transforms), description=description,
-                         sample=_sample_seed, targets=ALL_TARGETS, kind=kind)
+                         sample=_sample_seed, targets=ALL_TARGETS, kind=kind, version=version)
         bbox_params = albumentations.BboxParams(format="pascal_voc", label_fields=["box_index"], clip=True,
                                                 filter_invalid_bboxes=True, min_visibility=min_visibility)
         # Photometric transforms pass targets through untouched, so only geometric ones get box handling.
@@ -162,39 +174,14 @@ class AlbumentationsPerturbation(Perturbation):
 
 
 def albumentations_perturbation(name: str, family: str, transforms: Sequence[Any], description: str,
-                                kind: str = "photometric", register: bool = True) -> AlbumentationsPerturbation:
+                                kind: str = "photometric", register: bool = True,
+                                version: int = 1) -> AlbumentationsPerturbation:
     """Build (and by default register) a perturbation from five albumentations transforms, mildest first.
 
     `kind` is "photometric" for pixel-only transforms or "geometric" for spatial ones (boxes, instance
-    masks and the semantic mask are then moved by albumentations). Raises ImportError with install
-    instructions when albumentations is missing.
+    masks and the semantic mask are then moved by albumentations). `version` is the implementation
+    version (bump it when the transforms change). Raises ImportError with install instructions when
+    albumentations is missing.
     """
-    perturbation = AlbumentationsPerturbation(name, family, transforms, description, kind=kind)
+    perturbation = AlbumentationsPerturbation(name, family, transforms, description, kind=kind, version=version)
     return register_perturbation(perturbation) if register else perturbation
-
-
-def _register_builtin() -> None:
-    try:
-        A = _require_albumentations()
-    except ImportError:  # optional dependency: the built-ins are simply absent
-        return
-
-    # Rain: more streaks and a darker sky with severity. Drop length and count scale with image height.
-    rain_levels = (("drizzle", 0.9), ("default", 0.8), ("heavy", 0.75), ("heavy", 0.65), ("torrential", 0.55))
-    albumentations_perturbation(
-        "rain", "weather",
-        [A.RandomRain(rain_type=rain_type, brightness_coefficient=dim, slant_range=(-10, 10), drop_width=1,
-                      blur_value=3, p=1.0) for rain_type, dim in rain_levels],
-        "Rain streaks over a dimmed scene (albumentations RandomRain), per-sample slant and drops.",
-    )
-    # Sensor noise of a high ISO: hue shift and luminance noise both grow.
-    iso_levels = (((0.01, 0.02), (0.1, 0.2)), ((0.02, 0.03), (0.25, 0.35)), ((0.03, 0.04), (0.4, 0.5)),
-                  ((0.04, 0.05), (0.6, 0.7)), ((0.05, 0.06), (0.8, 0.9)))
-    albumentations_perturbation(
-        "iso_noise", "camera",
-        [A.ISONoise(color_shift=shift, intensity=intensity, p=1.0) for shift, intensity in iso_levels],
-        "High-ISO camera sensor noise: per-pixel hue shifts and luminance noise (albumentations ISONoise).",
-    )
-
-
-_register_builtin()

@@ -17,7 +17,8 @@ from torch import Tensor
 from visionstress.rng import SampleRNG, numba_hash, stream_seed, uniform_field
 
 from . import _filters
-from .registry import photometric
+from .levels import Field
+from .registry import photometric, sample_key
 
 FAMILY = "blur"
 
@@ -26,7 +27,8 @@ GAUSSIAN_BLUR = (1.0, 2.0, 3.0, 4.0, 6.0)
 edges replicated)."""
 
 
-@photometric(name="gaussian_blur", family=FAMILY, severities=GAUSSIAN_BLUR,
+@photometric(family=FAMILY, severities=GAUSSIAN_BLUR,
+             fields=[Field("sigma", 0, 50)],
              description="ImageNet-C Gaussian blur: an out-of-focus look from a Gaussian kernel.")
 def gaussian_blur(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     return _filters.gaussian_blur(images, level)
@@ -36,7 +38,8 @@ DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
 """ImageNet-C defocus_blur: (disk radius in pixels, sigma of the Gaussian that anti-aliases the disk)."""
 
 
-@photometric(name="defocus_blur", family=FAMILY, severities=DEFOCUS_BLUR,
+@photometric(family=FAMILY, severities=DEFOCUS_BLUR,
+             fields=[Field("radius", 1, 50), Field("alias_sigma", 0.01, 10)],
              description="ImageNet-C defocus blur: convolution with an anti-aliased disk (lens out of focus).")
 def defocus_blur(images: Tensor, params: dict[str, Tensor], level: tuple[int, float]) -> Tensor:
     """The reference's disk kernel (bit-for-bit, including its slightly >1 mass at radii 8 and 10),
@@ -55,7 +58,8 @@ def _sample_motion(rng: SampleRNG, level: tuple[int, float], batch) -> dict[str,
     return {"angle": rng.uniform(-45.0, 45.0)}
 
 
-@photometric(name="motion_blur", family=FAMILY, severities=MOTION_BLUR, sample=_sample_motion,
+@photometric(family=FAMILY, severities=MOTION_BLUR, sample=_sample_motion,
+             fields=[Field("radius", 1, 100, integer=True), Field("sigma", 0.1, 100)],
              description="ImageNet-C motion blur: a one-sided streak in a random direction (camera shake).")
 def motion_blur(images: Tensor, params: dict[str, Tensor], level: tuple[int, float]) -> Tensor:
     """imagecorruptions' `_motion_blur` exactly (same integer taps, weights and replicated edges)."""
@@ -152,7 +156,8 @@ def _zoom_numba(images: Tensor, level: tuple[float, ...]) -> Tensor:
     return torch.from_numpy(out).view(b, c, h, w)
 
 
-@photometric(name="zoom_blur", family=FAMILY, severities=ZOOM_BLUR,
+@photometric(family=FAMILY, severities=ZOOM_BLUR,
+             fields=[Field("zooms", 1, 2, many=True)],
              description="ImageNet-C zoom blur: the average of progressively zoomed copies (camera moving forward).")
 def zoom_blur(images: Tensor, params: dict[str, Tensor], level: tuple[float, ...]) -> Tensor:
     """Deviation: where rounding makes a zoomed layer smaller than the image (tiny images only), the
@@ -174,10 +179,6 @@ GLASS_BLUR = ((0.7, 1, 2), (0.9, 2, 1), (1.0, 2, 3), (1.1, 3, 2), (1.5, 4, 2))
 
 _GLASS_EXTRA_STEP = 0.5
 """Probability of a second displacement step per round (max_delta >= 2), calibrated on the reference."""
-
-
-def _sample_glass(rng: SampleRNG, level: tuple[float, int, int], batch) -> dict[str, Tensor]:
-    return {"key": rng.key()}
 
 
 _EXTRA_LEVELS = 16
@@ -276,7 +277,8 @@ def _glass_shuffle(x: Tensor, keys: Tensor, partial: list[bool], delta: int, use
     return x.reshape(b, c, h, w)
 
 
-@photometric(name="glass_blur", family=FAMILY, severities=GLASS_BLUR, sample=_sample_glass,
+@photometric(family=FAMILY, severities=GLASS_BLUR, sample=sample_key,
+             fields=[Field("sigma", 0, 20), Field("max_delta", 1, 10, integer=True), Field("rounds", 1, 10, integer=True)],
              description="ImageNet-C glass blur: blur, local pixel shuffling, blur again (frosted glass).")
 def glass_blur(images: Tensor, params: dict[str, Tensor], level: tuple[float, int, int]) -> Tensor:
     """Deviations from the reference, for speed and batch independence:

@@ -3,6 +3,7 @@
 The first six are ImageNet-C corruptions (Hendrycks & Dietterich, 2019) with the reference's severity
 tables (the `imagecorruptions` package); the algorithms are re-implemented as batched torch so they run
 on the images' device and draw their noise from per-sample counter-based keys (visionstress.rng).
+`iso_noise` is albumentations' ISONoise.
 """
 
 from __future__ import annotations
@@ -19,17 +20,11 @@ from torch import Tensor
 from visionstress.rng import SampleRNG, normal_field, numba_available, uniform_field
 
 from ._warp import Warp, pixel_centres
-from .registry import geometric, photometric
+from .albumentations import albumentations_perturbation, optional_albumentations
+from .levels import Field
+from .registry import geometric, photometric, sample_key
 
 Params = dict[str, Tensor]
-
-
-def _sample_key(rng: SampleRNG, level, batch) -> Params:
-    return {"key": rng.key()}
-
-
-def _keys(params: Params, images: Tensor) -> Tensor:
-    return params["key"].to(device=images.device, dtype=torch.int64)
 
 
 # ---- noise -----------------------------------------------------------------------------------------
@@ -38,10 +33,12 @@ GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)
 """ImageNet-C: standard deviation of additive Gaussian noise, in units of the [0, 1] range."""
 
 
-@photometric(name="gaussian_noise", family="camera", severities=GAUSSIAN_NOISE, sample=_sample_key,
+@photometric(family="camera", severities=GAUSSIAN_NOISE, sample=sample_key,
+             fields=[Field("std", 0, 1)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C Gaussian noise: independent zero-mean noise added to every channel of every pixel.")
 def gaussian_noise(images: Tensor, params: Params, level: float) -> Tensor:
-    noise = normal_field(_keys(params, images), tuple(images.shape[1:]), counter=0)
+    noise = normal_field(params["key"], tuple(images.shape[1:]), counter=0)
     return images + level * noise
 
 
@@ -142,14 +139,15 @@ def _poisson_search_cpu():
     return search
 
 
-@photometric(name="shot_noise", family="camera", severities=SHOT_NOISE, sample=_sample_key,
+@photometric(family="camera", severities=SHOT_NOISE, sample=sample_key,
+             fields=[Field("photons", 1, 1000)],
              description="ImageNet-C shot noise: photon-counting (Poisson) noise of a sensor starved of light.")
 def shot_noise(images: Tensor, params: Params, level: float) -> Tensor:
     """Poisson(c x) / c with c the table's photon count. Deviation from the reference: numpy's Poisson
     sampler is replaced by the exact inverse CDF of counter-based uniforms (tabulated per 8-bit
     intensity level), so samples are batch- and device-independent; float inputs are read on the
     8-bit grid, as the reference reads its uint8 images."""
-    u = uniform_field(_keys(params, images), tuple(images.shape[1:]), counter=0)
+    u = uniform_field(params["key"], tuple(images.shape[1:]), counter=0)
     return _poisson(images, u, level) / level
 
 
@@ -157,12 +155,13 @@ IMPULSE_NOISE = (0.03, 0.06, 0.09, 0.17, 0.27)
 """ImageNet-C: fraction of channel values replaced by salt (1) or pepper (0), half each."""
 
 
-@photometric(name="impulse_noise", family="camera", severities=IMPULSE_NOISE, sample=_sample_key,
+@photometric(family="camera", severities=IMPULSE_NOISE, sample=sample_key,
+             fields=[Field("amount", 0, 1)],
              description="ImageNet-C impulse noise: a fraction of channel values flipped to black or white (salt and pepper).")
 def impulse_noise(images: Tensor, params: Params, level: float) -> Tensor:
     """scikit-image's 's&p' mode as the reference calls it: each channel value independently replaced
     with probability `level`, by 0 or 1 with equal probability (one uniform decides both)."""
-    u = uniform_field(_keys(params, images), tuple(images.shape[1:]), counter=0)
+    u = uniform_field(params["key"], tuple(images.shape[1:]), counter=0)
     out = torch.where(u < 0.5 * level, 0.0, images)
     return torch.where((u >= 0.5 * level) & (u < level), 1.0, out)
 
@@ -171,10 +170,12 @@ SPECKLE_NOISE = (0.15, 0.2, 0.35, 0.45, 0.6)
 """ImageNet-C: standard deviation of multiplicative Gaussian noise, x + x * N(0, c^2)."""
 
 
-@photometric(name="speckle_noise", family="camera", severities=SPECKLE_NOISE, sample=_sample_key,
+@photometric(family="camera", severities=SPECKLE_NOISE, sample=sample_key,
+             fields=[Field("std", 0, 2)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C speckle noise: multiplicative Gaussian noise, proportional to brightness.")
 def speckle_noise(images: Tensor, params: Params, level: float) -> Tensor:
-    noise = normal_field(_keys(params, images), tuple(images.shape[1:]), counter=0)
+    noise = normal_field(params["key"], tuple(images.shape[1:]), counter=0)
     return images + images * (level * noise)
 
 
@@ -184,7 +185,8 @@ JPEG_QUALITY = (25, 18, 15, 10, 7)
 """ImageNet-C: JPEG quality factor (libjpeg's 1..100 scale, the one PIL uses)."""
 
 
-@photometric(name="jpeg_compression", family="camera", severities=JPEG_QUALITY,
+@photometric(family="camera", severities=JPEG_QUALITY,
+             fields=[Field("quality", 1, 100, integer=True)],
              description="ImageNet-C JPEG compression: encoded and decoded at a low quality factor (blocking, ringing).")
 def jpeg_compression(images: Tensor, params: Params, level: int) -> Tensor:
     """Through torchvision.io's libjpeg (CPU, one call per image inside the codec) or nvjpeg (CUDA,
@@ -259,7 +261,8 @@ def _torch_nearest_agrees(n_small: int, n_out: int) -> bool:
     return torch.equal(picked, _nearest_index_cpu(n_small, n_out))
 
 
-@photometric(name="pixelate", family="camera", severities=PIXELATE,
+@photometric(family="camera", severities=PIXELATE,
+             fields=[Field("scale", 0.01, 1)],
              description="ImageNet-C pixelate: box-averaged down to a fraction of the size, enlarged back by nearest neighbour.")
 def pixelate(images: Tensor, params: Params, level: float) -> Tensor:
     """PIL's BOX-then-NEAREST resize pair as separable matrix products and an index gather, to the
@@ -294,7 +297,8 @@ the fringe width at the corners as a fraction of the half-diagonal (0.022 = 3.5 
 between green and each of red and blue, 7 px red-to-blue: a poor wide-angle zoom). Own calibration."""
 
 
-@photometric(name="chromatic_aberration", family="camera", severities=CHROMATIC_ABERRATION,
+@photometric(family="camera", severities=CHROMATIC_ABERRATION,
+             fields=[Field("fringe", 0, 0.2)],
              description="Lateral chromatic aberration: red and blue channels magnified differently, colour fringes towards the corners.")
 def chromatic_aberration(images: Tensor, params: Params, level: float) -> Tensor:
     """Photometric although it resamples: object geometry moves by at most a few pixels at the corners,
@@ -320,7 +324,8 @@ _DISPLAY_GAMMA = 2.2
 """Encoded values are treated as linear light ** (1 / 2.2), the pure-power approximation of sRGB."""
 
 
-@photometric(name="vignetting", family="camera", severities=VIGNETTING_STOPS,
+@photometric(family="camera", severities=VIGNETTING_STOPS,
+             fields=[Field("stops", 0, 8)],
              description="Vignetting: cos^4 radial darkening towards the corners, applied in linear light.")
 def vignetting(images: Tensor, params: Params, level: float) -> Tensor:
     """Relative illumination cos^4(theta) with tan(theta) = r tan(theta_c), r the radius in
@@ -348,15 +353,38 @@ def _sample_lens(rng: SampleRNG, level: float, batch) -> Params:
     return {"k1": rng.uniform(0.8 * level, level)}
 
 
-@geometric(name="lens_distortion", family="camera", severities=LENS_DISTORTION, sample=_sample_lens,
+@geometric(family="camera", severities=LENS_DISTORTION, sample=_sample_lens,
+           fields=[Field("k1", 0, 1)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Barrel lens distortion: straight lines bow outwards, off-centre content pulled towards the centre.")
 def lens_distortion(params: Params, level: float, size: tuple[int, int], device: torch.device) -> Warp:
     """A dense backward map (the radial model is not projective); boxes and masks follow it.
     Replay: params["k1"] `[B]`, the source radius is r (1 + k1 r^2), r in half-diagonals."""
     h, w = size
-    k1 = params["k1"].to(device=device, dtype=torch.float32).reshape(-1, 1, 1)
+    k1 = params["k1"].reshape(-1, 1, 1)
     dx, dy, r = _radius(size, device)
     half_diag = 0.5 * math.hypot(h, w)
     factor = (1.0 + k1 * (r * r)) * half_diag  # [B, H, W]
     grid = torch.stack([w / 2.0 + dx * factor, h / 2.0 + dy * factor], dim=-1)
     return Warp(grid=grid)
+
+
+# ---- sensor noise of a high ISO (albumentations) -------------------------------------------------------
+
+ISO_NOISE = (((0.01, 0.02), (0.1, 0.2)), ((0.02, 0.03), (0.25, 0.35)), ((0.03, 0.04), (0.4, 0.5)),
+             ((0.04, 0.05), (0.6, 0.7)), ((0.05, 0.06), (0.8, 0.9)))
+"""(albumentations ISONoise colour-shift range, intensity range): hue shift and luminance noise both grow."""
+
+
+def _register_iso_noise() -> None:
+    A = optional_albumentations()
+    if A is None:
+        return
+    albumentations_perturbation(
+        "iso_noise", "camera",
+        [A.ISONoise(color_shift=shift, intensity=intensity, p=1.0) for shift, intensity in ISO_NOISE],
+        "High-ISO camera sensor noise: per-pixel hue shifts and luminance noise (albumentations ISONoise).",
+    )
+
+
+_register_iso_noise()

@@ -9,13 +9,15 @@ from torch import Tensor
 
 from visionstress.rng import SampleRNG, normal_field
 
-from .registry import photometric
+from .levels import Field
+from .registry import photometric, sample_key
 
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 """ImageNet-C: added to HSV value."""
 
 
-@photometric(name="brightness", family="lighting", severities=BRIGHTNESS,
+@photometric(family="lighting", severities=BRIGHTNESS,
+             fields=[Field("delta", 0, 1)],
              description="ImageNet-C brightness: the HSV value channel raised, hue and saturation kept.")
 def brightness(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     # Raising V with H and S fixed scales all three channels by V'/V; black becomes grey V'.
@@ -29,7 +31,8 @@ CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
 """ImageNet-C: each channel's deviation from its image mean is scaled by this factor."""
 
 
-@photometric(name="contrast", family="lighting", severities=CONTRAST,
+@photometric(family="lighting", severities=CONTRAST,
+             fields=[Field("factor", 0, 2)],
              description="ImageNet-C contrast: every channel pulled towards its image mean.")
 def contrast(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
     means = images.mean(dim=(2, 3), keepdim=True)
@@ -60,10 +63,11 @@ def _sample_gamma(rng: SampleRNG, level: float, batch) -> dict[str, Tensor]:
     return {"gamma": torch.where(rng.sign() > 0, level, 1.0 / level)}
 
 
-@photometric(name="gamma", family="lighting", severities=GAMMA, sample=_sample_gamma,
+@photometric(family="lighting", severities=GAMMA, sample=_sample_gamma,
+             fields=[Field("gamma", 1, 10)],
              description="Wrong exposure curve: encoded values raised to a power, darker or brighter per sample.")
 def gamma(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
-    g = params["gamma"].to(device=images.device, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    g = params["gamma"].reshape(-1, 1, 1, 1)
     return images.clamp_min(0.0) ** g
 
 
@@ -95,10 +99,11 @@ def _blackbody_rgb(kelvin: Tensor) -> Tensor:
     return _to_linear(rgb)
 
 
-@photometric(name="white_balance", family="lighting", severities=WHITE_BALANCE_MIRED, sample=_sample_white_balance,
+@photometric(family="lighting", severities=WHITE_BALANCE_MIRED, sample=_sample_white_balance,
+             fields=[Field("mired", 0, 500)],
              description="Colour cast of a wrong white balance: per-channel gains of a warmer or cooler light, per sample.")
 def white_balance(images: Tensor, params: dict[str, Tensor], level: float) -> Tensor:
-    shift = params["mired_shift"].to(device=images.device, dtype=torch.float32).reshape(-1)
+    shift = params["mired_shift"].reshape(-1)
     kelvin = 1e6 / (_D65_MIRED + shift).clamp_min(25.0)
     light = _blackbody_rgb(kelvin)
     white = _blackbody_rgb(torch.full_like(kelvin, 6500.0))
@@ -135,12 +140,13 @@ def _soft_threshold(distance: Tensor, fraction: float, width: Tensor) -> Tensor:
     return ((threshold - distance) / width + 0.5).clamp(0.0, 1.0)
 
 
-@photometric(name="shadow", family="lighting", severities=SHADOW, sample=_sample_shadow,
+@photometric(family="lighting", severities=SHADOW, sample=_sample_shadow,
+             fields=[Field("area", 0, 1), Field("depth", 0, 1)],
              description="A cast shadow: a half-plane at a per-sample angle darkened, with a soft penumbra.")
 def shadow(images: Tensor, params: dict[str, Tensor], level: tuple[float, float]) -> Tensor:
     fraction, depth = level
     b, _, h, w = images.shape
-    angle = params["angle"].to(device=images.device, dtype=torch.float32).reshape(-1, 1)
+    angle = params["angle"].reshape(-1, 1)
     ys = (torch.arange(h, device=images.device, dtype=torch.float32) + 0.5).repeat_interleave(w)
     xs = (torch.arange(w, device=images.device, dtype=torch.float32) + 0.5).repeat(h)
     # Signed distance along the shadow edge's normal; the shadow is the side with small distance,
@@ -161,12 +167,13 @@ def _sample_glare(rng: SampleRNG, level: tuple[float, float, float], batch) -> d
     return {"centre": rng.uniform(0.15, 0.85, shape=(2,))}
 
 
-@photometric(name="glare", family="lighting", severities=GLARE, sample=_sample_glare,
+@photometric(family="lighting", severities=GLARE, sample=_sample_glare,
+             fields=[Field("haze", 0, 1), Field("peak", 0, 1), Field("radius", 0.01, 2)],
              description="Lens glare: a bright soft blob at a per-sample position plus a veiling haze over the image.")
 def glare(images: Tensor, params: dict[str, Tensor], level: tuple[float, float, float]) -> Tensor:
     haze, peak, radius = level
     b, _, h, w = images.shape
-    centre = params["centre"].to(device=images.device, dtype=torch.float32)  # [B, 2] (x, y) in image fractions
+    centre = params["centre"]  # [B, 2] (x, y) in image fractions
     diagonal = math.hypot(h, w)
     xs = (torch.arange(w, device=images.device, dtype=torch.float32) + 0.5) / diagonal
     ys = (torch.arange(h, device=images.device, dtype=torch.float32) + 0.5) / diagonal
@@ -186,17 +193,15 @@ of a few thousand e-, of which a JPEG white uses a few hundred; read noise 2-4 e
 image stays dark, as an under-exposed frame."""
 
 
-def _sample_low_light(rng: SampleRNG, level: tuple[float, float, float], batch) -> dict[str, Tensor]:
-    return {"key": rng.key()}
-
-
-@photometric(name="low_light", family="lighting", severities=LOW_LIGHT, sample=_sample_low_light,
+@photometric(family="lighting", severities=LOW_LIGHT, sample=sample_key,
+             fields=[Field("exposure", 0.001, 1), Field("white_electrons", 1, 1e6), Field("read_noise", 0, 100)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="Dark scene: exposure cut, then photon shot noise and sensor read noise in linear light.")
 def low_light(images: Tensor, params: dict[str, Tensor], level: tuple[float, float, float]) -> Tensor:
     exposure, white_electrons, read_noise = level
     electrons = _to_linear(images).mul_(exposure * white_electrons)
     # Shot noise is Poisson(electrons); with read noise it is close to Gaussian with variance
     # electrons + read_noise**2 at these counts (the normal approximation, per channel).
-    z = normal_field(params["key"].to(images.device), tuple(images.shape[1:]), counter=0)
+    z = normal_field(params["key"], tuple(images.shape[1:]), counter=0)
     noisy = (electrons + read_noise**2).sqrt_().mul_(z).add_(electrons)
     return _to_srgb(noisy.mul_(1.0 / white_electrons))

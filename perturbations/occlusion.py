@@ -15,16 +15,13 @@ from torch import Tensor
 from visionstress.batch import Batch, ObjectTargets
 from visionstress.rng import SampleRNG, uniform_field
 
+from .levels import Field
 from .registry import data_aware
-
-def _sample_fill(rng: SampleRNG) -> dict[str, Tensor]:
-    return {"key": rng.key()}
-
 
 _FILL_BLOCKS = 56  # the noise has about this many blocks along the shorter side (1-pixel blocks below)
 
 
-def _fill(params: dict[str, Tensor], shape: tuple[int, ...], device: torch.device) -> Tensor:
+def _fill(params: dict[str, Tensor], shape: tuple[int, ...]) -> Tensor:
     """`[B, 3, H, W]` occluder texture: uniform colour noise in square blocks, from the sample's key.
 
     Noise rather than black or a flat grey: it carries no colour a model could learn to read as
@@ -34,7 +31,7 @@ def _fill(params: dict[str, Tensor], shape: tuple[int, ...], device: torch.devic
     """
     _, c, h, w = shape
     block = max(1, round(min(h, w) / _FILL_BLOCKS))
-    coarse = uniform_field(params["key"].to(device), (c, -(-h // block), -(-w // block)), counter=0)
+    coarse = uniform_field(params["key"], (c, -(-h // block), -(-w // block)), counter=0)
     if block > 1:
         coarse = coarse.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
     return coarse[:, :, :h, :w]
@@ -98,7 +95,7 @@ def _sample_random_occlusion(rng: SampleRNG, level: tuple[float, int], batch: Ba
         "centre": rng.uniform(0.0, 1.0, shape=(count, 2)),  # (x, y) in image fractions
         "log_aspect": rng.uniform(lo, hi, shape=(count,)),
         "share": rng.uniform(0.5, 1.5, shape=(count,)),  # relative size of each rectangle
-        **_sample_fill(rng),
+        "key": rng.key(),  # the fill texture
     }
 
 
@@ -109,9 +106,9 @@ def _random_rects(params: dict[str, Tensor], fraction: float, size: tuple[int, i
     bisection on the exact union area (inclusion-exclusion, all in `[B]`-tensors, no pixels involved).
     """
     h, w = size
-    centre = params["centre"].to(device=device, dtype=torch.float32)
-    aspect = torch.exp(params["log_aspect"].to(device=device, dtype=torch.float32))
-    share = params["share"].to(device=device, dtype=torch.float32)
+    centre = params["centre"]
+    aspect = torch.exp(params["log_aspect"])
+    share = params["share"]
     share = share / share.sum(dim=1, keepdim=True)
     # Unit-scale sides: rectangle k has area fraction * share_k of the image (if nothing overlapped).
     area = fraction * share * (h * w)
@@ -141,7 +138,8 @@ def _random_rects(params: dict[str, Tensor], fraction: float, size: tuple[int, i
     return rects_at(high)
 
 
-@data_aware(name="random_occlusion", family="occlusion", severities=RANDOM_OCCLUSION, sample=_sample_random_occlusion,
+@data_aware(family="occlusion", severities=RANDOM_OCCLUSION, sample=_sample_random_occlusion,
+            fields=[Field("area", 0, 1), Field("count", 1, 8, integer=True)],
             description="Cutout: rectangles at per-sample positions covering a set fraction of the image, "
                         "filled with colour noise; the covered fraction of each box is recorded.")
 def random_occlusion(batch: Batch, params: dict[str, Tensor], level: tuple[float, int]) -> Batch:
@@ -151,7 +149,7 @@ def random_occlusion(batch: Batch, params: dict[str, Tensor], level: tuple[float
     fraction, _ = level
     size = (images.shape[2], images.shape[3])
     mask = _rect_masks(_random_rects(params, fraction, size, images.device), size)
-    out = torch.lerp(images, _fill(params, tuple(images.shape), images.device), mask[:, None])
+    out = torch.lerp(images, _fill(params, tuple(images.shape)), mask[:, None])
     return batch.replace(images=out, boxes=_record_occlusion(batch.boxes, mask))
 
 
@@ -167,7 +165,7 @@ _OBJECT_DRAWS = 3  # uniforms per object: aspect, x position, y position
 
 
 def _sample_object_occlusion(rng: SampleRNG, level: float, batch: Batch) -> dict[str, Tensor]:
-    return {"object_key": rng.key(), **_sample_fill(rng)}
+    return {"object_key": rng.key(), "key": rng.key()}
 
 
 def _object_rects(boxes: Tensor, draws: Tensor, fraction: float) -> Tensor:
@@ -197,7 +195,8 @@ def _box_fraction(mask: Tensor, boxes: Tensor) -> Tensor:
     return torch.where(area > 0, covered / area.clamp_min(1e-12), torch.zeros_like(area))
 
 
-@data_aware(name="object_occlusion", family="occlusion", severities=OBJECT_OCCLUSION, sample=_sample_object_occlusion,
+@data_aware(family="occlusion", severities=OBJECT_OCCLUSION, sample=_sample_object_occlusion,
+            fields=[Field("area", 0.01, 1)],
             description="Each object partly hidden: an occluder covering a set fraction of every box "
                         "(the central region without boxes); the covered fraction is recorded.")
 def object_occlusion(batch: Batch, params: dict[str, Tensor], level: float) -> Batch:
@@ -220,13 +219,13 @@ def object_occlusion(batch: Batch, params: dict[str, Tensor], level: float) -> B
     most = max((len(bx) for bx in per_image), default=0)
     if most == 0:
         return batch
-    draws = uniform_field(params["object_key"].to(device), (most, _OBJECT_DRAWS), counter=0)
+    draws = uniform_field(params["object_key"], (most, _OBJECT_DRAWS), counter=0)
     rects = torch.zeros(b, most, 4, device=device)  # unused slots stay empty
     for i, bx in enumerate(per_image):
         if len(bx):
             rects[i, : len(bx)] = _object_rects(bx, draws[i, : len(bx)], level)
     mask = _rect_masks(rects, (h, w))
-    out = torch.lerp(images, _fill(params, tuple(images.shape), device), mask[:, None])
+    out = torch.lerp(images, _fill(params, tuple(images.shape)), mask[:, None])
     return batch.replace(images=out, boxes=_record_occlusion(batch.boxes, mask))
 
 

@@ -4,14 +4,17 @@ A perturbation has two halves, as in kornia / torchvision v2: `sample_params` dr
 parameters from per-sample randomness (visionstress.rng), and `apply` is a pure function of the
 batch and those parameters. Calling `p(batch, severity, seed)` does both; `params=` replays a case.
 
-Kernels see float32 RGB images in [0, 1]. The base class converts whatever it is given (uint8,
-other float dtypes, grayscale, RGBA) into that form and back, so every kernel is written once.
+Kernels see float32 RGB images in [0, 1], and params on the images' device (float32 / int64). The
+base class converts whatever it is given (uint8, other float dtypes, grayscale, RGBA, replayed params
+in any form) into that form and back, so every kernel is written once.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, overload
@@ -22,7 +25,8 @@ from torch import Tensor
 from visionstress.batch import Batch
 from visionstress.rng import SampleRNG, sample_keys
 
-from ._warp import Warp, apply_warp
+from ._warp import BOX_METHODS, Warp, apply_warp
+from .levels import Field, LevelError, describe_level, make_level
 
 KINDS = ("photometric", "geometric", "data-aware", "model-aware")
 ALL_TARGETS = frozenset({"labels", "boxes", "instance_masks", "masks"})
@@ -34,6 +38,12 @@ SampleFn = Callable[[SampleRNG, Any, Batch], Params]
 
 def _no_params(rng: SampleRNG, level: Any, batch: Batch) -> Params:
     return {}
+
+
+def sample_key(rng: SampleRNG, level: Any, batch: Batch) -> Params:
+    """The sampler of kernels that draw their own noise fields: one 62-bit key per sample, `params["key"]`,
+    which the kernel expands with `visionstress.rng.uniform_field` / `normal_field`."""
+    return {"key": rng.key()}
 
 
 @dataclass
@@ -63,7 +73,9 @@ class PrepareContext:
 
 
 class Perturbation:
-    """A named, registered image perturbation with a five-level severity table.
+    """A named, registered image perturbation with a five-level severity table (or a single level: one
+    variant, severity 1 only), an implementation `version`, and optionally the named, range-checked
+    `fields` of its levels (see `levels.Field`).
 
     Subclasses implement `apply(batch, params, level)` on a float32 RGB batch; `level` is the
     severity table's entry for the requested severity. Override `sample_params` (or pass `sample=`)
@@ -76,8 +88,15 @@ class Perturbation:
     """
 
     kind: str = "photometric"
+    version: int = 1
+    """Implementation version: bumped whenever the output changes for the same inputs (batch, severity,
+    seed), so that a scorecard records which implementation produced its numbers and `compare` can
+    tell an implementation change from a model regression."""
     needs_foreground: bool = False
     """Whether `apply` reads `Batch.foreground` (the run then loads object masks with the images)."""
+    box_method: str | None = None
+    """How this perturbation moves boxes (one of `BOX_METHODS`), or None where boxes do not depend on a
+    method (they stay put, or a wrapped library moves them its own way)."""
 
     def prepare(self, context: PrepareContext) -> Perturbation:
         """Fit or collect what this perturbation needs, save it under `context.state_dir`, and return
@@ -107,29 +126,68 @@ class Perturbation:
         sample: SampleFn | None = None,
         targets: frozenset[str] = ALL_TARGETS,
         kind: str | None = None,
+        version: int = 1,
+        fields: Sequence[Field] | None = None,
     ) -> None:
         if kind is not None:
             self.kind = kind
         if self.kind not in KINDS:
             raise ValueError(f"perturbation {name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if len(severities) != MAX_SEVERITY:
-            raise ValueError(f"perturbation {name!r}: needs exactly {MAX_SEVERITY} severity levels, got {len(severities)}")
+        if len(severities) not in (1, MAX_SEVERITY):
+            raise ValueError(f"perturbation {name!r}: needs {MAX_SEVERITY} severity levels (or a single one), "
+                             f"got {len(severities)}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"perturbation {name!r}: version must be a positive integer, got {version!r}")
         unknown = set(targets) - ALL_TARGETS
         if unknown:
             raise ValueError(f"perturbation {name!r}: unknown target kinds {sorted(unknown)}")
         self.name = name
         self.family = family
+        self.fields = None if fields is None else tuple(fields)
         self.severities = tuple(severities)
+        if self.fields is not None:
+            try:
+                self.severities = tuple(make_level(self.fields, level) for level in severities)
+            except LevelError as error:
+                raise ValueError(f"perturbation {name!r}: a severity level does not fit its fields: {error}") from None
         self.description = description
         self.targets = frozenset(targets)
+        self.version = version
         self._sample = sample or _no_params
 
     def __repr__(self) -> str:
         return f"<Perturbation {self.name} ({self.family}, {self.kind})>"
 
+    @property
+    def max_severity(self) -> int:
+        """5, or 1 for a single-level perturbation (one variant, no graded strength)."""
+        return len(self.severities)
+
     def level(self, severity: int) -> Any:
-        """The severity table's entry for `severity` (1..5)."""
-        return self.severities[_check_severity(self.name, severity) - 1]
+        """The severity table's entry for `severity` (1..max_severity)."""
+        return self.severities[_check_severity(self, severity) - 1]
+
+    def parse_level(self, value: Any) -> Any:
+        """A plain value (a number, a list, or a mapping by field name, as a suite file's `table:` gives
+        it) as this perturbation's level, checked against its declared fields and their ranges.
+
+        Raises LevelError saying where inside the level (`.sigma`) and what is wrong. Without declared
+        fields a level must be shaped like the built-in ones: finite numbers, or lists of as many.
+        """
+        if self.fields is not None:
+            return make_level(self.fields, value)
+        return _shaped_like(self.severities[0], value)
+
+    def describe_level(self, level: Any) -> str:
+        """A level for people: `radius=10, sigma=3`, or a plain number for one-field levels."""
+        return describe_level(level, self.fields)
+
+    def with_box_method(self, method: str) -> Perturbation:
+        """This perturbation moving boxes by `method` ('ellipse' or 'enclosing', see `BOX_METHODS`): a
+        configured copy for geometric perturbations (the registered one is untouched), itself for those
+        whose boxes do not depend on a method. Read the method used back from `.box_method`."""
+        _check_box_method(method)
+        return self
 
     def sample_params(self, batch: Batch, severity: int, seed: int = 0) -> Params:
         """Per-sample parameters, each a tensor with leading dimension B, on the batch's device."""
@@ -147,7 +205,7 @@ class Perturbation:
 
     def __call__(self, data: Batch | Tensor, severity: int, seed: int = 0, params: Params | None = None) -> Batch | Tensor:
         """Perturb `data` (a Batch, or images `[B,C,H,W]` / `[C,H,W]`) at `severity` (0 = identity)."""
-        severity = _check_severity(self.name, severity, allow_zero=True)
+        severity = _check_severity(self, severity, allow_zero=True)
         batch, unwrap = _as_batch(data)
         unsupported = batch.target_kinds - self.targets
         if unsupported:
@@ -163,32 +221,69 @@ class Perturbation:
         if params is None:
             params = self.sample_params(work, severity, seed)
         else:
-            params = _check_params(self.name, params, len(batch), batch.images.device)
+            _check_replayed(self.name, params, len(batch))
+        params = _on_device(params, batch.images.device)
         result = self.apply(work, params, self.level(severity))
         return unwrap(restore(result).replace(params=params))
 
 
-def _check_severity(name: str, severity: Any, allow_zero: bool = False) -> int:
+def _check_severity(p: Perturbation, severity: Any, allow_zero: bool = False) -> int:
     low = 0 if allow_zero else 1
-    if isinstance(severity, bool) or not isinstance(severity, int) or not low <= severity <= MAX_SEVERITY:
+    if isinstance(severity, bool) or not isinstance(severity, int) or not low <= severity <= p.max_severity:
+        if p.max_severity == 1:
+            raise ValueError(f"perturbation {p.name!r} has a single level: its severity is 1"
+                             f"{' (or 0 = unperturbed)' if allow_zero else ''}, got {severity!r}")
         raise ValueError(
-            f"perturbation {name!r}: severity must be an integer from {low} to {MAX_SEVERITY}"
+            f"perturbation {p.name!r}: severity must be an integer from {low} to {p.max_severity}"
             f"{' (0 = unperturbed)' if allow_zero else ''}, got {severity!r}"
         )
     return severity
 
 
-def _check_params(name: str, params: Mapping[str, Tensor], batch_size: int, device: torch.device) -> Params:
-    checked = {}
+def _check_box_method(method: Any) -> None:
+    if method not in BOX_METHODS:
+        raise ValueError(f"box method must be one of {', '.join(BOX_METHODS)}, got {method!r}")
+
+
+def _shaped_like(reference: Any, value: Any) -> Any:
+    """`value` checked to be finite numbers shaped like `reference` (for perturbations without fields)."""
+    def number(v: Any, key: str) -> int | float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LevelError(key, f"must be a finite number like {reference!r}, got {v!r}")
+        return v
+
+    if isinstance(reference, bool) or not isinstance(reference, (int, float, tuple, list)):
+        raise LevelError("", f"this perturbation's levels are {type(reference).__name__} objects, which a suite "
+                             f"file cannot give; register a perturbation with the levels you want in Python")
+    if isinstance(reference, (tuple, list)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != len(reference):
+            raise LevelError("", f"must be a list of {len(reference)} numbers like {list(reference)}, got {value!r}")
+        return tuple(number(v, f"[{i}]") for i, v in enumerate(value))
+    return number(value, "")
+
+
+def _check_replayed(name: str, params: Mapping[str, Any], batch_size: int) -> None:
     for key, value in params.items():
-        value = torch.as_tensor(value, device=device)
-        if value.ndim == 0 or value.shape[0] != batch_size:
+        shape = tuple(torch.as_tensor(value).shape)
+        if not shape or shape[0] != batch_size:
             raise ValueError(
                 f"perturbation {name!r}: replayed param {key!r} must have leading dimension {batch_size}, "
-                f"got shape {tuple(value.shape)}"
+                f"got shape {shape}"
             )
-        checked[key] = value
-    return checked
+
+
+def _on_device(params: Mapping[str, Any], device: torch.device) -> Params:
+    """Params as kernels read them, once for all kernels: on the images' device, floats as float32 and
+    integers (keys) as int64, the dtypes sampling produces, whatever form a replayed case came in."""
+    out = {}
+    for key, value in params.items():
+        value = torch.as_tensor(value)
+        if value.is_floating_point():
+            value = value.to(torch.float32)
+        elif value.dtype != torch.bool:
+            value = value.to(torch.int64)
+        out[key] = value.to(device)
+    return out
 
 
 def _as_batch(data: Batch | Tensor) -> tuple[Batch, Callable[[Batch], Batch | Tensor]]:
@@ -251,11 +346,13 @@ class GeometricPerturbation(Perturbation):
     """Moves pixels; boxes, instance masks and semantic masks move with them.
 
     Kernel: `fn(params, level, size, device) -> Warp`; the shared `apply_warp` resamples images
-    (bilinear), masks (nearest; uncovered area becomes the ignore index) and boxes (enclosing box of
-    the moved corners, clipped; boxes left with no area are dropped and counted).
+    (bilinear), masks (nearest; uncovered area becomes the ignore index) and boxes by `box_method`
+    (clipped; boxes left with no area are dropped and counted): by default the tight box of the moved
+    instance mask, or of the moved inscribed ellipse for an object without one (see `BOX_METHODS`).
     """
 
     kind = "geometric"
+    box_method = "ellipse"
 
     def __init__(
         self, kernel: Callable[[Params, Any, tuple[int, int], torch.device], Warp], padding: str = "zeros", **kwargs: Any
@@ -266,9 +363,17 @@ class GeometricPerturbation(Perturbation):
         self.kernel = kernel
         self.padding = padding
 
+    def with_box_method(self, method: str) -> Perturbation:
+        _check_box_method(method)
+        if method == self.box_method:
+            return self
+        configured = copy.copy(self)
+        configured.box_method = method
+        return configured
+
     def apply(self, batch: Batch, params: Params, level: Any) -> Batch:
         warp = self.kernel(params, level, batch.image_size, batch.images.device)
-        return apply_warp(batch, warp, padding=self.padding)
+        return apply_warp(batch, warp, padding=self.padding, box_method=self.box_method)
 
 
 class BatchPerturbation(Perturbation):
@@ -331,30 +436,36 @@ def list_perturbations(pattern: str | None = None, family: str | None = None, ki
     return sorted(names)
 
 
-def _decorator(cls: type[Perturbation], **meta: Any) -> Callable[[Callable], Callable]:
+def _decorator(cls: type[Perturbation], name: str | None, **meta: Any) -> Callable[[Callable], Callable]:
     def wrap(kernel: Callable) -> Callable:
-        register_perturbation(cls(kernel, **meta))
+        register_perturbation(cls(kernel, name=name or kernel.__name__, **meta))
         return kernel
 
     return wrap
 
 
-def photometric(*, name: str, family: str, severities: Sequence[Any], description: str,
-                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS) -> Callable[[Callable], Callable]:
-    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1])."""
-    return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities,
-                      description=description, sample=sample, targets=targets)
+def photometric(*, family: str, severities: Sequence[Any], description: str, fields: Sequence[Field] | None = None,
+                sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
+                version: int = 1, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a photometric kernel `fn(images, params, level) -> images` (float32 RGB in [0, 1]); the
+    name defaults to the function's."""
+    return _decorator(PhotometricPerturbation, name=name, family=family, severities=severities, fields=fields,
+                      description=description, sample=sample, targets=targets, version=version)
 
 
-def geometric(*, name: str, family: str, severities: Sequence[Any], description: str,
-              sample: SampleFn | None = None, padding: str = "zeros") -> Callable[[Callable], Callable]:
-    """Register a geometric kernel `fn(params, level, size, device) -> Warp`."""
-    return _decorator(GeometricPerturbation, name=name, family=family, severities=severities,
-                      description=description, sample=sample, padding=padding)
+def geometric(*, family: str, severities: Sequence[Any], description: str, fields: Sequence[Field] | None = None,
+              sample: SampleFn | None = None, padding: str = "zeros", version: int = 1,
+              name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a geometric kernel `fn(params, level, size, device) -> Warp`; the name defaults to the
+    function's."""
+    return _decorator(GeometricPerturbation, name=name, family=family, severities=severities, fields=fields,
+                      description=description, sample=sample, padding=padding, version=version)
 
 
-def data_aware(*, name: str, family: str, severities: Sequence[Any], description: str,
-               sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS) -> Callable[[Callable], Callable]:
-    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes)."""
-    return _decorator(BatchPerturbation, name=name, family=family, severities=severities,
-                      description=description, sample=sample, targets=targets)
+def data_aware(*, family: str, severities: Sequence[Any], description: str, fields: Sequence[Field] | None = None,
+               sample: SampleFn | None = None, targets: frozenset[str] = ALL_TARGETS,
+               version: int = 1, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a kernel `fn(batch, params, level) -> Batch` that reads targets (e.g. boxes); the name
+    defaults to the function's."""
+    return _decorator(BatchPerturbation, name=name, family=family, severities=severities, fields=fields,
+                      description=description, sample=sample, targets=targets, version=version)

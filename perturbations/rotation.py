@@ -10,6 +10,7 @@ from torch import Tensor
 from visionstress.rng import SampleRNG
 
 from ._warp import Warp, centred, warp_from_matrix
+from .levels import Field
 from .registry import geometric
 
 ROTATION_DEGREES = (5.0, 10.0, 20.0, 30.0, 45.0)
@@ -20,10 +21,12 @@ def _sample_rotation(rng: SampleRNG, level: float, batch) -> dict[str, Tensor]:
     return {"angle": rng.sign() * level}
 
 
-@geometric(name="rotation", family="rotation", severities=ROTATION_DEGREES, sample=_sample_rotation,
+@geometric(family="rotation", severities=ROTATION_DEGREES, sample=_sample_rotation,
+           fields=[Field("degrees", 0, 180)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="In-plane rotation about the image centre by a fixed angle, direction per sample; corners filled black.")
 def rotation(params: dict[str, Tensor], level: float, size: tuple[int, int], device: torch.device) -> Warp:
-    theta = params["angle"].to(device=device, dtype=torch.float32) * (math.pi / 180.0)
+    theta = params["angle"] * (math.pi / 180.0)
     cos, sin = torch.cos(theta), torch.sin(theta)
     zero, one = torch.zeros_like(cos), torch.ones_like(cos)
     # Positive angles turn the picture counter-clockwise as displayed (y points down), as torchvision does.
@@ -59,11 +62,13 @@ def _homography(src: Tensor, dst: Tensor) -> Tensor:
     return torch.cat([h, torch.ones(b, 1, dtype=h.dtype, device=h.device)], dim=1).reshape(b, 3, 3).float()
 
 
-@geometric(name="perspective", family="rotation", severities=PERSPECTIVE_DISTORTION, sample=_sample_perspective,
+@geometric(family="rotation", severities=PERSPECTIVE_DISTORTION, sample=_sample_perspective,
+           fields=[Field("distortion", 0, 0.9)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Viewpoint change: the image plane tilted, each corner pulled inwards by a per-sample amount.")
 def perspective(params: dict[str, Tensor], level: float, size: tuple[int, int], device: torch.device) -> Warp:
     h, w = size
-    shift = params["corner_shift"].to(device=device, dtype=torch.float32)  # [B, 4, 2] in (0, 1]
+    shift = params["corner_shift"]  # [B, 4, 2] in (0, 1]
     corners = torch.tensor([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]], device=device)
     inward = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], device=device)
     half = torch.tensor([w / 2.0, h / 2.0], device=device)

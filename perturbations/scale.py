@@ -15,6 +15,7 @@ from torch import Tensor
 from visionstress.rng import SampleRNG
 
 from ._warp import Warp, centred, warp_from_matrix
+from .levels import Field
 from .registry import geometric, photometric
 
 Params = dict[str, Tensor]
@@ -27,7 +28,7 @@ def _sample_scale(rng: SampleRNG, level: tuple[float, float], batch) -> Params:
 
 def _scale_warp(params: Params, size: tuple[int, int], device: torch.device,
                 prefilter_sigma: float | None = None) -> Warp:
-    s = params["scale"].to(device=device, dtype=torch.float32)
+    s = params["scale"]
     matrix = torch.zeros(s.shape[0], 3, 3, device=device)
     matrix[:, 0, 0], matrix[:, 1, 1], matrix[:, 2, 2] = s, s, 1.0
     return warp_from_matrix(centred(matrix, size), size, prefilter_sigma=prefilter_sigma)
@@ -39,7 +40,9 @@ do not overlap, so distortion grows with severity. 2x keeps the central quarter 
 object framed much tighter than in training. Own calibration."""
 
 
-@geometric(name="zoom_in", family="scale", severities=ZOOM_IN, sample=_sample_scale,
+@geometric(family="scale", severities=ZOOM_IN, sample=_sample_scale,
+           fields=[Field("min_scale", 1, 8), Field("max_scale", 1, 8)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Zoom in: a centred crop magnified back to full size, objects larger and cut off at the borders.")
 def zoom_in(params: Params, level: tuple[float, float], size: tuple[int, int], device: torch.device) -> Warp:
     return _scale_warp(params, size, device)
@@ -58,7 +61,9 @@ def _antialias_sigma(band: tuple[float, float]) -> float:
     return max(0.0, (1.0 / s - 1.0) / 2.0)
 
 
-@geometric(name="zoom_out", family="scale", severities=ZOOM_OUT, sample=_sample_scale,
+@geometric(family="scale", severities=ZOOM_OUT, sample=_sample_scale,
+           fields=[Field("min_scale", 0.05, 1), Field("max_scale", 0.05, 1)],
+           version=2,  # 2: boxes from moved masks or inscribed ellipses (1: box_method="enclosing")
            description="Zoom out: the image shrunk about the centre with anti-aliasing and padded black, objects smaller.")
 def zoom_out(params: Params, level: tuple[float, float], size: tuple[int, int], device: torch.device) -> Warp:
     """Replay: Gaussian blur with sigma `_antialias_sigma(level)` (reflect padding, kernel radius
@@ -72,7 +77,8 @@ bilinearly (a cheap sensor, or a serving pipeline that resizes twice). 6 turns 2
 Own calibration."""
 
 
-@photometric(name="low_resolution", family="scale", severities=LOW_RESOLUTION,
+@photometric(family="scale", severities=LOW_RESOLUTION,
+             fields=[Field("factor", 1, 64)],
              description="Low resolution: downsampled with antialiasing by a factor, then upsampled back bilinearly.")
 def low_resolution(images: Tensor, params: Params, level: float) -> Tensor:
     _, _, h, w = images.shape

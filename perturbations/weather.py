@@ -1,5 +1,4 @@
-"""Weather and the remaining ImageNet-C digital corruptions: snow, frost, fog, spatter, saturate,
-elastic_transform.
+"""Weather: snow, frost, fog and spatter (ImageNet-C), and rain (albumentations).
 
 Algorithms and severity tables follow Hendrycks & Dietterich (2019) as implemented in the
 `imagecorruptions` package (the reference the fidelity tests compare against), rewritten as batched
@@ -19,128 +18,12 @@ from torch import Tensor
 
 from visionstress.rng import SampleRNG, normal_field, uniform_field
 
-from ._filters import gaussian_kernel1d, motion_blur
-from ._warp import Warp, pixel_centres
-from .registry import geometric, photometric
+from ._filters import box3, correlate3x3, gaussian_blur, motion_blur, pad2d
+from .albumentations import albumentations_perturbation, optional_albumentations
+from .levels import Field
+from .registry import photometric, sample_key
 
 Params = dict[str, Tensor]
-
-
-def _sample_key(rng: SampleRNG, level, batch) -> Params:
-    return {"key": rng.key()}
-
-
-def _keys(params: Params, device: torch.device) -> Tensor:
-    return params["key"].to(device=device, dtype=torch.int64)
-
-
-def _pad_index(n: int, before: int, after: int, mode: str, device: torch.device) -> Tensor:
-    """Source indices for padding a length-`n` axis by any amount.
-
-    'symmetric': mirror including the edge (scipy 'reflect', cv2 BORDER_REFLECT);
-    'reflect101': mirror about the edge pixel (cv2's default border); 'replicate': scipy 'nearest'.
-    """
-    index = torch.arange(-before, n + after, device=device)
-    if mode == "replicate" or n == 1:
-        return index.clamp(0, n - 1)
-    if mode == "symmetric":
-        period = 2 * n
-        index = torch.remainder(index, period)
-        return torch.where(index >= n, period - 1 - index, index)
-    if mode == "reflect101":
-        period = 2 * (n - 1)
-        index = torch.remainder(index, period)
-        return torch.where(index >= n, period - index, index)
-    raise ValueError(mode)
-
-
-def _pad_dim(x: Tensor, r: int, dim: int, mode: str) -> Tensor:
-    """Pad `[..., H, W]` by `r` on both sides of `dim` (-1 or -2); native padding where possible."""
-    h, w = x.shape[-2:]
-    n = x.shape[dim]
-    if r < n and mode in ("replicate", "reflect101"):
-        pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
-        native = "replicate" if mode == "replicate" else "reflect"
-        out = F.pad(x.reshape(-1, 1, h, w), pad, mode=native)
-        return out.reshape(*x.shape[:-2], *out.shape[-2:])
-    if r <= n and mode == "symmetric":
-        return torch.cat([x.narrow(dim, 0, r).flip(dim), x, x.narrow(dim, n - r, r).flip(dim)], dim=dim)
-    return x.index_select(dim, _pad_index(n, r, r, mode, x.device))
-
-
-def _correlate_1d(x: Tensor, kernel: Tensor, dim: int, mode: str) -> Tensor:
-    """Correlate `[..., H, W]` along `dim` with an odd-length 1-D kernel, as a sum of shifted slices
-    (on CPU about ten times faster than a single-channel convolution or unfold + matmul)."""
-    taps = kernel.tolist()
-    r = len(taps) // 2
-    n = x.shape[dim]
-    padded = _pad_dim(x, r, dim, mode) if r else x
-    out = padded.narrow(dim, 0, n) * taps[0]
-    for i in range(1, len(taps)):
-        out.add_(padded.narrow(dim, i, n), alpha=taps[i])
-    return out
-
-
-def _correlate_separable(x: Tensor, ky: Tensor, kx: Tensor, mode: str) -> Tensor:
-    """Correlate `[..., H, W]` with the separable kernel `ky` (rows) x `kx` (columns)."""
-    return _correlate_1d(_correlate_1d(x, kx, -1, mode), ky, -2, mode)
-
-
-def _pad_both(x: Tensor, mode: str) -> Tensor:
-    """Pad the last two dims of `x` by one pixel."""
-    h, w = x.shape[-2:]
-    x = x.index_select(-1, _pad_index(w, 1, 1, mode, x.device))
-    return x.index_select(-2, _pad_index(h, 1, 1, mode, x.device))
-
-
-def _box3(x: Tensor) -> Tensor:
-    """cv2.blur with a 3x3 window (BORDER_REFLECT_101)."""
-    p = _pad_both(x, "reflect101")
-    rows = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
-    return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) * (1.0 / 9.0)
-
-
-def _correlate3x3(x: Tensor, kernel: tuple[tuple[float, ...], ...], mode: str) -> Tensor:
-    """Correlate `[..., H, W]` with a small 3x3 kernel by shifted slices (cv2.filter2D semantics)."""
-    h, w = x.shape[-2:]
-    p = _pad_both(x, mode)
-    out = torch.zeros_like(x)
-    for i in range(3):
-        for j in range(3):
-            if kernel[i][j] != 0:
-                out = out + kernel[i][j] * p[..., i : i + h, j : j + w]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# saturate
-
-SATURATE = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2))
-"""ImageNet-C saturate: (scale, shift) of the HSV saturation, S' = clip(S * scale + shift, 0, 1).
-Severities 1-2 desaturate, 3-5 oversaturate (so distortion is not monotone in severity)."""
-
-
-@photometric(name="saturate", family="digital", severities=SATURATE,
-             description="ImageNet-C saturate: HSV saturation scaled and shifted, hue and value kept.")
-def saturate(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
-    """RGB -> HSV -> RGB with S replaced, done in closed form.
-
-    With hue and value fixed, each channel is `V - V * S * k_c` where `k_c` depends on hue only, so
-    the new channel is `V - (V - x) / (V - min) * V * S'`: one fused multiply-add per pixel instead
-    of a full HSV round trip. Grey pixels have hue 0 (red) in skimage's convention, so a positive
-    shift tints them red exactly as the reference does.
-    """
-    scale, shift = level
-    value = images.amax(dim=1, keepdim=True)
-    delta = value - images.amin(dim=1, keepdim=True)
-    grey = delta <= 0
-    sat = delta / value.clamp_min(1e-12)  # 0 where value == 0, as skimage has it
-    chroma = value * (sat * scale + shift).clamp_(0.0, 1.0)
-    factor = torch.where(grey, torch.zeros_like(chroma), chroma / delta.clamp_min(1e-12))
-    out = torch.addcmul(value - value * factor, images, factor)
-    # Grey (delta == 0): hue 0 -> R = V, G = B = V (1 - S').
-    out[:, 1:] -= torch.where(grey, chroma, torch.zeros_like(chroma))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +69,8 @@ def plasma_fractal(keys: Tensor, mapsize: int, wibble_decay: float) -> Tensor:
     return m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
-@photometric(name="fog", family="weather", severities=FOG, sample=_sample_key,
+@photometric(family="weather", severities=FOG, sample=sample_key,
+             fields=[Field("strength", 0, 10), Field("decay", 1, 10)],
              description="ImageNet-C fog: a per-sample plasma-fractal haze added, then the range renormalised.")
 def fog(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     """`(x + s * plasma) * max(x) / (max(x) + s)`, the reference's formula, with its power-of-two
@@ -194,41 +78,9 @@ def fog(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     strength, decay = level
     _, _, h, w = images.shape
     mapsize = max(2, 1 << (max(h, w) - 1).bit_length())
-    haze = plasma_fractal(_keys(params, images.device), mapsize, decay)[:, None, :h, :w]
+    haze = plasma_fractal(params["key"], mapsize, decay)[:, None, :h, :w]
     peak = images.amax(dim=(1, 2, 3), keepdim=True)
     return (images + strength * haze) * peak / (peak + strength)
-
-
-# ---------------------------------------------------------------------------------------------
-# elastic_transform
-
-ELASTIC_ALPHA = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)
-"""ImageNet-C elastic_transform (imagecorruptions' version): gain `alpha` of the smoothed random
-displacement field. The field is U(-0.005 H, 0.005 H) per pixel smoothed by a Gaussian of sigma
-0.01 x (H, W), so displacements scale with the image size."""
-
-
-@geometric(name="elastic_transform", family="digital", severities=ELASTIC_ALPHA, sample=_sample_key,
-           padding="reflection",
-           description="ImageNet-C elastic transform: a smooth random displacement field; targets move with it.")
-def elastic_transform(params: Params, level: float, size: tuple[int, int], device: torch.device) -> Warp:
-    """One dense backward map: output pixel p samples the input at p + alpha * G_sigma * U.
-
-    The installed reference (imagecorruptions 1.1.x) applies only the smoothed displacement field
-    (no affine pre-warp, unlike the original ImageNet-C script), with reflect borders; we do the same
-    so the SSIM fidelity test compares like with like. Bilinear sampling with reflection padding is
-    map_coordinates(order=1, mode='reflect').
-    """
-    h, w = size
-    keys = _keys(params, device)
-    b = keys.shape[0]
-    max_d = h * 0.005
-    noise = (uniform_field(keys, (2, h, w), counter=1) * 2 - 1) * max_d  # (dx, dy)
-    ky = gaussian_kernel1d(0.01 * h, truncate=3.0)
-    kx = gaussian_kernel1d(0.01 * w, truncate=3.0)
-    field = _correlate_separable(noise.reshape(b * 2, 1, h, w), ky, kx, "symmetric").reshape(b, 2, h, w) * level
-    grid = pixel_centres(size, device).unsqueeze(0) + field.permute(0, 2, 3, 1)
-    return Warp(grid=grid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +109,7 @@ def _edges(level: Tensor) -> Tensor:
     and next to a strong pixel", enough for the hard-edged drop masks this is used on.
     """
     h, w = level.shape[-2:]
-    p = _pad_both(level, "replicate")
+    p = pad2d(level, 1, "replicate")
     rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]
     cols = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]
     gx = rows[..., 2:] - rows[..., :-2]
@@ -330,20 +182,17 @@ def _water(liquid: Tensor, intensity: float) -> Tensor:
     """The reference's water-drop brightness map `m` `[B, 1, H, W]` from the thresholded liquid layer."""
     level = torch.floor(liquid * 255.0).clamp(0, 255)
     dist = _distance_to(_edges(level), 20)
-    dist = _equalize(torch.floor(_box3(dist)))
-    dist = _box3(torch.round(_correlate3x3(dist, _EMBOSS, "reflect101")).clamp(0, 255))
+    dist = _equalize(torch.floor(box3(dist)))
+    dist = box3(torch.round(correlate3x3(dist, _EMBOSS, "reflect")).clamp(0, 255))
     m = level * dist
     peak = m.amax(dim=(1, 2, 3), keepdim=True)
     return torch.where(peak > 0, m / peak.clamp_min(1e-12), torch.zeros_like(m)) * intensity
 
 
-def _gaussian(x: Tensor, sigma: float) -> Tensor:
-    """skimage.filters.gaussian defaults: radius int(4 sigma + 0.5), 'nearest' borders."""
-    k = gaussian_kernel1d(sigma, 4.0)
-    return _correlate_separable(x, k, k, "replicate")
-
-
-@photometric(name="spatter", family="weather", severities=SPATTER, sample=_sample_key,
+@photometric(family="weather", severities=SPATTER, sample=sample_key,
+             fields=[Field("mean", 0, 1), Field("std", 0, 1), Field("sigma", 0.1, 10), Field("threshold", 0, 2),
+                     Field("intensity", 0, 10), Field("mode", 0, 1, integer=True)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C spatter: pale water drops (severities 1-3) or brown mud blobs (4-5) on the lens.")
 def spatter(images: Tensor, params: Params, level: tuple) -> Tensor:
     """Liquid layer = thresholded, Gaussian-smoothed normal noise, as in the reference.
@@ -355,16 +204,16 @@ def spatter(images: Tensor, params: Params, level: tuple) -> Tensor:
     """
     mean, std, sigma, threshold, intensity, mode = level
     h, w = images.shape[-2:]
-    keys = _keys(params, images.device)
+    keys = params["key"]
     liquid = normal_field(keys, (1, h, w), counter=1) * std + mean
-    liquid = _gaussian(liquid, sigma)
+    liquid = gaussian_blur(liquid, sigma)
     if mode == 0:
         liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
         m = _water(liquid, intensity)
         colour = torch.tensor(_WATER, device=images.device).view(1, 3, 1, 1)
         return images + m * colour
     blobs = (liquid > threshold).float()
-    m = _gaussian(blobs, intensity)
+    m = gaussian_blur(blobs, intensity)
     m = torch.where(m < 0.8, torch.zeros_like(m), m)
     colour = torch.tensor(_MUD, device=images.device).view(1, 3, 1, 1)
     return images * (1 - m) + colour * m
@@ -389,7 +238,10 @@ def _sample_snow(rng: SampleRNG, level, batch) -> Params:
     return {"key": rng.key(), "angle": rng.uniform(-135.0, -45.0)}
 
 
-@photometric(name="snow", family="weather", severities=SNOW, sample=_sample_snow,
+@photometric(family="weather", severities=SNOW, sample=_sample_snow,
+             fields=[Field("mean", 0, 1), Field("std", 0, 1), Field("zoom", 1, 10), Field("threshold", 0, 1),
+                     Field("blur_radius", 0, 50, integer=True), Field("blur_sigma", 0.1, 50), Field("keep", 0, 1)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C snow: falling flakes streaked along a per-sample direction over a whitened scene.")
 def snow(images: Tensor, params: Params, level: tuple) -> Tensor:
     """The reference's algorithm, batched.
@@ -400,13 +252,13 @@ def snow(images: Tensor, params: Params, level: tuple) -> Tensor:
     """
     mean, std, zoom, threshold, radius, sigma, keep = level
     b, _, h, w = images.shape
-    keys = _keys(params, images.device)
+    keys = params["key"]
     ch, cw = math.ceil(h / zoom), math.ceil(w / zoom)
     layer = normal_field(keys, (1, ch, cw), counter=1) * std + mean
     out_size = (max(h, round(ch * zoom)), max(w, round(cw * zoom)))
     layer = F.interpolate(layer, size=out_size, mode="bilinear", align_corners=True)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp(0.0, 1.0)
-    layer = motion_blur(layer, radius, sigma, params["angle"].to(images.device))
+    layer = motion_blur(layer, radius, sigma, params["angle"])
     layer = torch.round(layer * 255.0) / 255.0
     layer = layer[:, :, :h, :w]
     grey = (images * torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
@@ -456,7 +308,9 @@ def frost_texture(keys: Tensor, size: tuple[int, int]) -> Tensor:
     return (grey * tint).clamp(0.0, 1.0)
 
 
-@photometric(name="frost", family="weather", severities=FROST, sample=_sample_key,
+@photometric(family="weather", severities=FROST, sample=sample_key,
+             fields=[Field("image", 0, 1.5), Field("frost", 0, 1.5)],
+             version=2,  # 2: a normal draw from a uniform of 1.0 is finite (1: inf, or NaN on CPU)
              description="ImageNet-C frost: the image seen through a frosted pane (procedural ice texture blended in).")
 def frost(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     """`a * x + b * frost`, the reference's blend and table.
@@ -466,5 +320,28 @@ def frost(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
     mean, contrast and tint, tuned so that the SSIM impact matches the reference's.
     """
     a, b = level
-    texture = frost_texture(_keys(params, images.device), tuple(images.shape[-2:]))
+    texture = frost_texture(params["key"], tuple(images.shape[-2:]))
     return a * images + b * texture
+
+
+# ---------------------------------------------------------------------------------------------
+# rain (albumentations)
+
+RAIN = (("drizzle", 0.9), ("default", 0.8), ("heavy", 0.75), ("heavy", 0.65), ("torrential", 0.55))
+"""(albumentations RandomRain rain type, brightness kept): more streaks and a darker sky with severity.
+Drop length and count scale with the image height."""
+
+
+def _register_rain() -> None:
+    A = optional_albumentations()
+    if A is None:
+        return
+    albumentations_perturbation(
+        "rain", "weather",
+        [A.RandomRain(rain_type=rain_type, brightness_coefficient=dim, slant_range=(-10, 10), drop_width=1,
+                      blur_value=3, p=1.0) for rain_type, dim in RAIN],
+        "Rain streaks over a dimmed scene (albumentations RandomRain), per-sample slant and drops.",
+    )
+
+
+_register_rain()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -23,6 +24,36 @@ def test_list_shows_the_catalogue_and_filters_by_family():
     assert result.exit_code == 0 and "perspective" in result.output and "motion_blur" not in result.output
     result = runner.invoke(app, ["list", "--family", "nope"])
     assert result.exit_code == 2 and "no perturbation matches" in result.output
+
+
+def test_list_shows_versions_named_levels_and_single_levels():
+    from visionstress.cli import _levels_text
+    from visionstress.perturbations import (Field, PhotometricPerturbation, get_perturbation, register_perturbation,
+                                            unregister_perturbation)
+
+    register_perturbation(PhotometricPerturbation(lambda x, params, level: x * level, name="_one_variant",
+                                                  family="test", severities=(0.5,), fields=[Field("gain", 0, 1)],
+                                                  description="test", version=3))
+    try:
+        result = runner.invoke(app, ["list", "--family", "test"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if "_one_variant" in line)
+        assert "│ 3 │" in row  # the version (the levels column wraps on a narrow terminal: checked below)
+        assert _levels_text(get_perturbation("_one_variant")) == "single level: 0.5"
+        from visionstress.contact_sheet import contact_sheet
+
+        image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+        sheet = contact_sheet(image, ["_one_variant", "brightness"], (1, 3, 5), max_side=32)
+        assert sheet.size[1] > 2 * 32  # both rows drawn; the single-level row fills severity 1 only
+    finally:
+        unregister_perturbation("_one_variant")
+    motion = _levels_text(get_perturbation("motion_blur"))
+    assert motion.splitlines()[0] == "1: radius=10, sigma=3" and motion.splitlines()[4] == "5: radius=20, sigma=15"
+    assert _levels_text(get_perturbation("gaussian_noise")) == "std: 0.08 | 0.12 | 0.18 | 0.26 | 0.38"
+    result = runner.invoke(app, ["list", "motion_blur"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "(10, 3)" not in result.output
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "80"})
+    assert "chromatic_aberration" in result.output  # names are never cut or folded
 
 
 def test_show_writes_a_labelled_grid(tmp_path):

@@ -6,16 +6,43 @@ registry is tested here without anyone writing a test for it.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import torch
+from conftest import natural_images_np
 
 import visionstress as vs
-from visionstress.perturbations import get_perturbation, list_perturbations
+from visionstress.perturbations import (Field, PhotometricPerturbation, get_perturbation, list_perturbations,
+                                        register_perturbation, unregister_perturbation)
 
-NAMES = [n for n in list_perturbations() if not get_perturbation(n).needs_foreground]
-"""Perturbations that work on bare images. Those that read object masks (the background family,
-silhouette, texture_fill) refuse bare images; test_background.py checks the same invariants on them with
-masks and a prepared bank."""
+def _fade_to_grey(images: torch.Tensor, params: dict[str, torch.Tensor], level: float) -> torch.Tensor:
+    return torch.lerp(images, params["grey"].view(-1, 1, 1, 1).expand_as(images), level)
+
+
+SINGLE_LEVEL = PhotometricPerturbation(
+    _fade_to_grey, name="_single_level_toy", family="test", severities=(0.5,), fields=[Field("mix", 0, 1)],
+    sample=lambda rng, level, batch: {"grey": rng.uniform(0.2, 0.8)},
+    description="A single-level toy: the image halfway to a per-sample grey (registered only while this module runs).")
+"""Single-level perturbations (one variant, severity 1 only) must keep every invariant too."""
+
+NAMES = [*(n for n in list_perturbations() if not get_perturbation(n).needs_foreground), SINGLE_LEVEL.name]
+"""Perturbations that work on bare images, and the single-level toy. Those that read object masks (the
+background family, silhouette, texture_fill) refuse bare images; test_background.py checks the same
+invariants on them with masks and a prepared bank."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered_toy():
+    register_perturbation(SINGLE_LEVEL)
+    yield
+    unregister_perturbation(SINGLE_LEVEL.name)
+
+
+def _at(name: str, severity: int) -> int:
+    """`severity`, or the perturbation's top one when it has fewer levels (single-level ones: 1)."""
+    return min(severity, get_perturbation(name).max_severity)
 
 NON_MONOTONE: dict[str, str] = {
     "saturate": "ImageNet-C's table desaturates at severities 1-2 (x0.3, x0.1) and oversaturates at 3-5 (x2..x20)",
@@ -64,7 +91,7 @@ def _batch_with_targets(b: int = 8, h: int = 48, w: int = 64) -> vs.Batch:
 
 def _is_random(name: str) -> bool:
     p = get_perturbation(name)
-    return bool(p.sample_params(vs.Batch(_synthetic(2)), severity=3, seed=0))
+    return bool(p.sample_params(vs.Batch(_synthetic(2)), severity=_at(name, 3), seed=0))
 
 
 def test_mask_readers_refuse_bare_images():
@@ -91,8 +118,9 @@ def test_registry_has_the_catalogue():
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_complete(name):
     p = get_perturbation(name)
-    assert p.family and p.description and len(p.severities) == 5
+    assert p.family and p.description and len(p.severities) in (1, 5) and p.max_severity == len(p.severities)
     assert p.kind in ("photometric", "geometric", "data-aware", "model-aware")
+    assert isinstance(p.version, int) and p.version >= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
@@ -102,7 +130,7 @@ def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
     if dtype == torch.uint8:
         images = (images * 255).round().to(torch.uint8)
     before = images.clone()
-    out = get_perturbation(name)(images, severity=3, seed=0)
+    out = get_perturbation(name)(images, severity=_at(name, 3), seed=0)
     assert out.shape == images.shape and out.dtype == dtype and out.device == images.device
     assert torch.equal(images, before), f"{name} modified its input in place"
     if dtype == torch.float32:
@@ -113,10 +141,11 @@ def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
 def test_same_seed_same_output_other_seed_other_output(name):
     images = _synthetic(4)
     p = get_perturbation(name)
-    a, b = p(images, severity=4, seed=7), p(images, severity=4, seed=7)
+    s = _at(name, 4)
+    a, b = p(images, severity=s, seed=7), p(images, severity=s, seed=7)
     assert torch.equal(a, b), f"{name} is not deterministic for a fixed seed"
     if _is_random(name):
-        c = p(images, severity=4, seed=8)
+        c = p(images, severity=s, seed=8)
         assert not torch.equal(a, c), f"{name} draws parameters but ignores the seed"
 
 
@@ -125,10 +154,11 @@ def test_batch_independence(name):
     """A sample perturbed alone equals the same sample inside a batch of 8, at another position."""
     p = get_perturbation(name)
     batch = vs.Batch(_synthetic(8), sample_ids=torch.arange(40, 48))
-    full = p(batch, severity=3, seed=3)
+    s = _at(name, 3)
+    full = p(batch, severity=s, seed=3)
     reordered = batch.select([5, 0, 1, 2, 3, 4, 6, 7])
-    shuffled = p(reordered, severity=3, seed=3)
-    alone = p(batch.select([5]), severity=3, seed=3)
+    shuffled = p(reordered, severity=s, seed=3)
+    alone = p(batch.select([5]), severity=s, seed=3)
     torch.testing.assert_close(alone.images[0], full.images[5], atol=1e-5, rtol=0)
     torch.testing.assert_close(shuffled.images[0], full.images[5], atol=1e-5, rtol=0)
 
@@ -143,21 +173,23 @@ def test_severity_zero_is_identity(name):
 def test_params_replay(name):
     p = get_perturbation(name)
     batch = vs.Batch(_synthetic(4), sample_ids=torch.tensor([3, 9, 27, 81]))
-    first = p(batch, severity=2, seed=11)
-    replayed = p(batch, severity=2, seed=999, params=first.params)
+    first = p(batch, severity=_at(name, 2), seed=11)
+    replayed = p(batch, severity=_at(name, 2), seed=999, params=first.params)
     assert torch.equal(first.images, replayed.images)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_distortion_grows_with_severity(name, natural_batch):
-    """Mean absolute difference from the clean image is non-decreasing in severity (2% slack)."""
+    """Mean absolute difference from the clean image is non-decreasing in severity (2% slack); a
+    single-level perturbation must at least change the image."""
     if name in NON_MONOTONE:
         pytest.skip(NON_MONOTONE[name])
     p = get_perturbation(name)
     batch = vs.Batch(natural_batch, sample_ids=torch.arange(len(natural_batch)))
-    distortion = [float((p(batch, severity=s, seed=0).images - natural_batch).abs().mean()) for s in range(1, 6)]
+    distortion = [float((p(batch, severity=s, seed=0).images - natural_batch).abs().mean())
+                  for s in range(1, p.max_severity + 1)]
     assert distortion[0] > 0, f"{name} at severity 1 does not change the image"
-    for s in range(4):
+    for s in range(len(distortion) - 1):
         assert distortion[s + 1] * SLACK >= distortion[s], (
             f"{name}: distortion falls from severity {s + 1} to {s + 2}: "
             + ", ".join(f"{d:.4f}" for d in distortion)
@@ -168,7 +200,7 @@ def test_distortion_grows_with_severity(name, natural_batch):
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_and_non_square_images(name, size):
     images = _synthetic(2, *size)
-    for severity in (1, 5):
+    for severity in sorted({1, get_perturbation(name).max_severity}):
         out = get_perturbation(name)(images, severity=severity, seed=0)
         assert out.shape == images.shape and torch.isfinite(out).all()
 
@@ -177,10 +209,10 @@ def test_tiny_and_non_square_images(name, size):
 def test_grayscale_and_rgba(name):
     p = get_perturbation(name)
     gray = _synthetic(2, channels=1)
-    out = p(gray, severity=3, seed=0)
+    out = p(gray, severity=_at(name, 3), seed=0)
     assert out.shape == gray.shape
     rgba = torch.cat([_synthetic(2), torch.linspace(0, 1, 64).expand(2, 1, 48, 64)], dim=1)
-    out = p(rgba, severity=3, seed=0)
+    out = p(rgba, severity=_at(name, 3), seed=0)
     assert out.shape == rgba.shape
     if p.kind == "photometric":
         assert torch.equal(out[:, 3], rgba[:, 3]), f"{name} changed the alpha channel"
@@ -192,9 +224,9 @@ def test_targets_carried_or_refused(name):
     batch = _batch_with_targets()
     if batch.target_kinds - p.targets:
         with pytest.raises(ValueError, match="cannot carry"):
-            p(batch, severity=3, seed=0)
+            p(batch, severity=_at(name, 3), seed=0)
         return
-    out = p(batch, severity=3, seed=0)
+    out = p(batch, severity=_at(name, 3), seed=0)
     assert out.masks.shape == batch.masks.shape and out.labels.tolist() == batch.labels.tolist()
     for before, after in zip(batch.boxes, out.boxes):
         assert len(after) + after.dropped == len(before)
@@ -206,6 +238,58 @@ def test_targets_carried_or_refused(name):
         assert torch.equal(out.masks, batch.masks)
         for before, after in zip(batch.boxes, out.boxes):
             assert torch.equal(before.boxes, after.boxes) and torch.equal(before.masks, after.masks)
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_photos() -> tuple[np.ndarray, ...]:
+    """scikit-learn's two sample photographs (china.jpg, flower.jpg; 427 x 640), uint8 HWC."""
+    from sklearn.datasets import load_sample_images
+
+    return tuple(load_sample_images().images)
+
+
+@functools.lru_cache(maxsize=None)
+def _photo_crops(count: int = 64, side: int = 32) -> torch.Tensor:
+    """`count` float crops `[count, 3, side, side]` of natural photographs (scikit-learn's two and the
+    three of conftest), each photo reduced to 96 x 128 first so a small crop still holds real structure."""
+    import cv2
+
+    photos = [cv2.resize(p, (128, 96), interpolation=cv2.INTER_AREA) for p in (*_sample_photos(), *natural_images_np())]
+    crops = [photos[k % len(photos)][(13 * k) % (96 - side + 1):][:side, (29 * k) % (128 - side + 1):][:, :side]
+             for k in range(count)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+
+
+FINITE_SEEDS = (0, 7, 2024)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_finite_and_in_range_on_natural_photos(name):
+    """Every output value is finite and in [0, 1] (float input), over 192 sample ids x 3 seeds x every
+    severity on crops of natural photographs (issue 13, item 15: a NaN pixel slipped through before)."""
+    p = get_perturbation(name)
+    images = _photo_crops()
+    foreground = torch.zeros(len(images), 32, 32, dtype=torch.bool)
+    foreground[:, 8:24, 10:22] = True
+    for round_, seed in enumerate(FINITE_SEEDS):
+        batch = vs.Batch(images, sample_ids=torch.arange(len(images)) + len(images) * round_, foreground=foreground)
+        for severity in range(1, p.max_severity + 1):
+            out = p(batch, severity=severity, seed=seed).images
+            bad = ~torch.isfinite(out) | (out < 0) | (out > 1)
+            if bad.any():
+                first = int(batch.sample_ids[bad.flatten(1).any(dim=1)][0])
+                pytest.fail(f"{name} severity {severity} seed {seed}: {int(bad.sum())} values non-finite or outside "
+                            f"[0, 1], the first in sample id {first}")
+
+
+def test_low_light_reported_nan_case():
+    """The reported case: low_light at severity 5, seed 7, sample id 102 on 224-px crops of scikit-learn's
+    sample photos gave a NaN pixel (a uniform draw of exactly 1.0 fed to the inverse normal CDF)."""
+    crops = [photo[y : y + 224, x : x + 224] for photo in _sample_photos()
+             for y, x in ((0, 0), (0, 416), (203, 0), (203, 416))]
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    out = get_perturbation("low_light")(vs.Batch(images, sample_ids=torch.full((8,), 102)), severity=5, seed=7)
+    assert torch.isfinite(out.images).all()
 
 
 # ---- registry behaviour ---------------------------------------------------------------------------
@@ -220,6 +304,22 @@ def test_unknown_name_suggests_close_names():
 def test_severity_out_of_range_says_valid_range(severity):
     with pytest.raises(ValueError, match="from 0 to 5"):
         get_perturbation("brightness")(_synthetic(1), severity=severity)
+
+
+@pytest.mark.parametrize("severity", [2, 3, 5])
+def test_single_level_perturbation_refuses_other_severities(severity):
+    p = get_perturbation(SINGLE_LEVEL.name)
+    assert p.max_severity == 1 and p.level(1) == 0.5
+    with pytest.raises(ValueError, match=r"'_single_level_toy' has a single level: its severity is 1 \(or 0"):
+        p(_synthetic(1), severity=severity)
+    with pytest.raises(ValueError, match="single level"):
+        p.level(severity)
+
+
+def test_a_perturbation_needs_five_levels_or_one():
+    with pytest.raises(ValueError, match="needs 5 severity levels .or a single one., got 3"):
+        PhotometricPerturbation(lambda x, params, level: x, name="_three", family="test", severities=(1, 2, 3),
+                                description="test")
 
 
 def test_list_filters_by_family_and_pattern():

@@ -83,3 +83,20 @@ def test_fused_cpu_normals_match_ndtri():
     fused = normal_field(keys, (3, 64, 64), counter=1)
     exact = torch.special.ndtri(rng._to_unit(rng._bits(keys, 1, 3 * 64 * 64))).reshape(4, 3, 64, 64)
     torch.testing.assert_close(fused, exact, atol=2e-6, rtol=2e-6)
+
+
+def test_normals_are_finite_where_the_uniform_rounds_to_one():
+    """The top 24-bit bin's centre rounds to 1.0 in float32 (one draw in 2**24); the inverse normal CDF
+    gave +inf there (torch) or NaN (the fused loop): low_light's NaN pixel of issue 13, item 15."""
+    from visionstress import rng
+
+    keys = sample_keys(0, "top-bin", 1, torch.tensor([279]))  # found by search: draw 2816 of counter 1
+    assert int(rng._bits(keys, 1, 4096)[0, 2816] >> 8) == 2**24 - 1
+    assert float(uniform_field(keys, (4096,), counter=1)[0, 2816]) == 1.0
+    small = normal_field(keys, (4096,), counter=1)  # the torch path
+    fused = normal_field(keys.expand(8), (4096,), counter=1)  # 8 x 4096 draws: the fused CPU loop
+    assert rng._use_fused(keys.expand(8), 4096) or not rng.numba_available()
+    for z in (small, fused):
+        assert torch.isfinite(z).all()
+        assert 5.2 < float(z[0, 2816]) < 5.4  # the largest float32 below 1, not 1
+    torch.testing.assert_close(fused[0], small[0], atol=2e-6, rtol=2e-6)

@@ -339,3 +339,79 @@ def test_custom_severity_table_is_validated_and_used(tmp_path):
         bad.write_text(f"perturbations:\n  - {text}\n")
         with pytest.raises(SuiteError, match=message):
             load_suite(bad)
+
+
+@pytest.mark.parametrize("entry, key, problem", [
+    ("{name: fog}, {name: rotation}, {name: motion_blur, table: [[3, 1], [4, .nan], [5, 2], [6, 2], [7, 3]]}",
+     "perturbations[2].table[1].sigma", "must be a number from 0.1 to 100, got nan"),
+    ("{name: gaussian_noise, table: [0.1, .inf, 0.2, 0.3, 0.4]}", "perturbations[0].table[1]",
+     "must be a number from 0 to 1 (std), got inf"),
+    ("{name: gaussian_noise, table: [0.1, 0.2, -0.3, 0.3, 0.4]}", "perturbations[0].table[2]", "from 0 to 1"),
+    ("{name: gaussian_noise, table: [0.1, 0.2, 0.3, 0.4, 50]}", "perturbations[0].table[4]", "got 50"),
+    ("{name: motion_blur, table: [[2.5, 1], [4, 1], [5, 2], [6, 2], [7, 3]]}", "perturbations[0].table[0].radius",
+     "must be an integer from 1 to 100, got 2.5"),
+    ("{name: motion_blur, table: [{radius: 3, sigma: 1, angle: 2}, [4, 1], [5, 2], [6, 2], [7, 3]]}",
+     "perturbations[0].table[0]", "needs exactly the fields radius, sigma; unknown: angle"),
+    ("{name: zoom_blur, table: [[1, 1.1], [1, 1.2], [1, 3], [1, 1.2], [1, 1.3]]}", "perturbations[0].table[2][1]",
+     "must be a number from 1 to 2 (zooms), got 3"),
+    ("{name: random_occlusion, table: [[0.1, 1], [0.2, 2], [0.3, 2], [0.4, 3], [0.5, true]]}",
+     "perturbations[0].table[4].count", "got True"),
+    ("{name: rain, table: [1, 2, 3, 4, 5]}", "perturbations[0].table[0]", "RandomRain objects, which a suite file cannot give"),
+])
+def test_table_levels_are_checked_per_field_with_declared_ranges(tmp_path, entry, key, problem):
+    """NaN, infinity, negative and absurd values are refused when the suite loads (issue 13, item 5)."""
+    path = tmp_path / "tables.yaml"
+    path.write_text(f"perturbations: [{entry}]\n")
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    assert str(info.value).startswith(f"{path}: {key}: "), str(info.value)
+    assert problem in str(info.value), str(info.value)
+
+
+def test_table_levels_by_name_become_named_levels(tmp_path):
+    path = tmp_path / "named.yaml"
+    path.write_text("perturbations:\n  - {name: motion_blur, table: [{radius: 5, sigma: 2}, [10, 3], [15, 5], "
+                    "[15, 8], [20, 12]]}\n")
+    table = load_suite(path).items[0].table
+    assert table[0] == (5, 2) and table[0].radius == 5 and table[0].sigma == 2
+    assert get_perturbation("motion_blur").describe_level(table[0]) == "radius=5, sigma=2"
+    round_trip = Suite.from_mapping(json.loads(json.dumps(load_suite(path).to_dict())), "card")
+    assert round_trip.items[0].table == table
+
+
+@pytest.fixture
+def single_level():
+    """A registered single-level perturbation (one variant, severity 1 only), removed afterwards."""
+    from visionstress.perturbations import Field, PhotometricPerturbation, register_perturbation, unregister_perturbation
+
+    p = register_perturbation(PhotometricPerturbation(lambda x, params, level: x * level, name="_one_variant",
+                                                      family="test", severities=(0.5,), fields=[Field("gain", 0, 1)],
+                                                      description="test"))
+    yield p
+    unregister_perturbation(p.name)
+
+
+def test_single_level_perturbations_in_suites(tmp_path, single_level):
+    from visionstress.engine import suite_passes
+
+    path = tmp_path / "single.yaml"
+    path.write_text("severities: [1, 3, 5]\nperturbations: [_one_variant, fog]\n")
+    suite = load_suite(path)
+    assert suite.items == (SuiteItem("_one_variant", (1,)), SuiteItem("fog", (1, 3, 5)))
+    assert [(p.perturbation, p.severity) for p in suite_passes(suite)][:2] == [("clean", 0), ("_one_variant", 1)]
+    path.write_text("severities: [3, 5]\nperturbations: [_one_variant]\n")  # its one level still runs
+    assert load_suite(path).items == (SuiteItem("_one_variant", (1,)),)
+    path.write_text("perturbations: [{name: '_one_*', severities: [4]}, {name: 'fo?', severities: [4]}]\n")
+    assert load_suite(path).items == (SuiteItem("_one_variant", (1,)), SuiteItem("fog", (4,)))  # patterns: cut
+    path.write_text("perturbations: [{name: _one_variant, table: [0.25]}]\n")
+    assert load_suite(path).items[0] == SuiteItem("_one_variant", (1,), (0.25,))
+    for text, key, problem in [
+        ("perturbations: [fog, {name: _one_variant, severities: [1, 3]}]", "perturbations[1].severities",
+         "'_one_variant' has a single level: its only severity is 1, got 3"),
+        ("perturbations: [{name: _one_variant, table: [0.2, 0.4, 0.6, 0.8, 1.0]}]", "perturbations[0].table",
+         "must be a list of 1 levels"),
+    ]:
+        path.write_text(text + "\n")
+        with pytest.raises(SuiteError) as info:
+            load_suite(path)
+        assert str(info.value).startswith(f"{path}: {key}: ") and problem in str(info.value), str(info.value)

@@ -1,4 +1,4 @@
-"""Behaviour of the weather / digital ImageNet-C corruptions (perturbations/weather.py)."""
+"""Behaviour of the weather and digital ImageNet-C corruptions (perturbations/weather.py, digital.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 import visionstress as vs
 from visionstress.perturbations import get_perturbation
+from visionstress.perturbations import digital as D
 from visionstress.perturbations import weather as W
 from visionstress.rng import uniform_field
 
@@ -32,7 +33,7 @@ def test_saturate_matches_skimage_hsv_round_trip(severity):
     x = _photo_like(2, 24, 20)
     x[0, :, :4, :4] = 0.5  # grey pixels: hue 0 in skimage, tinted red by a positive shift
     x[0, :, 4:6, :4] = 0.0  # black
-    scale, shift = W.SATURATE[severity - 1]
+    scale, shift = D.SATURATE[severity - 1]
     expected = []
     for img in x.permute(0, 2, 3, 1).double().numpy():
         hsv = color.rgb2hsv(img)
@@ -105,13 +106,13 @@ def test_elastic_field_matches_scipy_smoothing():
     p = get_perturbation("elastic_transform")
     batch = vs.Batch(_photo_like(2, h, w))
     params = p.sample_params(batch, 4, seed=1)
-    warp = W.elastic_transform(params, W.ELASTIC_ALPHA[3], (h, w), torch.device("cpu"))
-    field = warp.grid - W.pixel_centres((h, w), torch.device("cpu"))
+    warp = D.elastic_transform(params, D.ELASTIC_ALPHA[3], (h, w), torch.device("cpu"))
+    field = warp.grid - D.pixel_centres((h, w), torch.device("cpu"))
     noise = (uniform_field(params["key"], (2, h, w), counter=1) * 2 - 1) * (h * 0.005)
     for i in range(2):
         for axis in range(2):
             expected = ndimage.gaussian_filter(noise[i, axis].double().numpy(), sigma=(0.01 * h, 0.01 * w),
-                                               mode="reflect", truncate=3.0) * W.ELASTIC_ALPHA[3]
+                                               mode="reflect", truncate=3.0) * D.ELASTIC_ALPHA[3]
             np.testing.assert_allclose(field[i, ..., axis].numpy(), expected, atol=1e-4)
     assert field.abs().max() > 0.1
 
@@ -137,7 +138,8 @@ def test_elastic_boxes_follow_the_warp():
     images = torch.zeros(1, 3, h, w)
     images[:, :, 20:40, 24:44] = 1.0
     target = vs.ObjectTargets(boxes=torch.tensor([[24.0, 20.0, 44.0, 40.0]]), labels=torch.tensor([1]))
-    out = get_perturbation("elastic_transform")(vs.Batch(images, boxes=[target]), 5, seed=0)
+    # The object fills its box, so the box moved as a filled rectangle (the enclosing method) covers it.
+    out = get_perturbation("elastic_transform").with_box_method("enclosing")(vs.Batch(images, boxes=[target]), 5, seed=0)
     box = out.boxes[0].boxes[0]
 
     def extent(mask):

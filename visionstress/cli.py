@@ -44,12 +44,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _format_level(level: object) -> str:
-    if isinstance(level, float):
-        return f"{level:g}"
-    if isinstance(level, (tuple, list)):
-        return "(" + ", ".join(_format_level(v) for v in level) + ")"
-    return str(level)
+def _levels_text(p) -> str:
+    """A perturbation's severity table for `list`: `sigma: 1 | 2 | 3 | 4 | 6` for one named value, a line
+    per severity (`1: radius=10, sigma=3`) for several, `single level: ...` for a single-level one."""
+    described = [p.describe_level(level) for level in p.severities]
+    if p.max_severity == 1:
+        return f"single level: {described[0]}"
+    if p.fields is not None and len(p.fields) == 1 and not p.fields[0].many:
+        return f"{p.fields[0].name}: " + " | ".join(described)
+    return "\n".join(f"{s}: {text}" for s, text in enumerate(described, start=1))
 
 
 @app.command("list")
@@ -57,7 +60,7 @@ def list_command(
     family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family (e.g. blur, camera)."),
     pattern: Optional[str] = typer.Argument(None, help="Glob over names, e.g. '*blur'."),
 ) -> None:
-    """The perturbation catalogue as a table."""
+    """The perturbation catalogue as a table: family, kind, implementation version, severity levels."""
     from visionstress.perturbations import get_perturbation, list_perturbations
 
     names = list_perturbations(pattern=pattern, family=family)
@@ -69,12 +72,15 @@ def list_command(
         hint = f"; did you mean --family {close[0]}?" if close else f"; families: {', '.join(families)}"
         _fail(f"no perturbation matches (family={family!r}, pattern={pattern!r}){hint}")
     table = Table(title=f"{len(names)} perturbations", show_lines=False)
-    for column in ("name", "family", "kind", "severities 1..5", "description"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("name", "family"))  # names stay whole
+    table.add_column("name", no_wrap=True)
+    table.add_column("family", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("v", justify="right")  # implementation version
+    table.add_column("severity levels", overflow="fold")
+    table.add_column("description", overflow="fold")
     for name in sorted(names, key=lambda n: (get_perturbation(n).family, n)):
         p = get_perturbation(name)
-        levels = " | ".join(_format_level(level) for level in p.severities)
-        table.add_row(p.name, p.family, p.kind, levels, p.description)
+        table.add_row(p.name, p.family, p.kind, str(p.version), _levels_text(p), p.description)
     console.print(table)
 
 

@@ -119,7 +119,8 @@ def contact_sheet(image: torch.Tensor, perturbations: Sequence[str | Perturbatio
                   boxes: ObjectTargets | None = None, category_names: dict[int, str] | None = None,
                   seed: int = 0, device: str | torch.device = "cpu", max_side: int = 256,
                   foreground: torch.Tensor | None = None) -> Image.Image:
-    """Grid image: a row per perturbation, a column per severity, the clean image first in each row.
+    """Grid image: a row per perturbation, a column per severity, the clean image first in each row (a
+    single-level perturbation fills only the column of severity 1).
 
     `perturbations` are names or Perturbation objects (e.g. from `prepare_on_image`); `foreground` (bool
     `[H, W]`) is the object mask for those that read one."""
@@ -139,6 +140,8 @@ def contact_sheet(image: torch.Tensor, perturbations: Sequence[str | Perturbatio
         perturbation = get_perturbation(item) if isinstance(item, str) else item
         name = perturbation.name
         for col, severity in enumerate(columns):
+            if severity > perturbation.max_severity:  # a single-level perturbation: its other columns stay blank
+                continue
             out = perturbation(batch, severity=severity, seed=seed)
             tile = _tile(out.images[0], None if out.boxes is None else out.boxes[0], names)
             tile = tile.resize((tile_w, tile_h), Image.BILINEAR)

@@ -85,8 +85,14 @@ def _bits(keys: Tensor, counter: int, n: int) -> Tensor:
 
 
 def _to_unit(bits: Tensor) -> Tensor:
-    """Uniform float32 in (0, 1): 24 bits centred in their bin, so 0 and 1 never occur."""
+    """Uniform float32 in (0, 1]: 24 bits centred in their bin, so 0 never occurs; the top bin's centre,
+    1 - 2**-25, rounds to 1.0 in float32 (one draw in 2**24), which an inverse CDF must not be given."""
     return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+
+
+_BELOW_ONE = 1.0 - 2.0**-24
+"""The largest float32 below 1: where the normal transform reads a uniform of 1.0 (see `_to_unit`), so
+that a standard normal draw is finite (at most 5.29) instead of infinite (torch) or NaN (the fused loop)."""
 
 
 _FUSED_MIN_ELEMENTS = 1 << 15  # below this the torch path is as fast as calling the fused loop
@@ -138,8 +144,11 @@ def _fused_kernels() -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[
     a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
     _, unit = numba_hash()
 
+    below_one = np.float64(_BELOW_ONE)
+
     @njit(inline="always")
     def inverse_normal(p):  # pragma: no cover - compiled
+        p = min(p, below_one)
         if p < 0.02425 or p > 0.97575:
             q = np.sqrt(-2.0 * np.log(p if p < 0.5 else 1.0 - p))
             x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
@@ -190,13 +199,14 @@ def uniform_field(keys: Tensor, shape: tuple[int, ...], counter: int = 0) -> Ten
 
 
 def normal_field(keys: Tensor, shape: tuple[int, ...], counter: int = 0) -> Tensor:
-    """Per-sample standard normal noise `[B, *shape]` (float32), by the inverse normal CDF."""
+    """Per-sample standard normal noise `[B, *shape]` (float32), by the inverse normal CDF; always finite
+    (|z| <= 5.42: the extreme uniforms are 2**-25 and the largest float32 below 1)."""
     n = 1
     for s in shape:
         n *= int(s)
     if _use_fused(keys, n):
         return _fused(1, keys, counter, n).reshape(keys.shape[0], *shape)
-    return torch.special.ndtri(uniform_field(keys, shape, counter))
+    return torch.special.ndtri(uniform_field(keys, shape, counter).clamp_(max=_BELOW_ONE))
 
 
 def _use_fused(keys: Tensor, n: int) -> bool:

@@ -10,10 +10,16 @@ A suite is a preset (`quick`, `default`, `imagenet-c`) or a user file in YAML or
       - "*_noise"                  # a glob over the registry
       - {name: rotation, severities: [1, 3]}
       - {name: gaussian_noise, table: [0.02, 0.04, 0.06, 0.08, 0.1]}   # your own five levels
+      - {name: motion_blur, table: [{radius: 5, sigma: 2}, [10, 3], [15, 5], [15, 8], [20, 12]]}
 
 The file is validated completely before any work starts, and every error names the file and the
-offending key (`perturbations[2].severities[0]`), because a typo found after an hour-long run is an
-hour lost.
+offending key (`perturbations[2].severities[0]`, `perturbations[4].table[1].sigma`), because a typo
+found after an hour-long run is an hour lost. A table's levels are checked field by field against the
+ranges each perturbation declares, so NaN, infinity, negative or absurd values never reach a kernel.
+
+A single-level perturbation (one variant, no graded strength) runs at severity 1: a suite-wide
+`severities:` default applies to it only where it includes 1 (and otherwise it still runs its one
+level), while an entry that asks it for another severity is an error.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from visionstress.perturbations import IMAGENET_C, get_perturbation, list_perturbations
+from visionstress.perturbations import IMAGENET_C, LevelError, get_perturbation, list_perturbations
 
 MAX_SEVERITY = 5
 ALL_SEVERITIES = tuple(range(1, MAX_SEVERITY + 1))
@@ -40,10 +46,12 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class SuiteItem:
-    """One perturbation and the severities (1..5, ascending, no repeats) it runs at.
+    """One perturbation and the severities (1..5, or 1 for a single-level one; ascending, no repeats)
+    it runs at.
 
-    `table`, when given, replaces the perturbation's five-level parameter table (the suite's
-    "parameters"): same shape as the built-in one, e.g. five noise standard deviations.
+    `table`, when given, replaces the perturbation's parameter table (the suite's "parameters"): as
+    many levels as the built-in one, each checked by the perturbation's `parse_level` (so they are
+    level objects the kernel reads, e.g. five noise standard deviations).
     """
 
     perturbation: str
@@ -194,6 +202,7 @@ def _parse(data: Any, source: str, default_name: str) -> Suite:
     for index, entry in enumerate(entries):
         key = f"perturbations[{index}]"
         table = None
+        own_key = None  # where the entry names severities for one perturbation: they must fit it
         if isinstance(entry, str):
             names, severities = _names(entry, key, fail), default_severities
         elif isinstance(entry, Mapping):
@@ -205,6 +214,8 @@ def _parse(data: Any, source: str, default_name: str) -> Suite:
             names = _names(entry["name"], f"{key}.name", fail)
             severities = (_severities(entry["severities"], f"{key}.severities", fail) if "severities" in entry
                           else default_severities)
+            if "severities" in entry and not _is_pattern(entry["name"]):
+                own_key = f"{key}.severities"
             if "table" in entry:
                 if len(names) != 1:
                     raise fail(f"{key}.table", "a custom table needs one perturbation name, not a pattern")
@@ -216,7 +227,7 @@ def _parse(data: Any, source: str, default_name: str) -> Suite:
                 raise fail(key, f"perturbation {perturbation!r} is already listed at {seen[perturbation]}; "
                                 f"list each once with all its severities")
             seen[perturbation] = key
-            items.append(SuiteItem(perturbation, severities, table))
+            items.append(SuiteItem(perturbation, _fit_severities(perturbation, severities, own_key, fail), table))
     return Suite(name=name, items=tuple(items), seed=seed)
 
 
@@ -231,7 +242,7 @@ def _check_keys(mapping: Mapping, allowed: tuple[str, ...], key: str, fail: Any)
 
 def _names(text: str, key: str, fail: Any) -> list[str]:
     """A registered name, or a glob (`*_blur`) expanded over the registry."""
-    if any(c in text for c in "*?["):
+    if _is_pattern(text):
         matched = [n for n in list_perturbations() if fnmatch.fnmatchcase(n, text)]
         if not matched:
             raise fail(key, f"pattern {text!r} matches no registered perturbation; `visionstress list` shows them")
@@ -243,28 +254,42 @@ def _names(text: str, key: str, fail: Any) -> list[str]:
     return [text]
 
 
+def _fit_severities(name: str, severities: tuple[int, ...], own_key: str | None, fail: Any) -> tuple[int, ...]:
+    """The severities `name` runs at. Severities an entry gives for this perturbation by name (at
+    `own_key`) must exist; a default (suite-wide, 1..5, or a pattern's) is cut to the levels the
+    perturbation has, and a single-level perturbation always keeps its one level."""
+    top = get_perturbation(name).max_severity
+    beyond = [s for s in severities if s > top]
+    if not beyond:
+        return severities
+    if own_key is not None:
+        raise fail(own_key, f"{name!r} has a single level: its only severity is 1, got {beyond[0]}" if top == 1
+                   else f"{name!r} has severities 1 to {top}, got {beyond[0]}")
+    return tuple(s for s in severities if s <= top) or (1,)
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def _table(value: Any, name: str, key: str, fail: Any) -> tuple[Any, ...]:
-    """Five levels shaped like the built-in table's: numbers for numbers, equal-length lists for tuples."""
-    builtin = get_perturbation(name).severities
+    """As many levels as the built-in table, each parsed and range-checked by the perturbation."""
+    perturbation = get_perturbation(name)
+    builtin = perturbation.severities
     if not isinstance(value, list) or len(value) != len(builtin):
-        raise fail(key, f"must be a list of {len(builtin)} levels like the built-in {list(_plain(builtin))}, "
+        raise fail(key, f"must be a list of {len(builtin)} levels like the built-in {_plain(builtin)}, "
                         f"got {_type_name(value)}{'' if not isinstance(value, list) else f' of {len(value)}'}")
     levels = []
-    for i, (level, reference) in enumerate(zip(value, builtin)):
-        if isinstance(reference, (tuple, list)):
-            if (not isinstance(level, list) or len(level) != len(reference)
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in level)):
-                raise fail(f"{key}[{i}]", f"must be a list of {len(reference)} numbers like {list(reference)}, "
-                                          f"got {level!r}")
-            levels.append(tuple(level))
-        else:
-            if isinstance(level, bool) or not isinstance(level, (int, float)):
-                raise fail(f"{key}[{i}]", f"must be a number like {reference!r}, got {level!r}")
-            levels.append(level)
+    for i, level in enumerate(value):
+        try:
+            levels.append(perturbation.parse_level(level))
+        except LevelError as error:
+            raise fail(f"{key}[{i}]{error.key}", error.problem) from None
     return tuple(levels)
 
 
 def _plain(table: tuple[Any, ...]) -> list[Any]:
+    """A table as plain data (what the scorecard records and `_table` reads back)."""
     return [list(level) if isinstance(level, tuple) else level for level in table]
 
 
