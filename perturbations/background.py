@@ -61,14 +61,6 @@ TEXTURE_MIN_SIDE = 5
 """Smallest texture patch (pixels) worth cutting from an object; smaller objects give no texture."""
 TEXTURE_MAX_SIDE = 96
 GREY = 0.5
-_ONE_LEVEL = 5  # the registry's table length; the entries repeat the one level (severity 1 is used)
-
-
-def single_level(value: Any) -> tuple[Any, ...]:
-    """A one-level perturbation's table in the five-level registry: its level, repeated."""
-    return (value,) * _ONE_LEVEL
-
-
 # --- which pixels, which class ----------------------------------------------------------------------------
 
 def dilate(mask: Tensor, radius: int) -> Tensor:
@@ -636,7 +628,7 @@ def _mixed(p: ForegroundPerturbation, batch: Batch, params: Params, level: Any) 
 
 def _register(kernel: Callable, name: str, level: Any, description: str, **kwargs: Any) -> ForegroundPerturbation:
     return register_perturbation(ForegroundPerturbation(kernel, name=name, family="background",
-                                                        severities=single_level(level), description=description,
+                                                        severities=(level,), description=description,
                                                         **kwargs))
 
 

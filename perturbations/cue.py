@@ -28,7 +28,7 @@ from torch import Tensor
 from visionstress.batch import Batch
 from visionstress.rng import SampleRNG
 
-from .background import ForegroundPerturbation, _resize, single_level
+from .background import ForegroundPerturbation, _resize
 from .registry import Params, data_aware, photometric, register_perturbation
 
 PATCH_SHUFFLE = (2, 3, 4, 6, 8)
@@ -85,7 +85,7 @@ et al.'s edge stimuli used, and thresholds at (1 -/+ 0.33) x the median grey lev
 choice for OpenCV's Canny. One level."""
 
 
-@photometric(name="edges", family="cue", severities=single_level(EDGES),
+@photometric(name="edges", family="cue", severities=(EDGES,),
              description="Canny edges of the image (OpenCV), black lines on white: shape kept, colour and texture "
                          "gone. One level.")
 def edges(images: Tensor, params: Params, level: tuple[float, float]) -> Tensor:
@@ -135,10 +135,10 @@ def _texture_fill(p: ForegroundPerturbation, batch: Batch, params: Params, level
 
 
 register_perturbation(ForegroundPerturbation(
-    _silhouette, name="silhouette", family="cue", severities=single_level(SILHOUETTE),
+    _silhouette, name="silhouette", family="cue", severities=(SILHOUETTE,),
     description="The object as a black shape on white (object masks): shape kept, texture gone. One level."))
 register_perturbation(ForegroundPerturbation(
-    _texture_fill, name="texture_fill", family="cue", severities=single_level("other class"),
+    _texture_fill, name="texture_fill", family="cue", severities=("other class",),
     targets=frozenset({"labels"}), policy="other", uses_bank=True,
     description="Cue conflict: the object's silhouette filled with texture cut from an object of another class "
                 "(Geirhos et al. 2019's shape bias on your data); the label stays the shape's class. One level."))

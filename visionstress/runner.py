@@ -128,7 +128,8 @@ class _Run:
         self.setup = setup
         manifest = _manifest(self.task, opts, setup, self.suite, self.passes)
         _check_manifest(self.out_dir, manifest, opts, world)
-        perturbations = self._prepare({p.perturbation: perturbation_for(p) for p in self.passes if p.severity > 0})
+        perturbations = self._prepare({p.perturbation: self._configured(perturbation_for(p))
+                                       for p in self.passes if p.severity > 0})
         self.examples = self._examples(perturbations) if world.rank == 0 else []
         journal = Journal(self.out_dir, record_schema(self.task.name), self.passes, rank=world.rank)
         plan = plan_batches(setup.dataset.images, opts.batch_size)
@@ -252,6 +253,11 @@ class _Run:
         self.prepared = prepared
         return prepared
 
+    def _configured(self, perturbation: Any) -> Any:
+        """The perturbation with the run's settings (e.g. how geometric ones move boxes)."""
+        box_warp = self.opts.get("box_warp")
+        return perturbation.with_box_method(box_warp) if box_warp else perturbation
+
     def _examples(self, perturbations: dict[str, Any]) -> list[dict[str, Any]]:
         """Example sheets the report shows for families that draw them (background and cue probes)."""
         from visionstress.family_summaries import family_examples
@@ -298,8 +304,11 @@ class _Run:
             breakdowns["probe_examples"] = self.examples
         prepared = {name: p.prepared_summary() for name, p in self.prepared.items() if p.prepared_summary()}
         suite = self.suite.to_dict()
-        for item in suite["perturbations"]:
-            item["version"] = int(getattr(self.prepared.get(item["name"]), "version", 1) or 1)
+        for item in suite["perturbations"]:  # what produced each cell: compare names cells whose version changed
+            perturbation = self.prepared[item["name"]]
+            item["version"] = int(perturbation.version)
+            if getattr(perturbation, "box_method", None) and opts.get("box_warp"):
+                item["box_method"] = perturbation.box_method
         extra_families = {p.family for p in self.passes if p.severity > 0}
         if extra_families:
             from visionstress.records import read_records

@@ -167,7 +167,7 @@ def render_report(card: Scorecard, base_dir: Path, skew: Mapping[str, Any] | Non
         "skew": _skew(skew if skew is not None else getattr(card, "skew", None)),
         "facts": _facts(card),
         "worst": _worst_table(passes),
-        "heatmap": _heatmap(passes),
+        "heatmap": _heatmap(passes, card),
         "curves": _curves(passes),
         "confusion": _confusion(card, breakdowns, compare),
         "most_confused": _most_confused(breakdowns, passes),
@@ -350,9 +350,12 @@ def _worst_table(passes: _Passes) -> Table | None:
                  first_numeric=2)
 
 
-def _heatmap(passes: _Passes) -> Heatmap | None:
+def _heatmap(passes: _Passes, card: Scorecard | None = None) -> Heatmap | None:
+    """Perturbation x severity cells; a geometric perturbation's row says how it moved boxes without masks."""
     if not passes.cells:
         return None
+    box_methods = {item.get("name"): item.get("box_method") for item in (card.suite.get("perturbations") or [])
+                   if isinstance(item, Mapping) and item.get("box_method")} if card is not None else {}
     metric, clean = passes.metric, passes.clean
     severities = sorted({s for _, _, s, _ in passes.cells})
     by_name: dict[str, dict[int, float]] = {}
@@ -371,7 +374,8 @@ def _heatmap(passes: _Passes) -> Heatmap | None:
         defined = [v for v in values.values() if math.isfinite(v)]
         mean = sum(defined) / len(defined) if defined else math.nan
         cells = [cell(values.get(s, math.nan), f"{name} @ {s}: {_fmt(values.get(s), metric)}") for s in severities]
-        rows.append(HeatRow(name, families[name], cells, cell(mean, f"{name} mean: {_fmt(mean, metric)}"),
+        label = f"{name} (boxes: {box_methods[name]})" if name in box_methods else name
+        rows.append(HeatRow(label, families[name], cells, cell(mean, f"{name} mean: {_fmt(mean, metric)}"),
                             _fmt_change(mean - clean, metric)))
     return Heatmap(severities, rows)
 

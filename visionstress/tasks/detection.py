@@ -70,6 +70,10 @@ register_options(
            minimum=0.0, maximum=1.0, group="output"),
     Option("size_bin", tuple, (), "Extra object-size bin NAME=MIN:MAX in px² (e.g. tiny=0:256); repeatable.",
            tasks=_ONLY, multiple=True, parse=_size_bin, check=_check_size_bin, metavar="NAME=MIN:MAX", group="output"),
+    Option("box_warp", str, "ellipse", "How a geometric perturbation moves a box without an instance mask: as the "
+           "ellipse inscribed in it (tight under rotation, as albumentations' 'ellipse') or as the box enclosing its "
+           "moved corners (grows with the angle). Objects with masks take the box of the moved mask.",
+           tasks=_ONLY, choices=("ellipse", "enclosing"), group="run"),
     Option("instance_masks", bool, False, "Also score instance masks (mask AP, COCO segm) for models that return "
            "masks, e.g. maskrcnn.", tasks=_ONLY, group="output"),
 )
@@ -189,6 +193,7 @@ class DetectionTask(Task):
             model=loaded, adapter=adapter, evaluator=evaluator,
             gallery=DetectionGallery(names, options.score_threshold),
             data_config={"canvas": list(canvas) if canvas else None, "score_threshold": options.score_threshold,
+                         "box_warp": options.box_warp,
                          "instance_masks": options.instance_masks,
                          "label_map": None if mapping is None else {str(k): v for k, v in mapping.items()},
                          "label_map_source": mapping_source,
