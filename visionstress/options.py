@@ -125,7 +125,7 @@ class Option:
                 return Path(value)
             raise OptionError(f"{where}: expected a path, got {value!r}")
         if kind is str:
-            if isinstance(value, Path):
+            if isinstance(value, Path) or type(value).__module__ == "torch":  # e.g. torch.device("cuda:1")
                 return str(value)
             if isinstance(value, str):
                 return value
