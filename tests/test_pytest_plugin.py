@@ -24,7 +24,7 @@ import visionstress.models  # noqa: F401
 import visionstress.perturbations  # noqa: F401
 import visionstress.records  # noqa: F401
 import visionstress.runner  # noqa: F401
-from visionstress.comparison import format_delta, format_value
+from visionstress.metrics import format_delta, format_value
 from visionstress.records import read_records
 from visionstress.scorecard import Scorecard
 

@@ -472,7 +472,8 @@ class VisionStress:
             return None
         if not (folder / "scorecard.json").is_file():
             return self._missing_baseline(card, folder)
-        from visionstress.comparison import compare, format_delta, format_p, format_value
+        from visionstress.comparison import compare, format_p
+        from visionstress.metrics import format_delta, format_value
 
         reference = self.baseline(card)
         try:
