@@ -41,7 +41,8 @@ def _run(data: Path, out: Path, weights=None, suite: str = "quick") -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Scorecards of the demo classifier on a 48-image slice of the demo set: the reference, the same run
-    again, a copy with noisy conv weights, a different suite, and a dataset with one image removed."""
+    again, a copy with noisy conv weights, a copy with float noise on every weight, a different suite, and a
+    dataset with one image removed."""
     root = tmp_path_factory.mktemp("compare")
     demo = demo_arguments()
     data = root / "val"
@@ -60,6 +61,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         state[name] = w + w.std() * torch.randn(w.shape, generator=generator)
     noisy = root / "noisy.safetensors"
     save_file(state, str(noisy))
+    state = load_file(demo["weights"])
+    for name, w in state.items():  # float noise: a millionth of each tensor's spread, no prediction changes
+        if w.is_floating_point() and w.numel() > 1:
+            state[name] = w + 1e-6 * w.std() * torch.randn(w.shape, generator=generator)
+    float_noise = root / "float_noise.safetensors"
+    save_file(state, str(float_noise))
 
     suite = root / "suite.yaml"
     suite.write_text("name: quick\nseed: 0\nperturbations:\n  - {name: gaussian_noise, severities: [1, 2, 3]}\n")
@@ -67,6 +74,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "reference": _run(data, root / "reference"),
         "same": _run(data, root / "same"),
         "degraded": _run(data, root / "degraded", weights=noisy),
+        "float_noise": _run(data, root / "float_noise", weights=float_noise),
         "other_suite": _run(data, root / "other_suite", suite=str(suite)),
         "other_data": _run(smaller, root / "other_data"),
     }
@@ -145,6 +153,27 @@ def test_same_model_same_seed_nothing_is_significant(runs, tmp_path):
                                  "--fail-on", "ece@*:+2pp", "--bootstrap", "100"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "PASS top1:-1pp" in result.output
+
+
+def test_the_same_model_twice_passes_the_default_gates(runs):
+    comparison = vs.compare(runs["reference"], runs["same"], bootstrap=200)
+    assert [g.spec for g in comparison.gates] == ["top1:-1pp"] and comparison.passed
+    [gate] = comparison.gates
+    assert gate.outcome == "pass" and gate.checked == 2 + len({c.perturbation for c in comparison.summaries
+                                                               if c.perturbation.startswith("mPC[")})
+    assert gate.mde == 0.0  # the runs agree on every image: nothing varies, any change would show
+
+
+def test_float_noise_that_changes_no_prediction_passes(runs):
+    ref, cand = (read_records(Scorecard.load(runs[k]).records_path).sort_values(["perturbation", "severity",
+                                                                                  "sample_id"])
+                 for k in ("reference", "float_noise"))
+    assert (ref.prediction.to_numpy() == cand.prediction.to_numpy()).all()  # what makes this case "no change"
+    assert not np.array_equal(ref.confidence.to_numpy(), cand.confidence.to_numpy())  # but the weights did move
+    comparison = vs.compare(runs["reference"], runs["float_noise"], bootstrap=200)
+    assert comparison.passed and [g.outcome for g in comparison.gates] == ["pass"]
+    assert comparison.cell("top1").p_value == 1.0 and comparison.cell("top1", "mPC").delta == 0
+    assert vs.compare(runs["reference"], runs["float_noise"], gates=["ece:+1pp", "nll@*:+0.05"], bootstrap=200).passed
 
 
 def test_several_candidates_give_a_comparison_set(runs):
