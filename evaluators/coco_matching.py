@@ -282,8 +282,9 @@ class ResampledCoco:
     - AP needs only the sum over the 101 recall points, and the points first reached at true positive
       m are those between the counts reached at m - 1 and at m, so that sum is
       sum_m envelope[m] * (reached[m] - reached[m - 1]): no recall-point axis.
-    - Recall at each maxDets is a weighted count of true positives: one sparse product of the weights
-      with per-image counts.
+    - Recall at each maxDets is a weighted count of true positives over the weighted ground truth: one
+      sparse product of the weights with per-image counts (summed over the IoU thresholds, since AR
+      averages over them with the same denominator).
 
     The walk over true positives is a compiled loop (numba, parallel over resamples); without numba a
     numpy form pads the runs of true positives to power-of-two lengths and processes chunks of resamples.
@@ -304,12 +305,11 @@ class ResampledCoco:
         ignored = (table.ignore[rows, 0][None, :] & bits) != 0
         tp = matched & ~ignored
         # thresholds that ignore the same detections share one cumulative count (usually all ten do)
-        if self.size:
-            patterns, inverse = np.unique(~ignored, axis=0, return_inverse=True)
-        else:
-            patterns, inverse = np.ones((1, 0), dtype=bool), np.zeros(_T, dtype=np.int64)
-        self.counted = np.ascontiguousarray(patterns, dtype=np.float64)  # [G, D]
-        self.pattern_of = np.asarray(inverse, dtype=np.int64).reshape(-1)  # [T]
+        first_of: dict[bytes, int] = {}  # threshold -> the first threshold with its pattern
+        self.pattern_of = np.array([first_of.setdefault(np.packbits(~row).tobytes(), len(first_of))
+                                    for row in ignored], dtype=np.int64)  # [T]
+        patterns = [t for t in range(_T) if self.pattern_of[t] == len(set(self.pattern_of[:t]))]
+        self.counted = np.ascontiguousarray(~ignored[patterns], dtype=np.float64)  # [G, D]
         # runs of true positives, one per (IoU threshold, category), in score order
         threshold, position = np.nonzero(tp)  # row-major: by threshold, then category, then score
         key = threshold * max(k, 1) + category[position]
@@ -319,11 +319,10 @@ class ResampledCoco:
         self.run_category = category[position[starts]]
         self.run_position = position.astype(np.int64)
         rank = table.rank[rows][position]
-        m = len(MAX_DETS)
+        m = len(MAX_DETS)  # true positives per image, category and maxDets, summed over the IoU thresholds
         images = np.concatenate([self.image[position[rank < d]] for d in MAX_DETS])
-        columns = np.concatenate([(category[position[rank < d]] * _T + threshold[rank < d]) * m + i
-                                  for i, d in enumerate(MAX_DETS)])
-        self.found = sparse.csr_matrix((np.ones(len(images)), (images, columns)), shape=(self.num_images, k * _T * m))
+        columns = np.concatenate([category[position[rank < d]] * m + i for i, d in enumerate(MAX_DETS)])
+        self.found = sparse.csr_matrix((np.ones(len(images)), (images, columns)), shape=(self.num_images, k * m))
 
     def __call__(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         weights = np.ascontiguousarray(weights, dtype=np.float64)
@@ -340,11 +339,12 @@ class ResampledCoco:
         else:
             sums = self._precision_sums_numpy(weights, npig)
         with np.errstate(invalid="ignore", divide="ignore"):
-            found = np.asarray(self.found.T @ weights.T).T.reshape(r, k, _T, len(MAX_DETS))
-            recall = np.where(has_gt[:, :, None, None], found / np.where(has_gt, npig, 1.0)[:, :, None, None], 0.0)
+            found = np.asarray(self.found.T @ weights.T).T.reshape(r, k, len(MAX_DETS))
+            # AR: the mean over thresholds and categories with ground truth of found / npig
+            recall = np.where(has_gt[:, :, None], found / np.where(has_gt, npig, 1.0)[:, :, None], 0.0).sum(axis=1)
             out = {"AP": sums.sum(axis=1) / (_T * _R * defined), "AP50": sums[:, _IOU50] / (_R * defined),
                    "AP75": sums[:, _IOU75] / (_R * defined)}
-            out |= {f"AR{d}": recall[..., i].sum(axis=(1, 2)) / (_T * defined) for i, d in enumerate(MAX_DETS)}
+            out |= {f"AR{d}": recall[:, i] / (_T * defined) for i, d in enumerate(MAX_DETS)}
         for values in out.values():
             values[defined == 0] = np.nan
         return out

@@ -101,6 +101,7 @@ def bootstrap_test(deltas: np.ndarray, alpha: float) -> PairedTest | None:
     that interval excludes 0. Resamples that all agree (two identical runs) give p = 1 for a
     difference of 0 and p = 0 otherwise, with the interval that single value.
     """
+    from scipy.optimize import brentq
     from scipy.special import ndtr
 
     d = np.asarray(deltas, dtype=np.float64)
@@ -118,26 +119,15 @@ def bootstrap_test(deltas: np.ndarray, alpha: float) -> PairedTest | None:
     mean = float(d.mean())
     centres, width = mean + (d - mean) / shrink, bandwidth / shrink
 
-    def cdf(x: np.ndarray) -> np.ndarray:
-        return ndtr((np.asarray(x, dtype=np.float64)[..., None] - centres) / width).mean(axis=-1)
+    def cdf(x: float) -> float:
+        return float(ndtr((x - centres) / width).mean())
 
-    at_zero = float(cdf(np.array(0.0)))
+    at_zero = float(cdf(0.0))
     p_value = min(1.0, 2.0 * min(at_zero, 1.0 - at_zero))
-    low, high = _quantiles(cdf, np.array([alpha / 2, 1 - alpha / 2]), float(centres.min()) - 10 * width,
-                           float(centres.max()) + 10 * width)
-    return PairedTest(p_value, (float(low), float(high)))
-
-
-def _quantiles(cdf, levels: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Inverse of a continuous increasing CDF at `levels`, by bisection to the last bit."""
-    lo, hi = np.full(levels.shape, low), np.full(levels.shape, high)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if np.all((mid == lo) | (mid == hi)):
-            break
-        below = cdf(mid) < levels
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return hi
+    low, high = float(centres.min()) - 10 * width, float(centres.max()) + 10 * width
+    interval = tuple(brentq(lambda x, level=level: cdf(x) - level, low, high, xtol=1e-15 * (high - low))
+                     for level in (alpha / 2, 1 - alpha / 2))
+    return PairedTest(p_value, (float(interval[0]), float(interval[1])))
 
 
 def bootstrap_mde(standard_error: float, alpha: float, power: float = POWER) -> float:
