@@ -59,11 +59,10 @@ def default_gates(task: str) -> tuple[str, ...]:
 
     One point of the main metric (top-1, COCO AP, mIoU) is the smallest difference the field's result
     tables treat as real; a smaller threshold is rarely detectable on the few hundred to few thousand
-    images a stress run uses, and the gate says so (inconclusive) rather than passing blind.
+    images a stress run uses, and the gate says so (inconclusive) rather than passing blind. A task
+    without declared defaults has none (the comparison is still made and shown).
     """
-    if task not in _DEFAULT_GATES:
-        raise GateError(f"no default gates for task {task!r}; pass gates explicitly (e.g. METRIC:-1pp)")
-    return _DEFAULT_GATES[task]
+    return _DEFAULT_GATES.get(task, ())
 
 
 def main_metric(task: str) -> str | None:
@@ -236,7 +235,7 @@ def evaluate_gate(gate: Gate, cells: list[CellComparison], summaries: list[CellC
                                                            "relative")},
                         cells=verdicts, excluded=excluded, allowed=allow_inconclusive)
     result.outcome = max((v.outcome for v in verdicts), key=OUTCOMES.index, default="pass")
-    result.message = _message(result, alpha, num_images)
+    result.message = _message(result, num_images)
     return result
 
 
@@ -256,7 +255,7 @@ def _verdict(gate: Gate, cell: CellComparison, p_adjusted: float | None, mde: fl
     return GateCell(cell, "pass", p_adjusted, mde, "within the threshold")
 
 
-def _message(result: GateResult, alpha: float, num_images: int | None) -> str:
+def _message(result: GateResult, num_images: int | None) -> str:
     """One line: the verdict, the cells that decided it and, when inconclusive, what would settle it."""
     shown = {"fail": result.failures, "inconclusive": result.inconclusive}.get(result.outcome, [])
     verdicts = {id(v.cell): v for v in result.cells}
