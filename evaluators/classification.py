@@ -9,17 +9,18 @@ confusion matrices, per-class scores and reliability bins are derived from those
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
 from visionstress.batch import Batch
 
-from .bootstrap import bootstrap_ci
+from .bootstrap import StatFn, on_subset, row_estimates, subset_positions
 from .calibration import bin_index, reliability_bins
 from .protocol import PassKey, Update
 from .confusion import (balanced_accuracy_from_counts, confusion_matrix, macro_f1_from_counts, per_class_metrics,
@@ -31,6 +32,8 @@ METRICS = ("top1", "top5", "macro_f1", "balanced_accuracy", "ece", "nll", "brier
 
 TOP_K = 5
 MOST_CONFUSED = 10
+ECE_BINS = 15
+"""The default calibration binning (see `calibration`)."""
 
 
 def result_key(perturbation: str, severity: int) -> str:
@@ -40,12 +43,20 @@ def result_key(perturbation: str, severity: int) -> str:
 
 @dataclass
 class MetricRow:
-    """One perturbation x severity (or the clean pass): point metrics and their 95% bootstrap intervals."""
+    """One perturbation x severity (or the clean pass): point metrics and their 95% bootstrap intervals.
+
+    A pass scored on a strict subset of the clean pass's images (an adversarial patch judged on
+    held-out images) also carries `clean_same_images`: the clean metrics on exactly those images (and
+    their intervals, from the same resamples as the row's), so its drop from clean is not confounded by
+    which images were kept. None for every other row.
+    """
 
     perturbation: str
     severity: int
     metrics: dict[str, float]
     ci: dict[str, tuple[float, float]]
+    clean_same_images: dict[str, float] | None = None
+    clean_same_images_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def find_row(rows: list[MetricRow], perturbation: str, severity: int) -> MetricRow:
@@ -199,7 +210,7 @@ class ClassificationEvaluator:
             raise ValueError("ClassificationEvaluator.finalize: no clean pass (perturbation 'clean', severity 0)")
         keys = [(CLEAN, 0)] + [k for k in self._passes if k != (CLEAN, 0)]
         results = ClassificationResults(rows=[])
-        clean_matrix = None
+        clean_matrix, clean_data = None, None
         for name, severity in keys:
             key = result_key(name, severity)
             data = self._passes[(name, severity)].arrays()
@@ -209,7 +220,8 @@ class ClassificationEvaluator:
                                  f"{np.unique(repeated)[:10].tolist()} more than once")
             matrix = confusion_matrix(data["label"], data["prediction"], self.num_classes)
             clean_matrix = matrix if clean_matrix is None else clean_matrix
-            results.rows.append(self._row(name, severity, data))
+            clean_data = data if clean_data is None else clean_data
+            results.rows.append(self._row(name, severity, data, clean_data))
             results.confusion[key] = matrix
             results.per_class[key] = self._per_class(matrix)
             results.most_confused[key] = [
@@ -223,46 +235,22 @@ class ClassificationEvaluator:
             }
         return results
 
-    def _row(self, name: str, severity: int, data: dict[str, np.ndarray]) -> MetricRow:
-        stats = self._statistics(data, name != CLEAN)
-        metrics = {m: float(v[0]) for m, v in stats(np.arange(len(data["sample_id"]))[None, :]).items()}
-        ci = {} if self.bootstrap == 0 else bootstrap_ci(stats, len(data["sample_id"]), self.bootstrap, self.seed)
+    def _row(self, name: str, severity: int, data: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> MetricRow:
+        columns = dict(data) if name != CLEAN else {k: v for k, v in data.items() if k != "flipped"}
+        n = len(data["sample_id"])
+        metrics, ci = row_estimates(classification_statistics(columns, ece_bins=self.ece_bins), n, self.bootstrap,
+                                    self.seed)
         order = [m for m in METRICS if m in metrics]
-        return MetricRow(name, int(severity), {m: metrics[m] for m in order}, {m: ci[m] for m in order if m in ci})
-
-    def _statistics(self, data: dict[str, np.ndarray], with_flips: bool):
-        """A function of a resample index matrix `[r, n]` -> every metric for each of the r resamples."""
-        k, bins = self.num_classes, self.ece_bins
-        label, pred, correct = data["label"], data["prediction"], data["correct"].astype(np.float64)
-        confidence = data["confidence"].astype(np.float64)
-        conf_bin = bin_index(confidence, bins)
-        means = {"top1": correct, "top5": data["top5_correct"].astype(np.float64), "nll": data["nll"],
-                 "brier": data["brier"].astype(np.float64)}
-        if with_flips:
-            means["flip_rate"] = data["flipped"].astype(np.float64)
-
-        def stats(idx: np.ndarray) -> dict[str, np.ndarray]:
-            r, n = idx.shape
-            offset = np.arange(r)[:, None]
-            out = {m: v[idx].mean(axis=1) for m, v in means.items()}
-
-            def per_row(values: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
-                flat = (offset * size + values).reshape(-1)
-                return np.bincount(flat, weights=None if weights is None else weights.reshape(-1),
-                                   minlength=r * size).reshape(r, size)
-
-            hit = correct[idx]
-            tp = per_row(label[idx], k, hit)
-            support = per_row(label[idx], k)
-            predicted = per_row(pred[idx], k)
-            out["macro_f1"] = macro_f1_from_counts(tp, support, predicted)
-            out["balanced_accuracy"] = balanced_accuracy_from_counts(tp, support)
-            b = conf_bin[idx]
-            # ECE = sum over bins |hits - confidence mass| / n (calibration.expected_calibration_error)
-            out["ece"] = np.abs(per_row(b, bins, hit) - per_row(b, bins, confidence[idx])).sum(axis=1) / n
-            return out
-
-        return stats
+        row = MetricRow(name, int(severity), {m: metrics[m] for m in order}, {m: ci[m] for m in order if m in ci})
+        positions = subset_positions(data["sample_id"], clean["sample_id"])
+        if positions is not None:
+            clean_columns = {k: v for k, v in clean.items() if k != "flipped"}
+            subset = on_subset(classification_statistics(clean_columns, ece_bins=self.ece_bins), positions,
+                               len(clean["sample_id"]))
+            values, intervals = row_estimates(subset, n, self.bootstrap, self.seed)
+            row.clean_same_images = {m: values[m] for m in METRICS if m in values}
+            row.clean_same_images_ci = {m: intervals[m] for m in METRICS if m in intervals}
+        return row
 
     def _per_class(self, matrix: np.ndarray) -> dict[str, dict[str, float]]:
         pc = per_class_metrics(matrix)
@@ -318,6 +306,69 @@ class ClassificationEvaluator:
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{where}: logits contain NaN or inf")
         return ids, y, z
+
+
+def classification_statistics(columns: Mapping[str, Any], *, ece_bins: int = ECE_BINS) -> StatFn:
+    """Every bootstrap-able classification metric of one pass, as a function of image weights.
+
+    `columns` are the pass's per-image record columns in sample-id order: `label`, `prediction`,
+    `confidence`, `correct`, `nll`, top-5 hits as `top5` (the top class indices per image) or
+    `top5_correct`, and optionally `flipped` (flip_rate; absent, or null as on the clean pass, for
+    none) and `brier` (the records cannot hold it: it needs every class probability). The result maps
+    weights `[r, n]` (image multiplicities; a row of ones is the pass as it is) to `{metric: [r]}` for
+    top1, top5, nll, flip_rate, brier (those given), macro_f1, balanced_accuracy and ece, all r rows at
+    once: means are weighted sums over the total weight, and the class and confidence-bin counts behind
+    macro-F1, balanced accuracy and ECE are one sparse product, so a thousand resamples cost a few
+    matrix products. The evaluator's rows, their intervals and compare's paired bootstrap all use it.
+    """
+    from scipy import sparse
+
+    label = np.asarray(columns["label"], dtype=np.int64)
+    prediction = np.asarray(columns["prediction"], dtype=np.int64)
+    correct = np.asarray(columns["correct"], dtype=np.float64)
+    confidence = np.asarray(columns["confidence"], dtype=np.float64)
+    n = len(label)
+    if "top5_correct" in columns:
+        top5 = np.asarray(columns["top5_correct"], dtype=np.float64)
+    else:
+        top = np.stack([np.asarray(v, dtype=np.int64) for v in columns["top5"]]) if n else np.zeros((0, 1))
+        top5 = (top == label[:, None]).any(axis=1).astype(np.float64)
+    means = {"top1": correct, "top5": top5, "nll": _floats(columns["nll"])}
+    for name, column in (("flip_rate", "flipped"), ("brier", "brier")):
+        values = _floats(columns[column]) if column in columns else None
+        if values is not None and not np.isnan(values).any():
+            means[name] = values
+    mean_matrix = np.stack(list(means.values()), axis=1)  # [n, metrics]
+    k = int(max(label.max(initial=0), prediction.max(initial=0))) + 1
+    images, ones = np.arange(n), np.ones(n)
+
+    def sums(index: np.ndarray, values: np.ndarray, size: int) -> sparse.csr_matrix:
+        return sparse.csr_matrix((values, (index, images)), shape=(size, n))
+
+    bins = bin_index(confidence, ece_bins)
+    counts = sparse.vstack([sums(label, correct, k), sums(label, ones, k), sums(prediction, ones, k),
+                            sums(bins, correct, ece_bins), sums(bins, confidence, ece_bins)]).tocsr()
+
+    def stats(weights: np.ndarray) -> dict[str, np.ndarray]:
+        weights = np.asarray(weights, dtype=np.float64)
+        total = weights.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = dict(zip(means, (weights @ mean_matrix / total[:, None]).T))
+            c = np.asarray(counts @ weights.T).T  # [r, 3k + 2 bins]
+            tp, support, predicted = c[:, :k], c[:, k:2 * k], c[:, 2 * k:3 * k]
+            hits, mass = c[:, 3 * k:3 * k + ece_bins], c[:, 3 * k + ece_bins:]
+            out["macro_f1"] = macro_f1_from_counts(tp, support, predicted)
+            out["balanced_accuracy"] = balanced_accuracy_from_counts(tp, support)
+            # ECE = sum over bins |hits - confidence mass| / total weight (calibration.expected_calibration_error)
+            out["ece"] = np.abs(hits - mass).sum(axis=1) / total
+        return out
+
+    return stats
+
+
+def _floats(values: Any) -> np.ndarray:
+    """A per-image column as float64, nulls (None, pandas NA) as NaN."""
+    return pd.Series(values, dtype="Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _nullable(values: np.ndarray) -> list[float | None]:

@@ -10,7 +10,8 @@ area range. `MatchTable` then replays `COCOeval.accumulate()` + `summarize()` ov
 those arrays: same stable merge sort by descending score over images in ascending id order, same
 true/false-positive cumulative sums, same 101-point interpolation with the precision envelope, same -1
 for categories without ground truth. The same table takes image weights (a bootstrap resample's
-multiplicities), which is how the confidence intervals and `compare`'s paired bootstrap are computed.
+multiplicities), which is how the confidence intervals and `compare`'s paired bootstrap are computed:
+`ResampledCoco` does that for a thousand resamples at once, visiting only the true positives.
 Mask AP (COCOeval's "segm") goes through the same path: only the IoU that `evaluate()` matches by differs.
 """
 
@@ -25,6 +26,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
+
+from visionstress.rng import numba_available
 
 _PARAMS = Params(iouType="bbox")
 IOU_THRESHOLDS: np.ndarray = _PARAMS.iouThrs
@@ -46,6 +49,7 @@ _R = len(RECALL_THRESHOLDS)
 _BITS = (1 << np.arange(_T)).astype(np.uint16)
 _CHUNK_ELEMENTS = 1 << 22  # bound on the float64 working arrays of one accumulate step (32 MiB)
 _IOU50, _IOU75 = 0, 5  # positions of .50 and .75 in IOU_THRESHOLDS
+_COMPILED_FROM = 16  # rows of weights from which loading the compiled kernel pays (a point estimate does not)
 
 
 class MatchTableError(ValueError):
@@ -212,6 +216,7 @@ class MatchTable:
         # COCOeval's concatenation order (images ascending, then rank) before its stable merge sort
         self._order = np.lexsort((-self.score, self.category))
         self._bounds = np.searchsorted(self.category[self._order], np.arange(self.num_categories + 1))
+        self._resampled: ResampledCoco | None = None
 
     def accumulate(self, weights: np.ndarray, areas: Sequence[int],
                    ious: Sequence[int] = tuple(range(_T))) -> tuple[np.ndarray, np.ndarray]:
@@ -250,21 +255,137 @@ class MatchTable:
         return precision, recall
 
     def coco_metrics(self, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """AP, AP50, AP75, AR1, AR10, AR100 (area 'all' = area index 0) for each row of `weights` [r, n].
+        """AP, AP50, AP75, AR1, AR10, AR100 (area index 0, 'all') for each row of image `weights` [r, n].
 
-        None means every image once (a single row). Undefined values (no ground truth) are NaN.
-        Rows are processed in chunks so the precision array stays within a few tens of MiB.
+        None means every image once (a single row). Undefined values (no ground truth) are NaN. This is
+        the vectorised path (see `ResampledCoco`); `accumulate` is the literal replay it is tested against.
         """
         weights = np.ones((1, self.num_images)) if weights is None else np.asarray(weights, dtype=np.float64)
-        step = max(1, _CHUNK_ELEMENTS // (_T * _R * max(1, self.num_categories)))
-        out: dict[str, list[float]] = {name: [] for name in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")}
+        if self._resampled is None:
+            self._resampled = ResampledCoco(self)
+        return self._resampled(weights)
+
+
+class ResampledCoco:
+    """COCOeval's area-'all' AP/AR of one `MatchTable` for many rows of image weights at once.
+
+    A bootstrap needs AP for a thousand resamples of every pass; replaying `accumulate` per resample
+    (even vectorised over resamples, but over every detection, IoU threshold and recall point) takes
+    minutes for a few hundred images. Three facts make it cheap without changing a single precision
+    value (each is the same float64 division COCOeval does, at the same detection):
+
+    - The interpolated precision at recall point j is the precision envelope (suffix maximum) at the
+      first detection whose recall reaches j, and both that detection and the maximum lie on weighted
+      *true positives*: recall only rises at one, and between them precision only falls. So only the
+      true positives of each (IoU threshold, category) are visited, each with the weight of the
+      non-ignored detections up to it (tp + fp) from one cumulative sum per category.
+    - AP needs only the sum over the 101 recall points, and the points first reached at true positive
+      m are those between the counts reached at m - 1 and at m, so that sum is
+      sum_m envelope[m] * (reached[m] - reached[m - 1]): no recall-point axis.
+    - Recall at each maxDets is a weighted count of true positives over the weighted ground truth: one
+      sparse product of the weights with per-image counts (summed over the IoU thresholds, since AR
+      averages over them with the same denominator).
+
+    The walk over true positives is a compiled loop (numba, parallel over resamples); without numba a
+    numpy form pads the runs of true positives to power-of-two lengths and processes chunks of resamples.
+    """
+
+    def __init__(self, table: MatchTable) -> None:
+        from scipy import sparse
+
+        self.num_images, k = table.num_images, table.num_categories
+        rows = table._order[table.rank[table._order] < MAX_DETS[-1]]  # category-major, by descending score
+        self.image = np.ascontiguousarray(table.image[rows], dtype=np.int64)
+        category = table.category[rows].astype(np.int64)
+        self.size = len(rows)
+        self.positives = np.ascontiguousarray(table.positives[:, :, 0], dtype=np.float64)  # [n, K]
+        self.category_start = np.searchsorted(category, np.arange(k + 1)).astype(np.int64)
+        bits = _BITS[:, None]
+        matched = (table.match[rows, 0][None, :] & bits) != 0  # [T, D]
+        ignored = (table.ignore[rows, 0][None, :] & bits) != 0
+        tp = matched & ~ignored
+        # thresholds that ignore the same detections share one cumulative count (usually all ten do)
+        first_of: dict[bytes, int] = {}  # threshold -> the first threshold with its pattern
+        self.pattern_of = np.array([first_of.setdefault(np.packbits(~row).tobytes(), len(first_of))
+                                    for row in ignored], dtype=np.int64)  # [T]
+        patterns = [t for t in range(_T) if self.pattern_of[t] == len(set(self.pattern_of[:t]))]
+        self.counted = np.ascontiguousarray(~ignored[patterns], dtype=np.float64)  # [G, D]
+        # runs of true positives, one per (IoU threshold, category), in score order
+        threshold, position = np.nonzero(tp)  # row-major: by threshold, then category, then score
+        key = threshold * max(k, 1) + category[position]
+        starts = np.flatnonzero(np.r_[True, np.diff(key) != 0]) if len(key) else np.zeros(0, np.int64)
+        self.run_bounds = np.append(starts, len(key)).astype(np.int64)
+        self.run_threshold = threshold[starts].astype(np.int64)
+        self.run_category = category[position[starts]]
+        self.run_position = position.astype(np.int64)
+        rank = table.rank[rows][position]
+        m = len(MAX_DETS)  # true positives per image, category and maxDets, summed over the IoU thresholds
+        images = np.concatenate([self.image[position[rank < d]] for d in MAX_DETS])
+        columns = np.concatenate([category[position[rank < d]] * m + i for i, d in enumerate(MAX_DETS)])
+        self.found = sparse.csr_matrix((np.ones(len(images)), (images, columns)), shape=(self.num_images, k * m))
+
+    def __call__(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        r, k = weights.shape[0], self.positives.shape[1]
+        npig = weights @ self.positives  # [r, K]
+        has_gt = npig > 0
+        defined = has_gt.sum(axis=1)
+        if r >= _COMPILED_FROM and numba_available():
+            from ._coco_kernel import precision_sums
+
+            sums = precision_sums(weights, npig, self.image, self.category_start, self.counted, self.pattern_of,
+                                  self.run_bounds, self.run_position, self.run_threshold, self.run_category,
+                                  RECALL_THRESHOLDS)
+        else:
+            sums = self._precision_sums_numpy(weights, npig)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            found = np.asarray(self.found.T @ weights.T).T.reshape(r, k, len(MAX_DETS))
+            # AR: the mean over thresholds and categories with ground truth of found / npig
+            recall = np.where(has_gt[:, :, None], found / np.where(has_gt, npig, 1.0)[:, :, None], 0.0).sum(axis=1)
+            out = {"AP": sums.sum(axis=1) / (_T * _R * defined), "AP50": sums[:, _IOU50] / (_R * defined),
+                   "AP75": sums[:, _IOU75] / (_R * defined)}
+            out |= {f"AR{d}": recall[:, i] / (_T * defined) for i, d in enumerate(MAX_DETS)}
+        for values in out.values():
+            values[defined == 0] = np.nan
+        return out
+
+    def _precision_sums_numpy(self, weights: np.ndarray, npig: np.ndarray) -> np.ndarray:
+        """`_coco_kernel.precision_sums` without numba: runs padded to power-of-two lengths, one dense
+        `[r, runs, length]` block per length (at most twice the ragged work), chunks of resamples."""
+        lengths = np.diff(self.run_bounds)
+        width = 1 << np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+        widths = np.unique(width)
+        largest = max([self.size + 1] + [int((width == w).sum()) * int(w) for w in widths])
+        step = max(1, _CHUNK_ELEMENTS // (4 * largest))
+        restart = np.repeat(self.category_start[:-1], np.diff(self.category_start))  # each detection's category start
+        sums = np.zeros((weights.shape[0], _T))
         for start in range(0, weights.shape[0], step):
-            precision, recall = self.accumulate(weights[start:start + step], [0])
-            for p, rc in zip(precision, recall):
-                stats = coco_stats(p, rc, ["all"])
-                for name in out:
-                    out[name].append(stats[name])
-        return {name: np.asarray(values) for name, values in out.items()}
+            w, positives_all = weights[start:start + step], npig[start:start + step]
+            det_w = np.concatenate([w[:, self.image], np.zeros((len(w), 1))], axis=1)  # [r, D + 1]; D: padding
+            counted = []  # non-ignored weight up to each detection within its category, per pattern
+            for pattern in self.counted:
+                running = np.concatenate([np.zeros((len(w), 1)), np.cumsum(det_w[:, :-1] * pattern, axis=1)], axis=1)
+                counted.append(running[:, 1:] - running[:, restart])
+            for wide in widths:
+                runs = np.flatnonzero(width == wide)
+                offset = np.arange(wide)[None, :]
+                inside = offset < lengths[runs, None]  # [S, P]
+                first, last = self.run_bounds[runs, None], self.run_bounds[runs + 1, None] - 1
+                where = np.where(inside, self.run_position[np.minimum(first + offset, last)], self.size)
+                tp_sum = np.cumsum(det_w[:, where], axis=2)  # [r, S, P]
+                pattern = self.pattern_of[self.run_threshold[runs]]
+                clipped = np.minimum(where, max(self.size - 1, 0))
+                total = np.stack([counted[p][:, clipped[i]] for i, p in enumerate(pattern)], axis=1)
+                positives = positives_all[:, self.run_category[runs]]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    pr = np.where(inside, tp_sum / (total + np.spacing(1)), 0.0)
+                    rc = tp_sum / np.where(positives > 0, positives, 1.0)[:, :, None]
+                envelope = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]
+                reached = np.searchsorted(RECALL_THRESHOLDS, rc, side="right")
+                reached[:, :, 1:] -= reached[:, :, :-1].copy()  # recall points first reached at each one
+                run_sum = np.where(positives > 0, (envelope * reached).sum(axis=2), 0.0)  # [r, S]
+                sums[start:start + step] += run_sum @ np.eye(_T)[self.run_threshold[runs]]
+        return sums
 
 
 def _precision(tp: np.ndarray, fp: np.ndarray, w: np.ndarray, npig: np.ndarray) -> np.ndarray:
@@ -349,6 +470,9 @@ def coco_metrics_from_matches(table, weights: Sequence[float] | np.ndarray | Non
     the rows may come in any order. `weights` (one per row, in the table's row order) are image
     multiplicities, e.g. a bootstrap resample; None counts each image once and then the result equals
     COCOeval on those images exactly. Undefined metrics (no ground truth) are NaN.
+
+    This is the literal replay of `accumulate()` for one row of weights: the reference that the
+    vectorised `detection_statistics` (many resamples at once) is tested against.
     """
     match_table, order = match_table_from_records(table)
     if weights is None:
@@ -360,7 +484,9 @@ def coco_metrics_from_matches(table, weights: Sequence[float] | np.ndarray | Non
         if not np.all(np.isfinite(w)) or (w < 0).any():
             raise MatchTableError("coco_metrics_from_matches: weights must be finite and >= 0")
         w = w[order][None, :]
-    return {name: float(values[0]) for name, values in match_table.coco_metrics(w).items()}
+    precision, recall = match_table.accumulate(w, [0])
+    stats = coco_stats(precision[0], recall[0], ["all"])
+    return {name: stats[name] for name in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")}
 
 
 def match_table_from_records(table) -> tuple[MatchTable, np.ndarray]:

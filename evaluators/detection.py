@@ -27,9 +27,10 @@ import torch
 
 from visionstress.batch import Batch, ObjectTargets
 
-from .bootstrap import bootstrap_ci
+from .bootstrap import StatFn, on_subset, row_estimates, subset_positions
 from .classification import CLEAN, MetricRow, find_row, result_key
-from .coco_matching import COCO_AREA_RANGES, MAX_DETS, MatchTable, coco_mean, coco_stats, evaluate_batch
+from .coco_matching import (COCO_AREA_RANGES, MAX_DETS, MatchTable, coco_mean, coco_stats, evaluate_batch,
+                            match_table_from_records)
 from .error_types import classify_detections, error_type_breakdown
 from .protocol import PassKey, Update
 
@@ -116,6 +117,7 @@ class DetectionEvaluator:
         self.area_ranges = {**COCO_AREA_RANGES, **self.size_bins}
         self.letterbox = letterbox
         self._passes: dict[tuple[str, int], _Pass] = {}
+        self._clean_statistics: tuple[np.ndarray, StatFn] | None = None  # set by finalize, read by subset passes
 
     def update(self, key: PassKey, batch: Batch, predictions: Any) -> Update:
         """The evaluator protocol: match one batch of one pass against `batch.boxes` (as the pass moved
@@ -246,6 +248,7 @@ class DetectionEvaluator:
             raise DetectionEvaluatorError("DetectionEvaluator.finalize: no predictions were given to update()")
         keys = sorted(self._passes, key=lambda k: k != (CLEAN, 0))
         results = DetectionResults(rows=[])
+        self._clean_statistics = None
         for name, severity in keys:
             self._finalize_pass(results, name, severity, self._passes[(name, severity)])
         return results
@@ -273,16 +276,28 @@ class DetectionEvaluator:
         metrics["fp_per_image"] = float(fp.sum() / n)
         metrics["miss_rate"] = _ratio(fn.sum(), (tp + fn).sum())
         metrics["objects_dropped"] = float(images["dropped"].sum())
-        segm_table = None
+        box = self._record_columns(sample_ids, dets, gts) | {"tp": tp, "fp": fp, "fn": fn}
+        statistics = detection_statistics(box)
         if self.masks:
-            segm_table, _ = _match_table(sample_ids, k, state.merged("segm_dets"), state.merged("segm_gts"))
+            segm_dets, segm_gts = state.merged("segm_dets"), state.merged("segm_gts")
+            segm_table, _ = _match_table(sample_ids, k, segm_dets, segm_gts)
             segm_p, segm_rc = segm_table.accumulate(np.ones((1, n)), range(len(COCO_AREA_RANGES)))
             stats = coco_stats(segm_p[0], segm_rc[0], list(COCO_AREA_RANGES))
             metrics |= {f"segm_{m}": stats[m] for m in COCO_METRICS}
-        ci = {}
-        if self.bootstrap:
-            ci = bootstrap_ci(self._statistics(table, tp, fp, fn, segm_table), n, self.bootstrap, self.seed)
-        results.rows.append(MetricRow(name, severity, metrics, {m: ci[m] for m in CI_METRICS if m in ci}))
+            statistics = _with_mask_ap(statistics, detection_statistics(self._record_columns(sample_ids, segm_dets,
+                                                                                             segm_gts)))
+        values, ci = row_estimates(statistics, n, self.bootstrap, self.seed)
+        metrics |= values  # the same numbers the replay above gives (tested), from the function the intervals use
+        row = MetricRow(name, severity, metrics, {m: ci[m] for m in CI_METRICS if m in ci})
+        clean = self._clean_statistics
+        positions = None if clean is None else subset_positions(sample_ids, clean[0])
+        if positions is not None:
+            subset = on_subset(clean[1], positions, len(clean[0]))
+            row.clean_same_images, intervals = row_estimates(subset, n, self.bootstrap, self.seed)
+            row.clean_same_images_ci = {m: intervals[m] for m in CI_METRICS if m in intervals}
+        if (name, severity) == (CLEAN, 0):
+            self._clean_statistics = (sample_ids, statistics)
+        results.rows.append(row)
         results.per_class_ap[key] = {self.category_names[c]: coco_mean(p[:, :, c, 0]) for c in range(k)}
         results.size[key] = {
             b: {"AP": coco_mean(p[:, :, :, area[b]]), "recall": coco_mean(rc[:, :, area[b], m100]),
@@ -298,24 +313,23 @@ class DetectionEvaluator:
             results.occlusion[key] = {label: {"miss_rate": _ratio(missed_n, total), "num_gt": int(total)}
                                       for label, (total, missed_n) in zip(OCCLUSION_BINS, state.occlusion)}
 
-    @staticmethod
-    def _statistics(table: MatchTable, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
-                    segm_table: MatchTable | None):
-        """A function of a resample index matrix `[r, n]` -> the CI metrics for each of the r resamples
-        (mask AP from `segm_table` on the same resamples, so box and mask intervals are paired)."""
-        def stats(idx: np.ndarray) -> dict[str, np.ndarray]:
-            r, n = idx.shape
-            weights = np.bincount((np.arange(r)[:, None] * n + idx).reshape(-1), minlength=r * n)
-            weights = weights.reshape(r, n).astype(np.float64)
-            out = table.coco_metrics(weights)
-            out["fp_per_image"] = weights @ fp / n
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out["miss_rate"] = weights @ fn / (weights @ (tp + fn))
-            if segm_table is not None:
-                out["segm_AP"] = segm_table.coco_metrics(weights)["AP"]
-            return out
-
-        return stats
+    def _record_columns(self, sample_ids: np.ndarray, dets: dict[str, np.ndarray],
+                        gts: dict[str, np.ndarray]) -> dict[str, Any]:
+        """A pass's merged match arrays as the per-image record columns (`MATCH_COLUMNS`, area 'all', each
+        image's detections in descending score order as matched), in sample-id order."""
+        det_order = np.argsort(dets["sample"], kind="stable")  # an image's detections keep their order
+        gt_order = np.argsort(gts["sample"], kind="stable")
+        det_split = np.searchsorted(dets["sample"][det_order], sample_ids[1:])
+        gt_split = np.searchsorted(gts["sample"][gt_order], sample_ids[1:])
+        return {
+            "sample_id": sample_ids,
+            "dt_category": np.split(self.category_ids[dets["category"][det_order]], det_split),
+            "dt_score": np.split(dets["score"][det_order], det_split),
+            "dt_match": np.split(dets["match"][det_order, 0], det_split),
+            "dt_ignore": np.split(dets["ignore"][det_order, 0], det_split),
+            "gt_category": np.split(self.category_ids[gts["category"][gt_order]], gt_split),
+            "gt_ignore": np.split(gts["ignore"][gt_order, 0], gt_split),
+        }
 
     def _inputs(self, where: str, ids: np.ndarray, image_sizes, targets, predictions):
         """Validated numpy views of one batch: per image ground truth and (known-category) detections."""
@@ -430,6 +444,40 @@ def _match_table(sample_ids: np.ndarray, num_categories: int, dets: dict[str, np
                        category=dets["category"][order], rank=dets["rank"][order], score=dets["score"][order],
                        match=dets["match"][order], ignore=dets["ignore"][order], positives=positives)
     return table, order
+
+
+def detection_statistics(columns: Mapping[str, Any]) -> StatFn:
+    """Every bootstrap-able detection metric of one pass, as a function of image weights.
+
+    `columns` are the pass's per-image record columns in sample-id order: the COCO match columns
+    (`MATCH_COLUMNS`: dt_category, dt_score, dt_match, dt_ignore, gt_category, gt_ignore, area 'all') and
+    optionally the operating-point counts `tp`, `fp`, `fn`. The result maps weights `[r, n]` (image
+    multiplicities; a row of ones is the pass as it is) to `{metric: [r]}`: COCO AP, AP50, AP75, AR1,
+    AR10, AR100 exactly as COCOeval computes them on the weighted images (`ResampledCoco`, all rows at
+    once) and, with the counts, fp_per_image and miss_rate. The evaluator's rows, their intervals and
+    compare's paired bootstrap all use it.
+    """
+    table, order = match_table_from_records(columns)
+    counts = None
+    if all(c in columns for c in ("tp", "fp", "fn")):
+        counts = np.stack([np.asarray(columns[c], dtype=np.float64) for c in ("tp", "fp", "fn")], axis=1)
+
+    def stats(weights: np.ndarray) -> dict[str, np.ndarray]:
+        weights = np.asarray(weights, dtype=np.float64)
+        out = table.coco_metrics(weights[:, order])
+        if counts is not None:
+            tp, fp, fn = (weights @ counts).T
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["fp_per_image"] = fp / weights.sum(axis=1)
+                out["miss_rate"] = fn / (tp + fn)
+        return out
+
+    return stats
+
+
+def _with_mask_ap(box: StatFn, masks: StatFn) -> StatFn:
+    """Box statistics plus mask AP as `segm_AP`, on the same weights (so their intervals are paired)."""
+    return lambda weights: {**box(weights), "segm_AP": masks(weights)["AP"]}
 
 
 def _xywh(xyxy: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from visionstress.batch import Batch
 
-from .bootstrap import bootstrap_ci
+from .bootstrap import StatFn, on_subset, row_estimates, subset_positions
 from .classification import CLEAN, MetricRow, by_sample_id, find_row, result_key
 from .protocol import PassKey, Update
 
@@ -43,6 +43,8 @@ DEFAULT_REGION_BINS: dict[str, tuple[float, float]] = {
 
 INTERVAL_METRICS = ("mIoU", "pixel_accuracy", "mDice")
 """The metrics that get a bootstrap interval: those that are functions of the per-image counts."""
+INTERVAL_COLUMNS = ("intersection", "gt_pixels", "pred_pixels")
+"""The per-image record columns they are computed from."""
 
 
 class SegmentationInputError(ValueError):
@@ -77,20 +79,47 @@ def segmentation_metrics_from_counts(intersection, gt_pixels, pred_pixels, weigh
     images' multiplicities (`[N]`, e.g. from a paired bootstrap), None meaning once each. Counts are
     summed over images first and the ratios taken after, as the dataset metrics are.
     """
-    inter, gt, pred = (_counts_matrix(name, x) for name, x in
-                       (("intersection", intersection), ("gt_pixels", gt_pixels), ("pred_pixels", pred_pixels)))
-    if not inter.shape == gt.shape == pred.shape:
-        raise ValueError(f"segmentation_metrics_from_counts: intersection {inter.shape}, gt_pixels {gt.shape} and "
-                         f"pred_pixels {pred.shape} must have the same [N, C] shape")
+    columns = {"intersection": intersection, "gt_pixels": gt_pixels, "pred_pixels": pred_pixels}
+    statistics = _CountStatistics(columns, "segmentation_metrics_from_counts")
+    n = statistics.num_images
     if weights is None:
-        w = np.ones(inter.shape[0])
+        w = np.ones(n)
     else:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape[0] != inter.shape[0] or (w < 0).any() or not np.isfinite(w).all():
-            raise ValueError(f"segmentation_metrics_from_counts: weights must be {inter.shape[0]} finite "
+        if w.shape[0] != n or (w < 0).any() or not np.isfinite(w).all():
+            raise ValueError(f"segmentation_metrics_from_counts: weights must be {n} finite "
                              f"non-negative multiplicities, one per image; got {w.shape[0]} values")
-    metrics = _metrics_from_totals(w @ inter, w @ gt, w @ pred)
-    return {name: float(value) for name, value in metrics.items()}
+    return {name: float(value[0]) for name, value in statistics(w[None, :]).items()}
+
+
+def segmentation_statistics(columns: Mapping[str, Any]) -> StatFn:
+    """Every bootstrap-able segmentation metric of one pass, as a function of image weights.
+
+    `columns` are the pass's per-image record columns in sample-id order: the per-class pixel counts
+    `intersection`, `gt_pixels` and `pred_pixels` (`[n, C]`, or n per-image lists). The result maps
+    weights `[r, n]` (image multiplicities; a row of ones is the pass as it is) to `{metric: [r]}` for
+    mIoU, pixel_accuracy and mDice: the counts are summed over the weighted images first and the ratios
+    taken after (one matrix product for all r rows), as the dataset metrics are. The evaluator's rows,
+    their intervals and compare's paired bootstrap all use it.
+    """
+    return _CountStatistics(columns, "segmentation_statistics")
+
+
+class _CountStatistics:
+    """`segmentation_statistics`, with the image count and the name of the public caller for errors."""
+
+    def __init__(self, columns: Mapping[str, Any], where: str) -> None:
+        counts = [_counts_matrix(name, columns[name], where) for name in INTERVAL_COLUMNS]
+        if not counts[0].shape == counts[1].shape == counts[2].shape:
+            raise ValueError(f"{where}: intersection {counts[0].shape}, gt_pixels {counts[1].shape} and "
+                             f"pred_pixels {counts[2].shape} must have the same [N, C] shape")
+        self.num_images, self.classes = counts[0].shape
+        self.stacked = np.concatenate(counts, axis=1)
+
+    def __call__(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        c = self.classes
+        totals = np.asarray(weights, dtype=np.float64) @ self.stacked
+        return _metrics_from_totals(totals[:, :c], totals[:, c:2 * c], totals[:, 2 * c:])
 
 
 @dataclass
@@ -216,6 +245,7 @@ class SegmentationEvaluator:
             raise ValueError("SegmentationEvaluator.finalize: no predictions were given to update()")
         keys = sorted(self._passes, key=lambda k: k != (CLEAN, 0))
         results = SegmentationResults(rows=[])
+        clean: tuple[np.ndarray, StatFn] | None = None
         for name, severity in keys:
             key = result_key(name, severity)
             state = self._passes[(name, severity)]
@@ -234,29 +264,24 @@ class SegmentationEvaluator:
                 recall = float(correct / pixels) if pixels else math.nan
                 metrics[f"region_recall_{bin_name}"] = recall
                 results.region_recall[key][bin_name] = {"recall": recall, "num_regions": int(regions)}
-            ci = {} if self.bootstrap == 0 else self._intervals(data)
-            results.rows.append(MetricRow(name, int(severity), metrics, ci))
+            statistics = segmentation_statistics(data)
+            values, ci = row_estimates(statistics, len(data["sample_id"]), self.bootstrap, self.seed)
+            metrics |= values  # the confusion totals above give the same numbers; one function gives both
+            row = MetricRow(name, int(severity), metrics, ci)
+            positions = None if clean is None else subset_positions(data["sample_id"], clean[0])
+            if positions is not None:
+                subset = on_subset(clean[1], positions, len(clean[0]))
+                row.clean_same_images, row.clean_same_images_ci = row_estimates(
+                    subset, len(data["sample_id"]), self.bootstrap, self.seed)
+            if (name, severity) == (CLEAN, 0):
+                clean = (data["sample_id"], statistics)
+            results.rows.append(row)
             results.confusion[key] = matrix
             union = gt_total + pred_total - tp
             with np.errstate(invalid="ignore", divide="ignore"):
                 iou = np.where(union > 0, tp / union, math.nan)
             results.per_class_iou[key] = {n: float(v) for n, v in zip(self.class_names, iou)}
         return results
-
-    def _intervals(self, data: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-        """Percentile intervals of the counts-based metrics; a resample is a multiplicity per image."""
-        n, c = data["intersection"].shape
-        stacked = np.concatenate([data["intersection"], data["gt_pixels"], data["pred_pixels"]], axis=1)
-        stacked = stacked.astype(np.float64)
-
-        def stats(idx: np.ndarray) -> dict[str, np.ndarray]:
-            r = idx.shape[0]
-            rows = (np.arange(r)[:, None] * n + idx).reshape(-1)
-            weights = np.bincount(rows, minlength=r * n).reshape(r, n).astype(np.float64)
-            totals = weights @ stacked
-            return _metrics_from_totals(totals[:, :c], totals[:, c:2 * c], totals[:, 2 * c:])
-
-        return bootstrap_ci(stats, n, self.bootstrap, self.seed)
 
     def _boundary_counts(self, gt: Tensor, pred: Tensor, valid: Tensor) -> Tensor:
         """[pred boundary pixels near a GT boundary, pred boundary pixels, the same two for GT]."""
@@ -338,13 +363,13 @@ class SegmentationEvaluator:
                                      f"[B, C, H, W], got {type(predictions).__name__} with neither")
 
 
-def _counts_matrix(name: str, values) -> np.ndarray:
+def _counts_matrix(name: str, values, where: str) -> np.ndarray:
     """Counts as a float64 `[N, C]` matrix; also accepts a sequence of per-image arrays (a records column)."""
     array = np.asarray(values)
     if array.dtype == object:
         array = np.stack([np.asarray(v) for v in values])
     if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"segmentation_metrics_from_counts: {name} must be [N, C] with N >= 1, "
+        raise ValueError(f"{where}: {name} must be [N, C] with N >= 1, "
                          f"got shape {array.shape}")
     return array.astype(np.float64)
 

@@ -20,9 +20,11 @@ from typer.testing import CliRunner
 import visionstress as vs
 from visionstress.cli import app
 from visionstress.comparison import (Comparison, ComparisonSet, CompareWarning, Gate, GateError, IncomparableError,
-                                     _classification_stats, bootstrap_p_value, holm, parse_gate)
+                                     bootstrap_test, holm, parse_gate)
 from visionstress.demo import demo_arguments
+from visionstress.evaluators import classification_statistics
 from visionstress.records import read_records
+from visionstress.report.compare_view import comparison_markdown, gate_lines
 from visionstress.scorecard import Scorecard
 
 PER_CLASS = 8  # 48 images: enough for a clear McNemar result, small enough for a fast module
@@ -39,7 +41,8 @@ def _run(data: Path, out: Path, weights=None, suite: str = "quick") -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Scorecards of the demo classifier on a 48-image slice of the demo set: the reference, the same run
-    again, a copy with noisy conv weights, a different suite, and a dataset with one image removed."""
+    again, a copy with noisy conv weights, a copy with float noise on every weight, a different suite, and a
+    dataset with one image removed."""
     root = tmp_path_factory.mktemp("compare")
     demo = demo_arguments()
     data = root / "val"
@@ -58,6 +61,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         state[name] = w + w.std() * torch.randn(w.shape, generator=generator)
     noisy = root / "noisy.safetensors"
     save_file(state, str(noisy))
+    state = load_file(demo["weights"])
+    for name, w in state.items():  # float noise: a millionth of each tensor's spread, no prediction changes
+        if w.is_floating_point() and w.numel() > 1:
+            state[name] = w + 1e-6 * w.std() * torch.randn(w.shape, generator=generator)
+    float_noise = root / "float_noise.safetensors"
+    save_file(state, str(float_noise))
 
     suite = root / "suite.yaml"
     suite.write_text("name: quick\nseed: 0\nperturbations:\n  - {name: gaussian_noise, severities: [1, 2, 3]}\n")
@@ -65,6 +74,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "reference": _run(data, root / "reference"),
         "same": _run(data, root / "same"),
         "degraded": _run(data, root / "degraded", weights=noisy),
+        "float_noise": _run(data, root / "float_noise", weights=float_noise),
         "other_suite": _run(data, root / "other_suite", suite=str(suite)),
         "other_data": _run(smaller, root / "other_data"),
     }
@@ -112,8 +122,7 @@ def test_resampled_metrics_with_unit_weights_are_the_scorecard_metrics(runs):
     records = read_records(card.records_path)
     for row in card.results:
         frame = records[(records.perturbation == row["perturbation"]) & (records.severity == row["severity"])]
-        stats = _classification_stats(frame.sort_values("sample_id"), card.dataset["num_classes"])
-        stats = stats(np.ones((1, len(frame))))
+        stats = classification_statistics(frame.sort_values("sample_id"))(np.ones((1, len(frame))))
         for metric, value in row["metrics"].items():
             if metric in stats:
                 assert stats[metric][0] == pytest.approx(value, abs=1e-6), (row["perturbation"], metric)
@@ -146,6 +155,27 @@ def test_same_model_same_seed_nothing_is_significant(runs, tmp_path):
     assert "PASS top1:-1pp" in result.output
 
 
+def test_the_same_model_twice_passes_the_default_gates(runs):
+    comparison = vs.compare(runs["reference"], runs["same"], bootstrap=200)
+    assert [g.spec for g in comparison.gates] == ["top1:-1pp"] and comparison.passed
+    [gate] = comparison.gates
+    assert gate.outcome == "pass" and gate.checked == 2 + len({c.perturbation for c in comparison.summaries
+                                                               if c.perturbation.startswith("mPC[")})
+    assert gate.mde == 0.0  # the runs agree on every image: nothing varies, any change would show
+
+
+def test_float_noise_that_changes_no_prediction_passes(runs):
+    ref, cand = (read_records(Scorecard.load(runs[k]).records_path).sort_values(["perturbation", "severity",
+                                                                                  "sample_id"])
+                 for k in ("reference", "float_noise"))
+    assert (ref.prediction.to_numpy() == cand.prediction.to_numpy()).all()  # what makes this case "no change"
+    assert not np.array_equal(ref.confidence.to_numpy(), cand.confidence.to_numpy())  # but the weights did move
+    comparison = vs.compare(runs["reference"], runs["float_noise"], bootstrap=200)
+    assert comparison.passed and [g.outcome for g in comparison.gates] == ["pass"]
+    assert comparison.cell("top1").p_value == 1.0 and comparison.cell("top1", "mPC").delta == 0
+    assert vs.compare(runs["reference"], runs["float_noise"], gates=["ece:+1pp", "nll@*:+0.05"], bootstrap=200).passed
+
+
 def test_several_candidates_give_a_comparison_set(runs):
     result = vs.compare(runs["reference"], runs["same"], runs["degraded"], gates=["top1@clean:-5pp"], bootstrap=0)
     assert isinstance(result, ComparisonSet) and len(result.comparisons) == 2
@@ -169,7 +199,7 @@ def test_different_suite_is_refused_naming_the_difference_and_force_compares_sha
     assert {(c.perturbation, c.severity) for c in forced.cells} == {("clean", 0), ("gaussian_noise", 1),
                                                                     ("gaussian_noise", 3)}
     assert any("severities" in d for d in forced.differences)
-    assert "compared despite" in forced.to_markdown()
+    assert "compared despite" in comparison_markdown(forced)
     assert forced.cell("top1").p_value == 1.0  # same model, same images: paired and unchanged
 
 
@@ -194,8 +224,7 @@ def test_missing_records_warn_and_gates_use_the_delta_alone(runs, tmp_path):
         comparison = vs.compare(runs["reference"], folder, gates=["top1@clean:-1pp"])
     assert comparison.cell("top1").test == "none" and comparison.cell("top1").significant is None
     assert not comparison.passed
-    from visionstress.comparison import gate_lines
-    assert "(untested)" in gate_lines(comparison)[0]
+    assert "untested" in gate_lines(comparison)[0]
 
 
 def test_gate_naming_an_unknown_metric_or_perturbation_is_refused(runs):
@@ -266,7 +295,12 @@ def test_gate_thresholds_follow_the_sign_and_unit():
     assert parse_gate("top1@*blur/3:-1pp").covers(CellComparison("motion_blur", 3, "top1", 0, 0, 0), False)
     assert not parse_gate("top1@*blur/3:-1pp").covers(CellComparison("motion_blur", 5, "top1", 0, 0, 0), False)
     assert not parse_gate("top1@*:-1pp").covers(CellComparison("clean", 0, "top1", 0, 0, 0), False)
-    assert not parse_gate("top1:-1pp").covers(CellComparison("mPC", 0, "top1", 0, 0, 0), True)
+    # no scope: the primary endpoints, clean, mPC and mPC per family (not rPC, not the perturbed cells)
+    assert parse_gate("top1:-1pp").covers(CellComparison("mPC", 0, "top1", 0, 0, 0), True)
+    assert parse_gate("top1:-1pp").covers(CellComparison("mPC[blur]", 0, "top1", 0, 0, 0), True)
+    assert parse_gate("top1:-1pp").covers(CellComparison("clean", 0, "top1", 0, 0, 0), False)
+    assert not parse_gate("top1:-1pp").covers(CellComparison("rPC", 0, "top1", 0, 0, 0), True)
+    assert not parse_gate("top1:-1pp").covers(CellComparison("fog", 3, "top1", 0, 0, 0), False)
 
 
 # --- statistics ------------------------------------------------------------------------------------
@@ -278,17 +312,20 @@ def test_holm_adjustment():
     assert holm([]) == []
 
 
-def test_bootstrap_p_value():
-    from scipy.stats import norm
-
-    assert bootstrap_p_value(np.zeros(100)) == 1.0
-    assert bootstrap_p_value(np.full(200, 0.1)) == 0.0  # every resample the same non-zero difference
-    mixed = np.r_[np.full(30, -1.0), np.full(70, 1.0)]
-    assert bootstrap_p_value(mixed) == pytest.approx(2 * norm.sf(0.4 / np.std(mixed, ddof=1)))
-    assert bootstrap_p_value(mixed, observed=0.0) == 1.0
+def test_bootstrap_test_reads_p_and_interval_from_one_distribution():
+    same = bootstrap_test(np.zeros(100), 0.05)  # identical runs
+    assert same.p_value == 1.0 and same.interval == (0.0, 0.0)
+    constant = bootstrap_test(np.full(200, 0.1), 0.05)  # every resample the same non-zero difference
+    assert constant.p_value == 0.0 and constant.interval == (0.1, 0.1)
+    rng = np.random.default_rng(0)
+    wide = rng.normal(0.0, 1.0, 1000)
+    result = bootstrap_test(wide, 0.05)
+    assert result.interval == pytest.approx(tuple(np.quantile(wide, [0.025, 0.975])), abs=0.15)
+    assert 0.5 < result.p_value <= 1.0
     # no 1/R floor: a difference 5 standard errors from 0 is far below 1/200 even with 200 resamples
-    assert bootstrap_p_value(np.random.default_rng(0).normal(0.5, 0.1, 200), observed=0.5) < 1e-5
-    assert bootstrap_p_value(np.full(10, np.nan)) is None
+    assert bootstrap_test(rng.normal(0.5, 0.1, 200), 0.05).p_value < 1e-5
+    assert bootstrap_test(np.full(10, np.nan), 0.05) is None
+    assert bootstrap_test(np.r_[np.full(5, np.nan), np.zeros(5)], 0.05).p_value == 1.0  # NaN resamples drop out
 
 
 # --- detection and segmentation, on synthetic records ------------------------------------------------
@@ -315,41 +352,46 @@ def _dense_records(values: dict[tuple[str, int], np.ndarray], columns) -> pd.Dat
     return pd.concat(frames, ignore_index=True)
 
 
-def _fake_coco_metrics(frame: pd.DataFrame, weights: np.ndarray) -> dict[str, float]:
-    """A stand-in with the documented signature: 'AP' is the weighted fraction of matched detections."""
-    matched = np.array([np.mean([m & 1 for m in row]) for row in frame.dt_match])
-    ap = float(np.sum(weights * matched) / np.sum(weights))
-    return {"AP": ap, "AP50": ap, "AP75": ap / 2, "AR1": ap, "AR10": ap, "AR100": ap}
+def test_detection_branch_bootstraps_with_the_evaluator_function(tmp_path):
+    """Synthetic match records (one object per image, a matched detection in 80% of the reference's images,
+    60% of those kept in the candidate's): AP is recomputed by `detection_statistics`, the function the
+    evaluator's rows come from."""
+    from visionstress.evaluators import detection_statistics
 
-
-def test_detection_branch_bootstraps_with_the_evaluator_function(tmp_path, monkeypatch):
-    import visionstress.evaluators as evaluators
-
-    monkeypatch.setattr(evaluators, "coco_metrics_from_matches", _fake_coco_metrics, raising=False)
     rng = np.random.default_rng(0)
     keys = [("clean", 0), ("fog", 1), ("fog", 3)]
     good = {k: rng.random(60) < 0.8 for k in keys}
     bad = {k: v & (rng.random(60) < 0.6) for k, v in good.items()}
-    columns = {"dt_category": lambda v: [1, 1], "dt_score": lambda v: [0.9, 0.8], "dt_match": lambda v: [int(v), 0],
-               "dt_ignore": lambda v: [0, 0], "gt_category": lambda v: [1], "gt_ignore": lambda v: [False]}
+    columns = {"dt_category": lambda v: [1, 1], "dt_score": lambda v: [0.9, 0.8],
+               "dt_match": lambda v: [1023 * int(v), 0], "dt_ignore": lambda v: [0, 0], "gt_category": lambda v: [1],
+               "gt_ignore": lambda v: [False], "tp": lambda v: int(v), "fp": lambda v: 2 - int(v),
+               "fn": lambda v: 1 - int(v)}
 
     def card(name, values):
         records = _dense_records(values, columns)
-        rows = [{"perturbation": p, "family": "weather" if p != "clean" else "clean", "severity": s, "ci": {},
-                 "metrics": _fake_coco_metrics(records[(records.perturbation == p) & (records.severity == s)],
-                                               np.ones(60))} for p, s in keys]
+        rows = []
+        for p, s in keys:
+            frame = records[(records.perturbation == p) & (records.severity == s)]
+            metrics = {m: float(v[0]) for m, v in detection_statistics(frame)(np.ones((1, 60))).items()}
+            rows.append({"perturbation": p, "family": "weather" if p != "clean" else "clean", "severity": s,
+                         "ci": {}, "metrics": metrics})
         return _dense_card(tmp_path, name, "detection", rows, records)
 
     reference, same, worse = card("ref", good), card("same", good), card("worse", bad)
-    comparison = vs.compare(reference, worse, gates=["AP:-5pp", "AP@summary:-5pp"], bootstrap=300)
+    comparison = vs.compare(reference, worse, gates=["AP@clean:-5pp", "AP@*:-5pp", "AP@summary:-5pp"],
+                            bootstrap=300)
     ap = comparison.cell("AP")
     assert ap.test == "paired_bootstrap" and ap.significant and ap.delta < -0.1
-    assert ap.ci_delta[0] <= ap.delta <= ap.ci_delta[1]
+    assert ap.ci_delta[0] <= ap.delta <= ap.ci_delta[1] < 0
     assert comparison.cell("AP", "mPC").significant and not comparison.passed
-    assert [c.key for c in comparison.gates[0].failures] == ["AP@clean", "AP@fog/1", "AP@fog/3"]
-    assert "AP@mPC" in [c.key for c in comparison.gates[1].failures]
+    assert [c.key for c in comparison.gates[0].failures] == ["AP@clean"]
+    assert [c.key for c in comparison.gates[1].failures] == ["AP@fog/1", "AP@fog/3"]
+    assert "AP@mPC" in [c.key for c in comparison.gates[2].failures]
+    assert all(g.outcome == "fail" for g in comparison.gates)
     unchanged = vs.compare(reference, same, bootstrap=100)
-    assert all(c.p_value == 1.0 and not c.significant for c in unchanged.cells + unchanged.summaries)
+    assert all(c.p_value == 1.0 and not c.significant for c in unchanged.cells + unchanged.summaries
+               if c.test != "none")
+    assert unchanged.passed and [g.spec for g in unchanged.gates] == ["AP:-1pp"]  # the task's default gate
 
 
 def test_segmentation_branch_bootstraps_with_the_evaluator_function(tmp_path):

@@ -193,21 +193,24 @@ def test_confidence_intervals_contain_the_estimate_and_narrow_with_n():
 
 
 def test_bootstrap_ci_is_the_percentile_interval_of_shared_resamples():
+    """Resamples arrive as image weights (multiplicities); they are the n-with-replacement draws of the
+    seed, shared by every statistic of the call, and the interval is their percentile interval."""
     values = np.random.default_rng(0).normal(size=50)
     seen = []
 
-    def stats(idx):
-        seen.append(idx)
-        return {"mean": values[idx].mean(1), "max": values[idx].max(1)}
+    def stats(weights):
+        seen.append(weights)
+        return {"mean": weights @ values / weights.sum(1), "max": np.where(weights > 0, values, -np.inf).max(1)}
 
     ci = bootstrap_ci(stats, 50, 400, seed=7)
-    idx = np.concatenate(seen)
-    assert idx.shape == (400, 50)
+    weights = np.concatenate(seen)
+    assert weights.shape == (400, 50) and (weights.sum(1) == 50).all() and (weights == np.round(weights)).all()
+    idx = np.random.default_rng(7).integers(0, 50, size=(400, 50))  # the same draws, as indices
     assert ci["mean"] == pytest.approx(tuple(np.quantile(values[idx].mean(1), [0.025, 0.975])))
     assert ci["max"] == pytest.approx(tuple(np.quantile(values[idx].max(1), [0.025, 0.975])))
-    assert bootstrap_ci(lambda i: values[i].mean(1), 50, 400, seed=7) == ci["mean"]
+    assert bootstrap_ci(lambda w: {"mean": w @ values / 50}, 50, 400, seed=7)["mean"] == pytest.approx(ci["mean"])
     with pytest.raises(ValueError, match="alpha"):
-        bootstrap_ci(lambda i: values[i].mean(1), 50, 10, seed=0, alpha=1.5)
+        bootstrap_ci(lambda w: {"mean": w @ values / 50}, 50, 10, seed=0, alpha=1.5)
 
 
 def test_most_confused_pairs_are_sorted_and_skip_the_diagonal():

@@ -18,7 +18,7 @@ import pytest
 
 from plugin_projects import (DEMO_DATA, DEMO_WEIGHTS, QUICK_24, README, REPO, SHIFTED_MODEL, TINY_SUITE,
                              report, reports)
-from visionstress.comparison import format_delta, format_value
+from visionstress.metrics import format_delta, format_value
 from visionstress.records import read_records
 from visionstress.scorecard import Scorecard
 

@@ -449,31 +449,41 @@ def _print_summary(card) -> None:
 def compare_command(
     reference: Path = typer.Argument(..., help="The reference scorecard (scorecard.json or its report folder)."),
     candidates: list[Path] = typer.Argument(..., help="One or more scorecards, each compared with the reference."),
-    fail_on: list[str] = typer.Option([], "--fail-on", help="Gate METRIC\\[@PERTURBATION\\[/SEVERITY]]:THRESHOLD, e.g. "
-                                      "top1:-1pp, ece@fog:+2pp, AP@*blur:-2%, top1@summary:-1pp; repeatable. "
-                                      "Exit code 1 when a significant change passes a threshold."),
+    fail_on: list[str] = typer.Option([], "--fail-on", help="Gate METRIC\\[@PERTURBATION\\[/SEVERITY]]:THRESHOLD, "
+                                      "repeatable, e.g. top1:-1pp (clean, mPC and mPC per family), top1@*:-1pp "
+                                      "(every perturbed cell), ece@fog/5:+2pp, AP@*blur:-2%, top1@mPC:-1pp. "
+                                      "Default: the task's default gates (top1:-1pp, AP:-1pp, mIoU:-1pp)."),
+    no_gates: bool = typer.Option(False, "--no-gates", help="No gates at all (just the comparison; exit 0)."),
+    allow_inconclusive: bool = typer.Option(False, "--allow-inconclusive", help="Let a gate pass, with a "
+                                            "warning, when the data are too few to tell (inconclusive)."),
     force: bool = typer.Option(False, "--force", help="Compare the shared cells of scorecards with different "
                                "datasets, suites or seeds instead of refusing."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level after the Holm adjustment."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples (0: McNemar tests only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resamples."),
     show_all: bool = typer.Option(False, "--all", help="Show every cell, not only clean, summaries and the cells "
-                                  "that changed significantly or failed a gate."),
+                                  "that changed significantly or did not pass a gate."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the comparison as Markdown."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write the comparison as a self-contained HTML page."),
 ) -> None:
-    """Compare scorecards cell by cell with paired tests; exit 1 when a --fail-on gate fails."""
+    """Compare scorecards cell by cell with paired tests. Exit 1 when a gate fails or is inconclusive (too
+    few images to tell; --allow-inconclusive lets it pass), 0 otherwise, 2 on errors."""
     import json
     import warnings
 
-    from visionstress.comparison import CompareWarning, ComparisonSet, compare, display_rows, gate_lines, model_label
+    from visionstress.comparison import CompareWarning, ComparisonSet, compare
+    from visionstress.report.compare_html import render_compare_html
+    from visionstress.report.compare_view import comparison_markdown, display_rows, gate_line, model_label
 
+    if no_gates and fail_on:
+        _fail("--no-gates and --fail-on contradict each other; give one of them")
+    gates = () if no_gates else (fail_on or None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CompareWarning)  # the notes are printed below
-            result = compare(reference, *candidates, gates=fail_on, force=force, alpha=alpha, bootstrap=bootstrap,
-                             seed=seed)
+            result = compare(reference, *candidates, gates=gates, force=force, alpha=alpha, bootstrap=bootstrap,
+                             seed=seed, allow_inconclusive=allow_inconclusive)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     comparisons = result.comparisons if isinstance(result, ComparisonSet) else [result]
@@ -487,28 +497,29 @@ def compare_command(
             err_console.print(Text.assemble(("note: ", "yellow"), line), soft_wrap=True)
         table = Table(title=None if show_all else "clean, summaries, and significant or gated changes")
         for column, justify in (("cell", "left"), ("metric", "left"), ("old", "right"), ("new", "right"),
-                                ("delta", "right"), ("p (Holm)", "right"), ("significant", "center"),
-                                ("gate", "left")):
-            table.add_column(column, justify=justify, no_wrap=column in ("cell", "metric"))
+                                ("delta", "right"), ("p (Holm)", "right"), ("MDE", "right"),
+                                ("significant", "center"), ("gate", "left")):
+            table.add_column(column, justify=justify, overflow="fold", no_wrap=column in ("cell", "metric"))
         for row in display_rows(comparison, show_all):
-            name = row.perturbation if row.kind == "summary" or row.perturbation == "clean" else \
-                f"{row.perturbation}@{row.severity}"
             style = {"better": "green", "worse": "red"}.get(row.tone, "")
+            name = row.name + (" (perturbation changed)" if row.changed else "")
             table.add_row(Text(name), Text(row.metric), Text(row.old), Text(row.new), Text(row.delta, style=style),
-                          Text(row.p_adjusted), Text(row.significant, style=style), Text(row.gate, style="bold red"))
+                          Text(row.p_adjusted), Text(row.mde), Text(row.significant, style=style),
+                          Text(row.gate, style="bold red"))
         console.print(table)
-        for line in gate_lines(comparison):
-            console.print(Text(line, style="green" if line.startswith("PASS") else "bold red"), soft_wrap=True)
+        for gate in comparison.gates:
+            style = {"pass": "green", "fail": "bold red"}.get(gate.outcome, "bold yellow")
+            console.print(Text(gate_line(gate), style=style), soft_wrap=True)
     try:
         if markdown is not None:
             markdown.parent.mkdir(parents=True, exist_ok=True)
-            markdown.write_text(result.to_markdown(show_all), encoding="utf-8")
+            markdown.write_text(comparison_markdown(result, show_all), encoding="utf-8")
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
         if html is not None:
             html.parent.mkdir(parents=True, exist_ok=True)
-            html.write_text(result.to_html(), encoding="utf-8")
+            html.write_text(render_compare_html(result), encoding="utf-8")
     except OSError as exc:
         _fail(f"cannot write the comparison: {exc}")
     if not result.passed:
