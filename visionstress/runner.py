@@ -361,10 +361,9 @@ class _Run:
 def _row(row: Any, families: dict[str, str], listed: int, images: int) -> dict[str, Any]:
     out = {"perturbation": row.perturbation, "family": families.get(row.perturbation, row.perturbation),
            "severity": row.severity, "metrics": row.metrics, "ci": {k: list(v) for k, v in row.ci.items()}}
-    for name in ("images", "clean_same_images"):
-        value = getattr(row, name, None)
-        if value:
-            out[name] = value
+    if getattr(row, "clean_same_images", None):  # scored on a subset: the clean metrics on the same images
+        out["clean_same_images"] = {"metrics": row.clean_same_images,
+                                    "ci": {k: list(v) for k, v in (row.clean_same_images_ci or {}).items()}}
     return out
 
 

@@ -388,33 +388,15 @@ class _TaskRecords:
 
 
 def task_records(task: str) -> _TaskRecords | None:
-    """The task's record columns, statistics function and McNemar outcomes (None for an unknown task).
+    """The task's record columns, statistics function and McNemar outcomes, from its task module
+    (visionstress.tasks); None for a task this installation does not know."""
+    from visionstress.tasks import get_task
 
-    The one place compare learns them; it moves to the task seam (`visionstress.tasks`) when that lands.
-    """
-    from visionstress import evaluators
-
-    if task == "classification":
-        return _TaskRecords(("label", "prediction", "confidence", "correct", "top5", "nll", "flipped"),
-                            evaluators.classification_statistics, _classification_outcomes)
-    if task == "detection":
-        return _TaskRecords(("dt_category", "dt_score", "dt_match", "dt_ignore", "gt_category", "gt_ignore", "tp",
-                             "fp", "fn"), evaluators.detection_statistics, lambda frame: {})
-    if task == "segmentation":
-        return _TaskRecords(("intersection", "gt_pixels", "pred_pixels"), evaluators.segmentation_statistics,
-                            lambda frame: {})
-    return None
-
-
-def _classification_outcomes(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per image: correct (top1), a top-5 hit (top5) and, on perturbed passes, flipped (flip_rate)."""
-    top = np.stack([np.asarray(v, dtype=np.int64) for v in frame["top5"]])
-    out = {"top1": frame["correct"].to_numpy(dtype=bool),
-           "top5": (top == frame["label"].to_numpy(dtype=np.int64)[:, None]).any(axis=1)}
-    flipped = frame["flipped"]
-    if not flipped.isna().any():
-        out["flip_rate"] = flipped.to_numpy(dtype=bool)
-    return out
+    try:
+        owner = get_task(task)
+    except ValueError:
+        return None
+    return _TaskRecords(tuple(owner.compare_columns()), owner.statistics, owner.mcnemar_outcomes)
 
 
 @dataclass

@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 OUTCOMES = ("pass", "inconclusive", "fail")
 """From best to worst; a gate's outcome is its worst cell's."""
 
-_DEFAULT_GATES = {"classification": ("top1:-1pp",), "detection": ("AP:-1pp",), "segmentation": ("mIoU:-1pp",)}
-_MAIN_METRIC = {"classification": "top1", "detection": "AP", "segmentation": "mIoU"}
 _TOLERANCE = 1e-12
 """Slack when comparing a change with a gate threshold: 0.73 - 0.72 must not read as more than 1 pp."""
 _GATE = re.compile(r"^(?P<selector>[^:\s]+):(?P<threshold>\S*)$")
@@ -62,12 +60,22 @@ def default_gates(task: str) -> tuple[str, ...]:
     images a stress run uses, and the gate says so (inconclusive) rather than passing blind. A task
     without declared defaults has none (the comparison is still made and shown).
     """
-    return _DEFAULT_GATES.get(task, ())
+    from visionstress.tasks import get_task
+
+    try:
+        return tuple(get_task(task).default_gates)
+    except ValueError:
+        return ()
 
 
 def main_metric(task: str) -> str | None:
-    """The metric a task's summaries (mPC, rPC) are computed for."""
-    return _MAIN_METRIC.get(task)
+    """The metric a task's summaries (mPC, rPC) are computed for (None for a task not installed here)."""
+    from visionstress.tasks import get_task
+
+    try:
+        return get_task(task).main_metric
+    except ValueError:
+        return None
 
 
 @dataclass

@@ -154,32 +154,23 @@ class GateVerdict:
     details: tuple[str, ...] = ()
 
 
-def default_gates(card: Scorecard) -> tuple[str, ...]:
-    """The task's primary endpoints: its main metric on the clean pass and in the robustness summaries."""
-    main = main_metric(card)
-    return (f"{main}@clean:-1pp", f"{main}@summary:-1pp")
-
-
 def judge(reference: Scorecard, card: Scorecard, gates: Sequence[str] | None, alpha: float) -> list[GateVerdict]:
-    """Compare `card` with its baseline under `gates` (None: the task's default gates).
+    """Compare `card` with its baseline under `gates` (None: the task's default gates, its primary endpoints):
+    the one place the plugin speaks visionstress.compare's API. Raises ValueError when the two cannot be
+    compared."""
+    from visionstress.comparison import compare, format_p
+    from visionstress.metrics import format_delta, format_value
 
-    The one place the plugin speaks visionstress.compare's API. Today's compare knows two outcomes per
-    gate; once it has three (and `gates=None` for the task's defaults) this becomes
-    `compare(reference, card, gates=gates, alpha=alpha)` with each gate's own `outcome` and `message`.
-    Raises ValueError when the two cannot be compared.
-    """
-    from visionstress.comparison import compare, format_delta, format_p, format_value
-
-    specs = list(gates) if gates is not None else list(default_gates(card))
-    comparison = compare(reference, card, gates=specs, alpha=alpha)
+    comparison = compare(reference, card, gates=None if gates is None else list(gates), alpha=alpha,
+                         allow_inconclusive=True)  # the plugin decides about inconclusive gates itself
     verdicts = []
     for gate in comparison.gates:
-        details = []
-        for cell in gate.failures:
+        details = [f"  {gate.spec}: {gate.message}"] if gate.message else []
+        for cell in gate.failures + gate.inconclusive:
             p = "untested" if cell.test == "none" else f"adjusted p {format_p(cell.p_adjusted)}"
             details.append(f"  {gate.spec}: {cell.key}: {format_value(cell.old, cell.metric)} -> "
                            f"{format_value(cell.new, cell.metric)} ({format_delta(cell.delta, cell.metric)}, {p})")
-        verdicts.append(GateVerdict(gate.spec, "pass" if gate.passed else "fail", tuple(details)))
+        verdicts.append(GateVerdict(gate.spec, gate.outcome, tuple(details)))
     return verdicts
 
 

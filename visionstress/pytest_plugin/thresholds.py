@@ -32,24 +32,21 @@ class Threshold:
     bound: float
 
 
-_SELECTOR = re.compile(r"^(?P<metric>[^@/\s]+)(?:@(?P<perturbation>[^@/\s]+)(?:/(?P<severity>[^@/\s]*))?)?$")
 
 
 def parse_cell_key(key: Any, where: str) -> tuple[str, str, int | None]:
-    """`metric[@perturbation[/severity]]` as (metric, perturbation glob, severity or None); a missing
-    perturbation is the clean pass.
+    """`metric[@perturbation[/severity]]` (visionstress.cells, the grammar compare's gates use too) as
+    (metric, perturbation glob, severity or None); a missing perturbation is the clean pass."""
+    from visionstress.cells import CellError, parse_cell
 
-    The one place the plugin reads the cell grammar: it is to call visionstress.cells once that module
-    (shared with compare's gates) exists.
-    """
-    match = _SELECTOR.match(key) if isinstance(key, str) else None
-    if match is None:
+    if not isinstance(key, str):
         raise MarkerError(f"{where}: the key is not METRIC[@PERTURBATION[/SEVERITY]], e.g. 'top1', "
                           "'top1@fog' or 'top1@fog/3'")
-    metric, perturbation, severity = match.group("metric", "perturbation", "severity")
-    if severity is not None and (not severity.isdigit() or not 1 <= int(severity) <= 5):
-        raise MarkerError(f"{where}: the severity must be a whole number from 1 to 5")
-    return metric, perturbation or CLEAN, None if severity is None else int(severity)
+    try:
+        selector = parse_cell(key)
+    except CellError as exc:
+        raise MarkerError(f"{where}: {exc}") from None
+    return selector.metric, selector.scope or CLEAN, selector.severity
 
 
 def parse_threshold(key: Any, bound: Any, name: str) -> Threshold:

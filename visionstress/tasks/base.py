@@ -125,6 +125,15 @@ class Task:
         (sample-id order): one function behind every interval and every paired test."""
         raise NotImplementedError
 
+    def compare_columns(self) -> list[str]:
+        """The record columns `compare` reads to test two runs image by image (default: all of them)."""
+        return [f.name for f in self.record_fields()]
+
+    def mcnemar_outcomes(self, frame: Any) -> dict[str, Any]:
+        """Per image, the yes/no outcome of each metric tested with the exact McNemar test (metric ->
+        bool array); metrics not listed are tested with the paired bootstrap of `statistics`."""
+        return {}
+
     def summaries(self, rows: Sequence[Any], families: Mapping[str, str], run: TaskRun,
                   options: RunOptions) -> dict[str, Any]:
         """The scorecard's robustness summary (task-neutral keys: clean, mpc, rpc, per family)."""

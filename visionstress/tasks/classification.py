@@ -149,6 +149,21 @@ class ClassificationTask(Task):
 
         return classification_statistics(columns)
 
+    def compare_columns(self) -> list[str]:
+        return ["label", "prediction", "confidence", "correct", "top5", "nll", "flipped"]
+
+    def mcnemar_outcomes(self, frame: Any) -> dict[str, Any]:
+        """Per image: correct (top1), a top-5 hit (top5) and, on perturbed passes, flipped (flip_rate)."""
+        import numpy as np
+
+        top = np.stack([np.asarray(v, dtype=np.int64) for v in frame["top5"]])
+        out = {"top1": frame["correct"].to_numpy(dtype=bool),
+               "top5": (top == frame["label"].to_numpy(dtype=np.int64)[:, None]).any(axis=1)}
+        flipped = frame["flipped"]
+        if not flipped.isna().any():
+            out["flip_rate"] = flipped.to_numpy(dtype=bool)
+        return out
+
     def summaries(self, rows: Sequence[Any], families: Mapping[str, str], run: TaskRun, options: Any) -> dict[str, Any]:
         """Robustness summary; mCE normalised by a user's baseline scorecard, or by the published AlexNet
         errors for the imagenet-c preset on a 1000-class (ImageNet) model."""

@@ -104,7 +104,7 @@ class DetectionTask(Task):
     description = "object detection: boxes with classes and scores, COCO metrics"
     main_metric = "AP"
     secondary_metric = "miss_rate"
-    default_gates = ("AP:-2pp",)
+    default_gates = ("AP:-1pp",)
 
     def demo(self) -> dict[str, Any]:
         from visionstress.demo import demo_dir
@@ -207,6 +207,9 @@ class DetectionTask(Task):
         from visionstress.evaluators.detection import detection_statistics
 
         return detection_statistics(columns)
+
+    def compare_columns(self) -> list[str]:
+        return ["dt_category", "dt_score", "dt_match", "dt_ignore", "gt_category", "gt_ignore", "tp", "fp", "fn"]
 
     def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
         from visionstress.label_check import detection_mismatch

@@ -46,7 +46,7 @@ class SegmentationTask(Task):
     description = "semantic segmentation: a class per pixel"
     main_metric = "mIoU"
     secondary_metric = "pixel_accuracy"
-    default_gates = ("mIoU:-2pp",)
+    default_gates = ("mIoU:-1pp",)
 
     def demo(self) -> dict[str, Any]:
         from visionstress.demo import demo_dir
@@ -107,6 +107,9 @@ class SegmentationTask(Task):
         from visionstress.evaluators.segmentation import segmentation_statistics
 
         return segmentation_statistics(columns)
+
+    def compare_columns(self) -> list[str]:
+        return ["intersection", "gt_pixels", "pred_pixels"]
 
     def skew_inputs(self, run: TaskRun) -> tuple[list[Any], Any, dict[str, Any]]:
         from types import SimpleNamespace
