@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from visionstress.batch import Batch
 from visionstress.cli import app
-from visionstress.evaluators.bootstrap import bootstrap_ci
+from visionstress.evaluators.bootstrap import row_estimates
 from visionstress.evaluators.classification import MetricRow
 from visionstress.evaluators.protocol import Update
 from visionstress.metrics import Metric, register_metric
@@ -76,12 +76,7 @@ class BrightnessEvaluator:
         rows = []
         for (name, severity), chunks in sorted(self.passes.items(), key=lambda kv: kv[0][0] != "clean"):
             columns = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-            stats = statistics(columns)
-            n = len(columns["abs_error"])
-            point = {m: float(v[0]) for m, v in stats(np.ones((1, n))).items()}
-            ci = {} if not self.bootstrap else bootstrap_ci(
-                lambda idx: stats(np.stack([np.bincount(r, minlength=n) for r in idx]).astype(float)), n,
-                self.bootstrap, self.seed)
+            point, ci = row_estimates(statistics(columns), len(columns["abs_error"]), self.bootstrap, self.seed)
             rows.append(MetricRow(name, severity, point, ci))
         return SimpleNamespace(rows=rows)
 

@@ -339,7 +339,7 @@ class _Run:
             timing=timing.as_dict(), records_path=str(records_path.resolve()), prepared=prepared,
             run={"world_size": world.size, "resumed": bool(opts.resume), "options": _given(opts)},
         )
-        if opts.skew:
+        if opts.get("skew"):
             card.skew = self._skew()
         card.save(self.out_dir)
         write_report(card, self.out_dir)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
