@@ -114,18 +114,12 @@ def _row_metric(context: SummaryContext, perturbation: str, severity: int | None
     return float("nan")
 
 
-def _indices_to_weights(indices: np.ndarray) -> np.ndarray:
-    """Bootstrap index rows `[r, n]` as image weights `[r, n]` (how often each image was drawn)."""
-    r, n = indices.shape
-    return np.bincount((indices + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
-
-
 def _paired(context: SummaryContext, fn: WeightedMetric, n: int) -> tuple[float, list[float] | None]:
     """`fn` on all `n` images and its 95% bootstrap interval (None without resamples)."""
     value = float(fn(np.ones((1, n)))[0])
     if context.bootstrap <= 0 or n < 2:
         return value, None
-    low, high = bootstrap_ci(lambda idx: fn(_indices_to_weights(idx)), n, context.bootstrap, context.seed)
+    low, high = bootstrap_ci(lambda weights: {"value": fn(weights)}, n, context.bootstrap, context.seed)["value"]
     return value, [low, high]
 
 

@@ -162,8 +162,8 @@ def test_marker_errors_are_collection_errors_naming_test_and_key(pytester):
     output = result.stdout.str()
     for message in (
         "test_typo.py::test_typo: @pytest.mark.visionstress: unknown keyword 'mn' (known: min, max, gates, alpha,",
-        "test_severity.py::test_severity: @pytest.mark.visionstress: min['top1@fog/9']: the severity must be a "
-        "whole number from 1 to 5",
+        "test_severity.py::test_severity: @pytest.mark.visionstress: min['top1@fog/9']: cell 'top1@fog/9': "
+        "severity '9' is not an integer from 1 to 5",
         "test_gate.py::test_gate: @pytest.mark.visionstress: gates=: gate 'top1:1pp': the threshold needs a sign",
         "test_unused.py::test_unused: @pytest.mark.visionstress: it is read by the visionstress_card fixture, "
         "which this test does not use",
