@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visionstress.comparison.statistics import mcnemar_test
 from visionstress.evaluators.bootstrap import bootstrap_ci
 
 
@@ -39,24 +40,16 @@ class PairedBinary:
 
 def paired_binary(reference: np.ndarray, cell: np.ndarray, *, bootstrap: int, seed: int,
                   alpha: float = 0.05) -> PairedBinary:
-    from scipy.stats import binomtest
-
     ref, hit = np.asarray(reference, bool), np.asarray(cell, bool)
     if ref.shape != hit.shape or ref.ndim != 1 or ref.size == 0:
         raise ValueError(f"paired_binary: need two equal non-empty vectors, got {ref.shape} and {hit.shape}")
     n = ref.size
     values = hit.astype(np.float64)
-    interval = None if bootstrap == 0 else bootstrap_ci(lambda idx: values[idx].mean(axis=1), n, bootstrap, seed,
-                                                        alpha)
+    interval = None if bootstrap == 0 else bootstrap_ci(lambda weights: {"mean": weights @ values / weights.sum(1)},
+                                                        n, bootstrap, seed, alpha)["mean"]
     reference_only, cell_only = int((ref & ~hit).sum()), int((~ref & hit).sum())
-    discordant = reference_only + cell_only
-    if discordant == 0:  # nothing differs: the paired difference is exactly zero
-        p_value, delta_interval = 1.0, (0.0, 0.0)
-    else:
-        test = binomtest(cell_only, discordant, 0.5, alternative="two-sided")
-        low, high = test.proportion_ci(confidence_level=1 - alpha, method="exact")
-        share = discordant / n
-        p_value, delta_interval = float(test.pvalue), (share * (2 * low - 1), share * (2 * high - 1))
+    test = mcnemar_test(reference_only, cell_only, n, alpha)  # compare's test: p and interval agree
+    p_value, delta_interval = test.p_value, test.interval
     return PairedBinary(float(values.mean()), interval, (cell_only - reference_only) / n, delta_interval,
                         p_value, reference_only, cell_only)
 
@@ -91,10 +84,8 @@ def paired_bootstrap(reference: np.ndarray, cell: np.ndarray, metrics: Callable[
     stacked = np.concatenate([ref, hit], axis=1)
     resampled: list[np.ndarray] = []
 
-    def stats(idx: np.ndarray) -> dict[str, np.ndarray]:
-        r = idx.shape[0]
-        rows = (np.arange(r)[:, None] * n + idx).reshape(-1)
-        totals = np.bincount(rows, minlength=r * n).reshape(r, n).astype(np.float64) @ stacked
+    def stats(weights: np.ndarray) -> dict[str, np.ndarray]:
+        totals = weights @ stacked
         ref_m, cell_m = metrics(totals[:, :k]), metrics(totals[:, k:])
         out = {m: cell_m[m] for m in names} | {f"delta {m}": cell_m[m] - ref_m[m] for m in names}
         resampled.append(out[f"delta {names[0]}"])
