@@ -19,7 +19,7 @@ from .registry import (
 )
 from ._warp import Warp
 # Each family module registers its perturbations on import.
-from . import occlusion, scale, rotation, lighting, blur, camera, weather, albumentations  # noqa: E402,F401
+from . import occlusion, scale, rotation, lighting, blur, camera, weather, albumentations, adversarial  # noqa: E402,F401
 
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise",

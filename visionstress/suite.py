@@ -251,6 +251,10 @@ def _table(value: Any, name: str, key: str, fail: Any) -> tuple[Any, ...]:
             if isinstance(level, bool) or not isinstance(level, (int, float)):
                 raise fail(f"{key}[{i}]", f"must be a number like {reference!r}, got {level!r}")
             levels.append(level)
+        try:
+            get_perturbation(name).check_level(levels[-1])
+        except ValueError as exc:
+            raise fail(f"{key}[{i}]", str(exc)) from None
     return tuple(levels)
 
 

@@ -94,6 +94,15 @@ class ClassifierAdapter(_LogitsAdapter):
     """
 
     def predict(self, images: Tensor) -> ClassifierOutput:
+        return ClassifierOutput(self._logits(images, differentiable=False))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits of `predict` with autograd on: `[B, K]` float32 through the same normalisation and
+        channel order, so a gradient with respect to the pixel-space `images` (float in [0, 1]) sees what
+        the model sees. For fitting attacks (adversarial patches); the model is not changed."""
+        return self._logits(images, differentiable=True)
+
+    def _logits(self, images: Tensor, differentiable: bool) -> Tensor:
         _check_images(images, self.spec)
         if tuple(images.shape[-2:]) != self.data_config.input_size:
             raise ValueError(
@@ -102,8 +111,9 @@ class ClassifierAdapter(_LogitsAdapter):
             )
         x = self._pixels(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
-                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size")
-        return ClassifierOutput(self._check(out, images.shape[0]))
+                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size",
+                    differentiable=differentiable)
+        return self._check(out, images.shape[0])
 
     def _check(self, out: object, batch: int) -> Tensor:
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
@@ -163,19 +173,31 @@ class DetectorAdapter:
 
     def predict(self, images: Tensor) -> DetectorOutput:
         """`images` [B, 3, H, W], uint8 or float in [0, 1], at the resolution the boxes should be in."""
+        return self._detect(images, differentiable=False)
+
+    def forward(self, images: Tensor) -> DetectorOutput:
+        """The detections of `predict` with autograd on: the same call (a list of images, or the batch
+        and `postprocess`), the same label mapping and clipping, so the scores can be differentiated
+        with respect to the pixel-space `images`. For fitting attacks; the model is not changed, and
+        dropped unmapped labels are not added to `unmapped` (which counts the run's predictions)."""
+        return self._detect(images, differentiable=True)
+
+    def _detect(self, images: Tensor, differentiable: bool) -> DetectorOutput:
         _check_images(images, self.spec)
         x = self._pixels(images)
         shape = f"a batch of shape {list(x.shape)}"
         if self.postprocess is None:
-            out = _call(self.model, list(x), self.spec, self.amp, self.device, f"the model failed on {shape}")
+            out = _call(self.model, list(x), self.spec, self.amp, self.device, f"the model failed on {shape}",
+                        differentiable=differentiable)
         else:
-            raw = _call(self.model, x, self.spec, self.amp, self.device, f"the model failed on {shape}")
+            raw = _call(self.model, x, self.spec, self.amp, self.device, f"the model failed on {shape}",
+                        differentiable=differentiable)
             postprocess = self.postprocess
             out = _call(lambda r: postprocess(r, images), raw, self.spec, self.amp, self.device,
-                        f"postprocess failed on the model's output for {shape}")
-        return self._check(out, images.shape[0], images.shape[-2], images.shape[-1])
+                        f"postprocess failed on the model's output for {shape}", differentiable=differentiable)
+        return self._check(out, images.shape[0], images.shape[-2], images.shape[-1], count=not differentiable)
 
-    def _check(self, out: Any, batch: int, height: int, width: int) -> DetectorOutput:
+    def _check(self, out: Any, batch: int, height: int, width: int, count: bool = True) -> DetectorOutput:
         if not isinstance(out, (list, tuple)) or len(out) != batch or not all(isinstance(d, Mapping) for d in out):
             got = f"{type(out).__name__} of {len(out)}" if isinstance(out, (list, tuple)) else type(out).__name__
             raise ModelOutputError(
@@ -214,7 +236,8 @@ class DetectorAdapter:
             result.labels.append(labels)
             if result.masks is not None:
                 result.masks.append(masks)
-        self.unmapped += int(dropped)
+        if count:
+            self.unmapped += int(dropped)
         return result
 
     def _tensors(self, d: Mapping[str, Any], i: int, height: int,
@@ -276,11 +299,20 @@ class SegmenterAdapter(_LogitsAdapter):
     """
 
     def predict(self, images: Tensor) -> SegmenterOutput:
+        return SegmenterOutput(self._logits(images, differentiable=False))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits of `predict` with autograd on: `[B, C, H, W]` at the input resolution, through the
+        same normalisation, so a gradient with respect to the pixel-space `images` sees what the model
+        sees. For fitting attacks; the model is not changed."""
+        return self._logits(images, differentiable=True)
+
+    def _logits(self, images: Tensor, differentiable: bool) -> Tensor:
         _check_images(images, self.spec)
         x = self._pixels(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
-                    f"the model failed on a batch of shape {list(x.shape)}")
-        return SegmenterOutput(self._check(out, images.shape[0], (images.shape[-2], images.shape[-1])))
+                    f"the model failed on a batch of shape {list(x.shape)}", differentiable=differentiable)
+        return self._check(out, images.shape[0], (images.shape[-2], images.shape[-1]))
 
     def _check(self, out: Any, batch: int, size: tuple[int, int]) -> Tensor:
         if isinstance(out, Tensor):
@@ -355,11 +387,13 @@ def _check_images(images: Tensor, spec: str) -> None:
 
 
 def _call(fn: Callable[[Any], Any], arg: Any, spec: str, amp: bool, device: torch.device,
-          failure: str, hint: str = "") -> Any:
-    """`fn(arg)` in inference mode (bf16 autocast when `amp`); any failure but running out of memory
-    (callers may retry with a smaller batch) becomes a ModelOutputError that says `failure`."""
+          failure: str, hint: str = "", differentiable: bool = False) -> Any:
+    """`fn(arg)` in inference mode, or with autograd on when `differentiable` (bf16 autocast when `amp`);
+    any failure but running out of memory (callers may retry with a smaller batch) becomes a
+    ModelOutputError that says `failure`."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    grad_mode = torch.enable_grad() if differentiable else torch.inference_mode()
+    with grad_mode, autocast:
         try:
             return fn(arg)
         except torch.OutOfMemoryError:
