@@ -44,3 +44,72 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def demo_prepare_context(task: str, state_dir, options: dict | None = None, severities: tuple[int, ...] = (1, 2, 3, 4, 5),
+                         limit: int | None = None, batch_size: int = 32, seed: int = 0):
+    """A PrepareContext over the bundled demo of `task` (its tiny model, adapter and images; the first
+    `limit` images), as a run builds one before its loop, for model-aware perturbations."""
+    from pathlib import Path
+
+    from visionstress.engine import demo_arguments
+    from visionstress.models import (ClassifierAdapter, DetectorAdapter, SegmenterAdapter, load_model,
+                                     resolve_data_config)
+    from visionstress.options import resolve_options
+    from visionstress.perturbations import PrepareContext
+
+    args = demo_arguments(task)
+    loaded = load_model(args["model"], weights=args["weights"], task=task)
+    ids: tuple[int, ...] = ()
+    if task == "classification":
+        from visionstress.datasets import ClassificationImages, iterate_batches, load_classification_samples
+
+        config, _ = resolve_data_config(loaded.data_config, None, {})
+        samples, classes = load_classification_samples(Path(args["data"]), None)
+        adapter = ClassifierAdapter(loaded, config)
+        dataset = ClassificationImages(samples[:limit], config)
+        batches = lambda: (b for b, _ in iterate_batches(dataset, batch_size, 0))  # noqa: E731
+    elif task == "detection":
+        from visionstress.datasets import DetectionImages, iterate_detection_batches, load_coco_dataset
+
+        coco = load_coco_dataset(args["data"])
+        coco.samples = coco.samples[:limit]
+        adapter = DetectorAdapter(loaded, data_config=loaded.data_config)
+        images = DetectionImages(coco)
+        batches = lambda: (b for b, _ in iterate_detection_batches(images, batch_size, 0))  # noqa: E731
+        classes = [c["name"] for c in coco.categories]
+        ids = tuple(int(c["id"]) for c in coco.categories)
+    else:
+        from visionstress.datasets import SegmentationImages, iterate_segmentation_batches, load_segmentation_dataset
+
+        data = load_segmentation_dataset(images=args["data"], masks=args["masks"], class_names=args["class_names"])
+        data.samples = data.samples[:limit]
+        config, _ = resolve_data_config(loaded.data_config, None, {})
+        adapter = SegmenterAdapter(loaded, config, num_classes=len(data.class_names))
+        images = SegmentationImages(data)
+        batches = lambda: (b for b, _ in iterate_segmentation_batches(images, batch_size, 0))  # noqa: E731
+        classes = list(data.class_names)
+    return PrepareContext(task=task, adapter=adapter, batches=batches, severities=severities, seed=seed,
+                          device=torch.device("cpu"), options=resolve_options(task, options or {}),
+                          state_dir=Path(state_dir), class_names=classes, log=lambda message: None, category_ids=ids)
+
+
+@pytest.fixture(scope="session")
+def ready_perturbation(tmp_path_factory):
+    """`ready(name)`: the registered perturbation, prepared first when it is model-aware (a patch fitted
+    in two steps on the demo classifier), so registry-wide invariants cover the prepared kernel."""
+    from visionstress.perturbations import get_perturbation
+
+    prepared = {}
+
+    def ready(name: str):
+        p = get_perturbation(name)
+        if p.kind != "model-aware":
+            return p
+        if name not in prepared:
+            context = demo_prepare_context("classification", tmp_path_factory.mktemp(name), limit=40,
+                                           options={"patch_steps": 2, "patch_batch_size": 8})
+            prepared[name] = p.prepare(context)
+        return prepared[name]
+
+    return ready

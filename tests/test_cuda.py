@@ -27,10 +27,10 @@ LOOSER: dict[str, tuple[float, float, str]] = {
 
 
 @pytest.mark.parametrize("name", list_perturbations())
-def test_cpu_and_cuda_agree(name):
+def test_cpu_and_cuda_agree(name, ready_perturbation):
     images = to_tensor(natural_images_np())
     batch = vs.Batch(images, sample_ids=torch.arange(len(images)))
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     for severity in (1, 3, 5):
         cpu = p(batch, severity=severity, seed=0).images
         gpu = p(batch.to("cuda"), severity=severity, seed=0).images

@@ -83,12 +83,12 @@ def test_metadata_complete(name):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("name", NAMES)
-def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
+def test_shape_dtype_device_kept_and_input_untouched(name, dtype, ready_perturbation):
     images = _synthetic(4)
     if dtype == torch.uint8:
         images = (images * 255).round().to(torch.uint8)
     before = images.clone()
-    out = get_perturbation(name)(images, severity=3, seed=0)
+    out = ready_perturbation(name)(images, severity=3, seed=0)
     assert out.shape == images.shape and out.dtype == dtype and out.device == images.device
     assert torch.equal(images, before), f"{name} modified its input in place"
     if dtype == torch.float32:
@@ -96,9 +96,9 @@ def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_output_other_seed_other_output(name):
+def test_same_seed_same_output_other_seed_other_output(name, ready_perturbation):
     images = _synthetic(4)
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     a, b = p(images, severity=4, seed=7), p(images, severity=4, seed=7)
     assert torch.equal(a, b), f"{name} is not deterministic for a fixed seed"
     if _is_random(name):
@@ -107,9 +107,9 @@ def test_same_seed_same_output_other_seed_other_output(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_batch_independence(name):
+def test_batch_independence(name, ready_perturbation):
     """A sample perturbed alone equals the same sample inside a batch of 8, at another position."""
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     batch = vs.Batch(_synthetic(8), sample_ids=torch.arange(40, 48))
     full = p(batch, severity=3, seed=3)
     reordered = batch.select([5, 0, 1, 2, 3, 4, 6, 7])
@@ -120,14 +120,14 @@ def test_batch_independence(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_severity_zero_is_identity(name):
+def test_severity_zero_is_identity(name, ready_perturbation):
     images = _synthetic(2)
-    assert torch.equal(get_perturbation(name)(images, severity=0, seed=0), images)
+    assert torch.equal(ready_perturbation(name)(images, severity=0, seed=0), images)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_params_replay(name):
-    p = get_perturbation(name)
+def test_params_replay(name, ready_perturbation):
+    p = ready_perturbation(name)
     batch = vs.Batch(_synthetic(4), sample_ids=torch.tensor([3, 9, 27, 81]))
     first = p(batch, severity=2, seed=11)
     replayed = p(batch, severity=2, seed=999, params=first.params)
@@ -135,11 +135,11 @@ def test_params_replay(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_distortion_grows_with_severity(name, natural_batch):
+def test_distortion_grows_with_severity(name, natural_batch, ready_perturbation):
     """Mean absolute difference from the clean image is non-decreasing in severity (2% slack)."""
     if name in NON_MONOTONE:
         pytest.skip(NON_MONOTONE[name])
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     batch = vs.Batch(natural_batch, sample_ids=torch.arange(len(natural_batch)))
     distortion = [float((p(batch, severity=s, seed=0).images - natural_batch).abs().mean()) for s in range(1, 6)]
     assert distortion[0] > 0, f"{name} at severity 1 does not change the image"
@@ -152,16 +152,16 @@ def test_distortion_grows_with_severity(name, natural_batch):
 
 @pytest.mark.parametrize("size", [(16, 16), (37, 53)])
 @pytest.mark.parametrize("name", NAMES)
-def test_tiny_and_non_square_images(name, size):
+def test_tiny_and_non_square_images(name, size, ready_perturbation):
     images = _synthetic(2, *size)
     for severity in (1, 5):
-        out = get_perturbation(name)(images, severity=severity, seed=0)
+        out = ready_perturbation(name)(images, severity=severity, seed=0)
         assert out.shape == images.shape and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_grayscale_and_rgba(name):
-    p = get_perturbation(name)
+def test_grayscale_and_rgba(name, ready_perturbation):
+    p = ready_perturbation(name)
     gray = _synthetic(2, channels=1)
     out = p(gray, severity=3, seed=0)
     assert out.shape == gray.shape
@@ -173,8 +173,8 @@ def test_grayscale_and_rgba(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_targets_carried_or_refused(name):
-    p = get_perturbation(name)
+def test_targets_carried_or_refused(name, ready_perturbation):
+    p = ready_perturbation(name)
     batch = _batch_with_targets()
     if batch.target_kinds - p.targets:
         with pytest.raises(ValueError, match="cannot carry"):

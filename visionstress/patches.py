@@ -193,7 +193,8 @@ def _fresh(perturbation: PatchPerturbation, context: Any) -> PatchState:
     summary = {
         "perturbation": perturbation.name, "task": context.task, "source": "fitted" if perturbation.adversarial
         else "random", "model": getattr(context.adapter, "spec", None), "shape": settings.shape,
-        "areas": [areas[s] for s in sorted(areas)], "resolution": {area_key(areas[s]): resolutions[s] for s in areas},
+        "areas": [areas[s] for s in sorted(areas)], "area_by_severity": {str(s): areas[s] for s in sorted(areas)},
+        "resolution": {area_key(areas[s]): resolutions[s] for s in areas},
         "image_size": _image_size(context, first), "seed": int(context.seed),
         "fit_fraction": settings.fit_fraction,
         "fit_rule": "images whose sample-id hash falls below fit_fraction are fitted on; passes score the others",
@@ -272,7 +273,7 @@ def fit_patch(context: Any, area: float, resolution: int, settings: FitSettings,
             with amp:
                 output = context.adapter.forward(patched)
             loss, hits, total = task_loss(context.task, output, batch, coverage, settings)
-            if step == 0 and not loss.requires_grad:
+            if not loss.requires_grad and _has_values(output):
                 raise PatchFitError(
                     f"{getattr(context.adapter, 'spec', 'the model')}: its output does not depend differentiably on "
                     "the input (an ONNX model, or one that detaches), so no patch can be fitted on it; evaluate "
@@ -292,6 +293,13 @@ def fit_patch(context: Any, area: float, resolution: int, settings: FitSettings,
     return FitResult(patch=patch.detach().cpu().contiguous(), loss=float(np.mean(losses)),
                      fit_success=fooled / found if found else math.nan, seconds=time.perf_counter() - start,
                      images_seen=len(seen))
+
+
+def _has_values(output: Any) -> bool:
+    """Whether a model output holds any number (a detector may return no detection at all)."""
+    if isinstance(output, Tensor):
+        return output.numel() > 0
+    return any(len(s) for s in getattr(output, "scores", ()))
 
 
 def _eot_draws(shape: tuple[int, int], settings: FitSettings, generator: torch.Generator) -> tuple[Tensor, Jitter]:
@@ -592,7 +600,8 @@ def _from_report(perturbation: PatchPerturbation, folder: Path, context: Any) ->
     else:
         patches = {a: random_texture(content_key(context.seed, s), attack.patches[a].shape[-1]).cpu()
                    for s, a in areas.items()}
-    summary = {**info, "perturbation": perturbation.name, "areas": list(areas.values()),
+    summary = {**info, "perturbation": perturbation.name, "areas": [areas[s] for s in sorted(areas)],
+               "area_by_severity": {str(s): areas[s] for s in sorted(areas)},
                "source": "patch_from" if perturbation.adversarial else "random", "patch_from": str(folder),
                "model": getattr(context.adapter, "spec", None),
                "fitted_on_model": info.get("fitted_on_model", info.get("model")), "seed": int(context.seed)}
