@@ -394,3 +394,84 @@ def test_paste_is_differentiable_and_batched():
     out.sum().backward()
     assert texture.grad is not None and texture.grad.abs().sum() > 0
     assert coverage.sum(dim=(1, 2)).min() > 0.08 * 1600 * 0.8
+
+
+# --- suite, list, show ---------------------------------------------------------------------------
+
+def test_adversarial_preset_runs_both_patches_at_all_five_areas():
+    from visionstress.suite import load_suite
+
+    suite = load_suite("adversarial")
+    assert suite.pairs() == [(n, s) for n in ("adversarial_patch", "random_patch") for s in range(1, 6)]
+
+
+def test_list_and_show_draw_fitted_patches(tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from visionstress.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["list", "--family", "adversarial"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "adversarial_patch" in result.output and "random_patch" in result.output
+    assert "0.01 | 0.02 | 0.05 | 0.1 | 0.2" in result.output
+    scene = Path(__file__).resolve().parents[1] / "data" / "demo" / "scene.png"
+    result = runner.invoke(app, ["show", str(scene), "-p", "adversarial_patch", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "--patch-from REPORT" in result.output
+    result = runner.invoke(app, ["show", str(scene), "-p", "*patch", "-o", str(tmp_path / "y.png")])
+    assert result.exit_code == 0 and "left out adversarial_patch" in result.output
+    _prepare("classification", tmp_path / "report", severities=(3, 5))
+    out = tmp_path / "z.png"
+    result = runner.invoke(app, ["show", str(scene), "-p", "adversarial_patch,random_patch", "-s", "3,5",
+                                 "--patch-from", str(tmp_path / "report"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).height > 2 * 192  # two rows: the attack and its control
+    result = runner.invoke(app, ["show", str(scene), "-p", "adversarial_patch", "-s", "1",
+                                 "--patch-from", str(tmp_path / "report"), "-o", str(out)])
+    assert result.exit_code == 2 and "no adversarial_patch for severities 1; it has severities 3, 5" in result.output
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+def test_report_shows_the_patches_success_curves_and_patch_failures(tmp_path):
+    from visionstress.family_summaries import family_summaries
+    from visionstress.report import render_report
+    from visionstress.scorecard import SCHEMA_VERSION, Scorecard
+
+    context, prepared = _prepare("classification", tmp_path, severities=(3, 5), limit=48)
+    rows = []
+    for batch in context.batches():
+        keep = torch.nonzero(prepared["adversarial_patch"].sample_filter(batch.sample_ids)).flatten()
+        passes = [("clean", 0, batch)] + [(n, s, p(batch.select(keep), severity=s)) for n, p in prepared.items()
+                                          for s in (3, 5)]
+        for name, severity, view in passes:
+            predicted = context.adapter.predict(view.images).logits.argmax(1)
+            rows += [{"sample_id": int(i), "perturbation": name, "severity": severity, "label": int(y),
+                      "prediction": int(q), "correct": bool(q == y)}
+                     for i, y, q in zip(view.sample_ids, view.labels, predicted)]
+    info = {n: p.prepared_summary() for n, p in prepared.items()}
+    summaries = family_summaries(["adversarial"], _summary_context(pd.DataFrame(rows), prepared=info, bootstrap=50))
+    gallery_png = tmp_path / "gallery" / "a.png"
+    gallery_png.parent.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(gallery_png)
+    gallery = [{"perturbation": "adversarial_patch", "severity": 5, "sample_id": 3, "path": "x.png",
+                "caption": "circle → cross", "clean_image": "gallery/a.png", "perturbed_image": "gallery/a.png"}]
+    card = Scorecard(schema_version=SCHEMA_VERSION, task="classification",
+                     model={"spec": "demo", "path": None, "sha256": None, "format": "python"},
+                     dataset={"path": "data", "num_samples": 48}, suite={"name": "adversarial", "perturbations": []},
+                     seed=0, data_config={}, environment={},
+                     results=[{"perturbation": "clean", "family": "clean", "severity": 0, "metrics": {"top1": 0.7}}],
+                     summaries=summaries, breakdowns={"gallery": gallery})
+    html = render_report(card, tmp_path)
+    assert 'id="adversarial"' in html and "Adversarial patches" in html
+    assert html.count('alt="adversarial_patch, ') == 2 and html.count('alt="random_patch, ') == 2
+    assert 'alt="attack success rate against patch area"' in html
+    assert "Worst patch failures" in html and "circle → cross" in html
+    held_out = summaries["adversarial"]["held_out_images"]
+    assert held_out > 0 and f"Scored on the {held_out} held-out images" in html
+    missing = render_report(card, tmp_path / "elsewhere")  # patches outside the report folder are not read
+    assert "patch missing" in missing

@@ -73,6 +73,8 @@ def show_command(
     output: Path = typer.Option(Path("reports/show.png"), "--output", "-o", help="Where to write the PNG."),
     seed: int = typer.Option(0, help="Seed for the per-sample random draws."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    patch_from: Optional[Path] = typer.Option(None, "--patch-from", help="A report folder whose fitted patches "
+                                              "adversarial_patch (and random_patch) draw on the image."),
 ) -> None:
     """A contact sheet of IMAGE under each perturbation x severity."""
     from visionstress.contact_sheet import AnnotationError, contact_sheet, read_coco_boxes
@@ -102,10 +104,50 @@ def show_command(
         unsupported = [n for n in names if "boxes" not in get_perturbation(n).targets]
         if unsupported:
             _fail(f"these perturbations cannot move boxes: {', '.join(unsupported)}; drop --annotations or them")
-    sheet = contact_sheet(pixels, names, levels, boxes=boxes, category_names=categories, seed=seed, device=device)
+    prepared, names = _prepared_for_show(names, patch_from, levels,
+                                         explicit={p.strip() for p in perturbations.split(",")})
+    sheet = contact_sheet(pixels, names, levels, boxes=boxes, category_names=categories, seed=seed, device=device,
+                          prepared=prepared)
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     console.print(f"wrote {output} ({len(names)} perturbations x severities {','.join(map(str, levels))})")
+
+
+def _prepared_for_show(names: list[str], patch_from: Path | None, levels: list[int], explicit: set[str]):
+    """Model-aware perturbations need their fitted state: loaded from `--patch-from`, else left out of a
+    glob (with a note) and refused when named."""
+    from visionstress.options import OptionError
+    from visionstress.patches import PatchFitError, find_patch_state, load_patch_state
+    from visionstress.perturbations import get_perturbation
+
+    prepared = {}
+    if patch_from is not None:
+        for name in [n for n in names if get_perturbation(n).family == "adversarial"]:
+            try:
+                state = load_patch_state(find_patch_state(patch_from, name), name)
+            except OptionError as exc:
+                if name != "random_patch":  # a report may lack the control; it draws its own noise
+                    _fail(str(exc))
+                continue
+            except PatchFitError as exc:
+                _fail(str(exc))
+            missing = [s for s in levels if float(get_perturbation(name).level(s)) not in state.patches]
+            if missing:
+                have = [s for s in range(1, 6) if float(get_perturbation(name).level(s)) in state.patches]
+                _fail(f"--patch-from {patch_from}: no {name} for severities {', '.join(map(str, missing))}; "
+                      f"it has severities {', '.join(map(str, have)) or 'none'} (use -s with those)")
+            prepared[name] = get_perturbation(name).with_state(state)
+    needs = [n for n in names if get_perturbation(n).kind == "model-aware" and n not in prepared]
+    named = [n for n in needs if n in explicit]
+    if named:
+        _fail(f"{', '.join(named)} needs state fitted on a model: add --patch-from REPORT (a report folder of a "
+              "run with the adversarial suite)")
+    if needs:
+        console.print(f"left out {', '.join(needs)} (fitted on a model: add --patch-from REPORT to draw it)")
+    kept = [n for n in names if n not in needs]
+    if not kept:
+        _fail("nothing to show")
+    return prepared, kept
 
 
 @app.command("run")

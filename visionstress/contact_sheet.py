@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes
 
 from visionstress.batch import Batch, ObjectTargets
-from visionstress.perturbations import get_perturbation
+from visionstress.perturbations import Perturbation, get_perturbation
 
 _LABEL_HEIGHT = 18
 _MARGIN = 6
@@ -62,8 +62,10 @@ def _tile(images: torch.Tensor, targets: ObjectTargets | None, names: dict[int, 
 
 def contact_sheet(image: torch.Tensor, perturbations: Sequence[str], severities: Sequence[int] = (1, 3, 5),
                   boxes: ObjectTargets | None = None, category_names: dict[int, str] | None = None,
-                  seed: int = 0, device: str | torch.device = "cpu", max_side: int = 256) -> Image.Image:
-    """Grid image: a row per perturbation, a column per severity, the clean image first in each row."""
+                  seed: int = 0, device: str | torch.device = "cpu", max_side: int = 256,
+                  prepared: Mapping[str, Perturbation] | None = None) -> Image.Image:
+    """Grid image: a row per perturbation, a column per severity, the clean image first in each row.
+    `prepared` supplies perturbations that carry state (e.g. fitted patches) by name."""
     names = category_names or {}
     image = image.to(device)
     _, h, w = image.shape
@@ -76,7 +78,7 @@ def contact_sheet(image: torch.Tensor, perturbations: Sequence[str], severities:
     font = _font(12)
     batch = Batch(image.unsqueeze(0), boxes=None if boxes is None else [boxes.to(device)])
     for row, name in enumerate(perturbations):
-        perturbation = get_perturbation(name)
+        perturbation = (prepared or {}).get(name) or get_perturbation(name)
         for col, severity in enumerate(columns):
             out = perturbation(batch, severity=severity, seed=seed)
             tile = _tile(out.images[0], None if out.boxes is None else out.boxes[0], names)

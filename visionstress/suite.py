@@ -105,6 +105,9 @@ PRESETS: dict[str, Suite] = {
     # The 15 benchmark corruptions x 5 severities of Hendrycks & Dietterich (2019), the protocol mCE is
     # defined on.
     "imagenet-c": _preset("imagenet-c", tuple(IMAGENET_C), ALL_SEVERITIES),
+    # A universal patch fitted on the model at 1-20% of the image (or of each box), beside its random
+    # control at the same placements: the gap between the two is the attack, not the occlusion.
+    "adversarial": _preset("adversarial", ("adversarial_patch", "random_patch"), ALL_SEVERITIES),
 }
 
 
