@@ -91,7 +91,8 @@ PRESETS: dict[str, Suite] = {
     "quick": _preset("quick", ("gaussian_noise", "defocus_blur", "brightness", "rotation", "random_occlusion"),
                      (1, 3, 5)),
     # Every registered family, one or two perturbations each, chosen among the cheaper kernels so the
-    # bundled demo runs the whole preset in under a minute on two CPU cores.
+    # bundled demo runs the whole preset in under a minute on two CPU cores; the adversarial family,
+    # whose patches are fitted on the model first, has its own preset.
     "default": _preset("default", (
         "brightness", "low_light",                 # lighting
         "gaussian_noise", "jpeg_compression",      # camera
