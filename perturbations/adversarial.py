@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from visionstress.batch import Batch
 from visionstress.rng import sample_keys, uniform_field
@@ -123,17 +124,11 @@ def patch_regions(batch: Batch, target_category: int | None = None) -> tuple[Ten
     if batch.boxes is None:
         whole = torch.tensor([0.0, 0.0, float(w), float(h)], device=device)
         return whole.expand(b, 1, 4).clone(), torch.ones(b, 1, dtype=torch.bool, device=device)
-    slots = max((len(t) for t in batch.boxes), default=0)
-    regions = torch.zeros(b, slots, 4, device=device)
-    present = torch.zeros(b, slots, dtype=torch.bool, device=device)
-    for i, t in enumerate(batch.boxes):
-        n = len(t)
-        if n:
-            regions[i, :n] = t.boxes.to(device=device, dtype=torch.float32)
-            eligible = torch.ones(n, dtype=torch.bool, device=device)
-            if target_category is not None:
-                eligible = t.labels.to(device) == int(target_category)
-            present[i, :n] = eligible
+    if not any(len(t) for t in batch.boxes):
+        return torch.zeros(b, 0, 4, device=device), torch.zeros(b, 0, dtype=torch.bool, device=device)
+    regions = pad_sequence([t.boxes.to(device=device, dtype=torch.float32) for t in batch.boxes], batch_first=True)
+    labels = pad_sequence([t.labels.to(device) for t in batch.boxes], batch_first=True, padding_value=-1)
+    present = labels >= 0 if target_category is None else labels == int(target_category)
     return regions, present
 
 

@@ -119,14 +119,11 @@ def fit_settings(context: Any) -> FitSettings:
         if spec is not None:
             target = _class_index(str(spec), list(context.class_names), "--patch-target")
     return FitSettings(
-        steps=int(options.get("patch_steps", 250)), lr=float(options.get("patch_lr", 0.05)),
-        batch_size=int(options.get("patch_batch_size", 32)),
-        fit_fraction=float(options.get("patch_fit_fraction", 0.2)), shape=str(options.get("patch_shape", "square")),
-        target=target, target_category=target_category,
-        brightness=float(options.get("patch_eot_brightness", 0.1)),
-        contrast=float(options.get("patch_eot_contrast", 0.1)),
-        perspective=float(options.get("patch_eot_perspective", 0.0)),
-        score_threshold=float(options.get("score_threshold", 0.5)),
+        steps=int(options["patch_steps"]), lr=float(options["patch_lr"]), batch_size=int(options["patch_batch_size"]),
+        fit_fraction=float(options["patch_fit_fraction"]), shape=str(options["patch_shape"]), target=target,
+        target_category=target_category, brightness=float(options["patch_eot_brightness"]),
+        contrast=float(options["patch_eot_contrast"]), perspective=float(options["patch_eot_perspective"]),
+        score_threshold=float(options.get("score_threshold", 0.5)),  # a detection option, when declared
     )
 
 
@@ -364,14 +361,12 @@ def _vanish_loss(output: Any, targets: list[ObjectTargets], settings: FitSetting
     when one is set), per object: the objects' detections are pushed below the detector's threshold."""
     from torchvision.ops import box_iou
 
-    device = output.scores[0].device if output.scores else torch.device("cpu")
-    scores = torch.cat(list(output.scores)) if output.scores else torch.zeros(0, device=device)
-    boxes = torch.cat(list(output.boxes)) if output.boxes else torch.zeros(0, 4, device=device)
-    labels = torch.cat(list(output.labels)) if output.labels else torch.zeros(0, dtype=torch.int64, device=device)
-    owner = torch.cat([torch.full((len(s),), i, device=device) for i, s in enumerate(output.scores)])
-    gt_boxes = torch.cat([t.boxes.to(device) for t in targets])
-    gt_labels = torch.cat([t.labels.to(device) for t in targets])
-    gt_owner = torch.cat([torch.full((len(t),), i, device=device) for i, t in enumerate(targets)])
+    scores, boxes, labels = torch.cat(output.scores), torch.cat(output.boxes), torch.cat(output.labels)
+    device = scores.device
+    owner = _owners([len(s) for s in output.scores], device)
+    gt_boxes = torch.cat([t.boxes for t in targets]).to(device)
+    gt_labels = torch.cat([t.labels for t in targets]).to(device)
+    gt_owner = _owners([len(t) for t in targets], device)
     wanted = torch.ones_like(gt_labels, dtype=torch.bool)
     if settings.target_category is not None:
         wanted = gt_labels == settings.target_category
@@ -385,6 +380,11 @@ def _vanish_loss(output: Any, targets: list[ObjectTargets], settings: FitSetting
     loss = (scores * on_object).sum() / total
     found = (hit & (scores >= settings.score_threshold)[:, None]).any(0) & wanted
     return loss, total - int(found.sum()), total
+
+
+def _owners(counts: list[int], device: torch.device) -> Tensor:
+    """The image index of each of the concatenated per-image rows."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
 
 
 @contextlib.contextmanager
