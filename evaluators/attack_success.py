@@ -60,7 +60,8 @@ def adversarial_summary(context: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"severity": severity, "area": _area(info, severity), "images": int(len(ids)),
                                  "clean": _value(point, ci, "metric_clean")}
         for name in present:
-            entry[name] = {"metric": _value(point, ci, f"metric_{name}"), "success": _value(point, ci, f"success_{name}")}
+            entry[name] = {"metric": _value(point, ci, f"metric_{name}"),
+                           "success": _value(point, ci, f"success_{name}")}
         if len(present) == 2:
             entry["effect"] = _value(point, ci, "effect")
         areas.append(entry)
@@ -146,7 +147,8 @@ def _statistics(context: Any, frame: pd.DataFrame) -> Callable[[np.ndarray], np.
     if context.task == "segmentation":
         from .segmentation import _metrics_from_totals
 
-        counts = [np.stack(frame[c].to_numpy()).astype(np.float64) for c in ("intersection", "gt_pixels", "pred_pixels")]
+        counts = [np.stack(frame[c].to_numpy()).astype(np.float64)
+                  for c in ("intersection", "gt_pixels", "pred_pixels")]
         return lambda weights: np.asarray(_metrics_from_totals(*(weights @ c for c in counts))[main], np.float64)
     if context.task == "detection":
         from .coco_matching import match_table_from_records
@@ -178,7 +180,8 @@ def _success_counts(task: str, clean: pd.DataFrame, patched: pd.DataFrame, targe
         if target is not None:
             t = int(target["index"])
             return pred[:, t] - inter[:, t], gt.sum(1) - gt[:, t]
-        clean_inter, clean_gt = (np.stack(clean[c].to_numpy()).astype(np.float64) for c in ("intersection", "gt_pixels"))
+        clean_inter, clean_gt = (np.stack(clean[c].to_numpy()).astype(np.float64)
+                                 for c in ("intersection", "gt_pixels"))
         # correct pixels expected among the pixels the patched pass scores, had the patch only covered some
         expected = _ratio(clean_inter.sum(1), clean_gt.sum(1)) * gt.sum(1)
         expected = np.nan_to_num(expected)

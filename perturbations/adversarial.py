@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from visionstress.batch import Batch
 from visionstress.rng import sample_keys, uniform_field
 
 from .occlusion import _record_occlusion
-from .registry import Params, Perturbation, register_perturbation
+from .registry import Params, Perturbation, PrepareContext, register_perturbation
 
 PATCH_AREAS = (0.01, 0.02, 0.05, 0.10, 0.20)
 """Patch area as a fraction of the image (or of each object's box), severities 1..5: the 1-20% range of
@@ -266,12 +267,12 @@ class PatchPerturbation(Perturbation):
         prepared.state = state
         return prepared
 
-    def prepare(self, context: Any) -> PatchPerturbation:
+    def prepare(self, context: PrepareContext) -> PatchPerturbation:
         from visionstress.patches import prepare_patches
 
         return self.with_state(prepare_patches(self, context))
 
-    def load_prepared(self, state_dir: Any, context: Any) -> PatchPerturbation:
+    def load_prepared(self, state_dir: Path, context: PrepareContext) -> PatchPerturbation:
         from visionstress.patches import load_patch_state
 
         return self.with_state(load_patch_state(state_dir, self.name, context.device))

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from visionstress.batch import Batch, ObjectTargets
 from visionstress.options import OptionError
+from visionstress.perturbations import PrepareContext
 from visionstress.perturbations.adversarial import (
     Jitter,
     PatchPerturbation,
@@ -106,7 +107,7 @@ class FitResult:
 
 # --- options ------------------------------------------------------------------------------------------
 
-def fit_settings(context: Any) -> FitSettings:
+def fit_settings(context: PrepareContext) -> FitSettings:
     """The run's patch options, with `patch_target` / `patch_target_class` resolved to an index or id."""
     options = context.options
     target = target_category = None
@@ -137,9 +138,9 @@ def _class_index(spec: str, names: Sequence[str], flag: str) -> int:
                       f"classes: {shown})")
 
 
-def _category(spec: str, context: Any) -> int:
+def _category(spec: str, context: PrepareContext) -> int:
     names = list(context.class_names)
-    ids = [int(i) for i in getattr(context, "category_ids", ())] or list(range(1, len(names) + 1))
+    ids = [int(i) for i in context.category_ids] or list(range(1, len(names) + 1))
     if spec in names:
         return ids[names.index(spec)]
     if spec.strip().isdigit() and int(spec) in ids:
@@ -151,7 +152,7 @@ def _category(spec: str, context: Any) -> int:
 
 # --- the prepare phase --------------------------------------------------------------------------------
 
-def prepare_patches(perturbation: PatchPerturbation, context: Any) -> PatchState:
+def prepare_patches(perturbation: PatchPerturbation, context: PrepareContext) -> PatchState:
     """Fit (adversarial) or draw (control) one patch per area of the run's severities, or load them from
     `--patch-from`; save them under `context.state_dir` and return the state."""
     source = context.options.get("patch_from")
@@ -167,7 +168,7 @@ def _areas(perturbation: PatchPerturbation, severities: Sequence[int]) -> dict[i
     return {int(s): check_area(perturbation.name, perturbation.level(int(s))) for s in severities}
 
 
-def _fresh(perturbation: PatchPerturbation, context: Any) -> PatchState:
+def _fresh(perturbation: PatchPerturbation, context: PrepareContext) -> PatchState:
     settings = fit_settings(context)
     areas = _areas(perturbation, context.severities)
     first = _first_batch(context, settings.target_category)
@@ -204,18 +205,18 @@ def _fresh(perturbation: PatchPerturbation, context: Any) -> PatchState:
                       target_category=settings.target_category, summary=summary)
 
 
-def _target_summary(settings: FitSettings, context: Any) -> dict[str, Any] | None:
+def _target_summary(settings: FitSettings, context: PrepareContext) -> dict[str, Any] | None:
     names = list(context.class_names)
     if settings.target is not None:
         return {"index": settings.target, "name": names[settings.target] if settings.target < len(names) else None}
     if settings.target_category is not None:
-        ids = [int(i) for i in getattr(context, "category_ids", ())] or list(range(1, len(names) + 1))
+        ids = [int(i) for i in context.category_ids] or list(range(1, len(names) + 1))
         name = names[ids.index(settings.target_category)] if settings.target_category in ids else None
         return {"category_id": settings.target_category, "name": name}
     return None
 
 
-def _image_size(context: Any, first: Batch) -> list[int] | None:
+def _image_size(context: PrepareContext, first: Batch) -> list[int] | None:
     """The size patches are fitted at, which `--patch-from` must match: the model's input size
     (classification) or the first images' size (segmentation); detection patches live on boxes."""
     if context.task == "detection":
@@ -226,7 +227,7 @@ def _image_size(context: Any, first: Batch) -> list[int] | None:
     return list(first.image_size)
 
 
-def _first_batch(context: Any, target_category: int | None) -> Batch:
+def _first_batch(context: PrepareContext, target_category: int | None) -> Batch:
     """The first non-empty batch (for detection, the first with an object that gets a patch)."""
     for batch in _host_batches(context):
         if context.task != "detection" or bool(patch_regions(batch, target_category)[1].any()):
@@ -244,7 +245,8 @@ def _nominal_pixels(batch: Batch, area: float, settings: FitSettings) -> float:
 
 # --- fitting ----------------------------------------------------------------------------------------
 
-def fit_patch(context: Any, area: float, resolution: int, settings: FitSettings, severity: int) -> FitResult:
+def fit_patch(context: PrepareContext, area: float, resolution: int, settings: FitSettings,
+              severity: int) -> FitResult:
     """Optimise one `[3, R, R]` patch covering `area` on the fit images (see the module docstring)."""
     device = torch.device(context.device)
     generator = torch.Generator().manual_seed((int(context.seed) * 1_000_003 + severity) % (2 ** 63))
@@ -409,7 +411,7 @@ def frozen(model: Any) -> Iterator[None]:
             m.training = mode
 
 
-def _host_batches(context: Any) -> Iterator[Batch]:
+def _host_batches(context: PrepareContext) -> Iterator[Batch]:
     """One pass over the run's dataset: `Batch`es (the engine's iterators pair them with extras)."""
     for item in context.batches():
         batch = item[0] if isinstance(item, tuple) else item
@@ -417,7 +419,7 @@ def _host_batches(context: Any) -> Iterator[Batch]:
             yield batch
 
 
-def _fit_images(context: Any, settings: FitSettings) -> Iterator[Batch]:
+def _fit_images(context: PrepareContext, settings: FitSettings) -> Iterator[Batch]:
     """One pass over the fit subset (detection: images holding an object that gets a patch)."""
     for batch in _host_batches(context):
         keep = fit_subset(batch.sample_ids, settings.fit_fraction)
@@ -427,7 +429,7 @@ def _fit_images(context: Any, settings: FitSettings) -> Iterator[Batch]:
             yield batch.select(torch.nonzero(keep).flatten().cpu())
 
 
-def _fit_batches(context: Any, settings: FitSettings) -> Iterator[Batch]:
+def _fit_batches(context: PrepareContext, settings: FitSettings) -> Iterator[Batch]:
     """Batches of `patch_batch_size` fit images of one size, forever: the subset is cached on the host
     when it fits in CACHE_BYTES, else re-read each epoch."""
     cache: list[Batch] = []
@@ -489,7 +491,8 @@ def save_patch_state(state: PatchState, state_dir: Path) -> None:
     from safetensors.torch import save_file
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"area_{area_key(a)}": p.detach().to("cpu", torch.float32).contiguous() for a, p in state.patches.items()}
+    tensors = {f"area_{area_key(a)}": p.detach().to("cpu", torch.float32).contiguous()
+               for a, p in state.patches.items()}
     _atomic(state_dir / TENSOR_FILE, lambda path: save_file(tensors, str(path)))
     files = {}
     for area, patch in state.patches.items():
@@ -569,7 +572,7 @@ def find_patch_state(folder: str | Path, name: str) -> Path:
                       "had adversarial patches")
 
 
-def _from_report(perturbation: PatchPerturbation, folder: Path, context: Any) -> PatchState:
+def _from_report(perturbation: PatchPerturbation, folder: Path, context: PrepareContext) -> PatchState:
     """A report's fitted patches, checked against this run (task, areas, image size, target). The control
     is fresh noise from this run's seed at the fitted patches' resolution (the same noise as the
     report's own control when the seed is the same)."""

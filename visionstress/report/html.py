@@ -613,8 +613,8 @@ def adversarial_section(card: Scorecard, base_dir: Path) -> AdversarialSection |
             patches.append(PatchImage(f"{name}, {100 * _number(key):g}%", uri))
     rows = []
     for a in areas:
-        rows.append([f"{100 * _number(a.get('area')):g}%" if a.get("area") is not None else f"severity {a.get('severity')}",
-                     str(a.get("images")), _with_ci(a.get("clean"), metric)]
+        area = f"{100 * _number(a['area']):g}%" if a.get("area") is not None else f"severity {a.get('severity')}"
+        rows.append([area, str(a.get("images")), _with_ci(a.get("clean"), metric)]
                     + [_with_ci((a.get(n) or {}).get("metric"), metric) for n in _PATCHES]
                     + [_with_ci(a.get("effect"), metric, change=True)]
                     + [_with_ci((a.get(n) or {}).get("success"), "top1") for n in _PATCHES])
