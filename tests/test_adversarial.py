@@ -478,3 +478,19 @@ def test_report_shows_the_patches_success_curves_and_patch_failures(tmp_path):
     assert held_out > 0 and f"Scored on the {held_out} held-out images" in html
     missing = render_report(card, tmp_path / "elsewhere")  # patches outside the report folder are not read
     assert "patch missing" in missing
+
+
+@pytest.mark.cuda
+def test_fitting_on_cuda_with_autocast_leaves_the_model_unchanged(tmp_path):
+    context = demo_prepare_context("classification", tmp_path, FAST, severities=(4,), limit=40)
+    context.device = torch.device("cuda")
+    context.adapter = type(context.adapter)(context.adapter.model, context.adapter.data_config, device="cuda")
+    before = _state_bytes(context.adapter.model)
+    prepared = get_perturbation("adversarial_patch").prepare(context)
+    assert _state_bytes(context.adapter.model) == before
+    patch = prepared.state.patches[0.1]
+    assert torch.isfinite(patch).all() and patch.min() >= 0 and patch.max() <= 1
+    batch = vs.Batch(torch.rand(4, 3, 64, 64), sample_ids=torch.arange(4))
+    cpu = prepared(batch, severity=4, seed=0).images
+    gpu = prepared(batch.to("cuda"), severity=4, seed=0).images.cpu()
+    assert (cpu - gpu).abs().mean() < 1e-3
