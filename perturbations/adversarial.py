@@ -154,17 +154,15 @@ def paste_patch(images: Tensor, texture: Tensor, draws: Tensor, regions: Tensor,
     edges anti-aliased over one pixel. Differentiable with respect to `texture`.
     """
     b, _, h, w = images.shape
-    device = images.device
     out = images
-    coverage = torch.zeros(b, h, w, device=device, dtype=images.dtype)
+    coverage = torch.zeros(b, h * w, device=images.device, dtype=images.dtype)
     for k in range(regions.shape[1]):
         if not bool(present[:, k].any()):
             continue
-        out, alpha, window = _paste_slot(out, texture, draws[:, k], regions[:, k], present[:, k], area, shape,
-                                         None if jitter is None else _slot_jitter(jitter, k))
-        y0, y1, x0, x1 = window
-        coverage[:, y0:y1, x0:x1] = torch.maximum(coverage[:, y0:y1, x0:x1], alpha.detach())
-    return out, coverage
+        out, alpha, flat = _paste_slot(out, texture, draws[:, k], regions[:, k], present[:, k], area, shape,
+                                       None if jitter is None else _slot_jitter(jitter, k))
+        coverage.scatter_reduce_(1, flat, alpha.detach().flatten(1).to(coverage.dtype), reduce="amax")
+    return out, coverage.view(b, h, w)
 
 
 def _slot_jitter(jitter: Jitter, k: int) -> Jitter:
@@ -173,7 +171,10 @@ def _slot_jitter(jitter: Jitter, k: int) -> Jitter:
 
 
 def _paste_slot(images: Tensor, texture: Tensor, draws: Tensor, region: Tensor, present: Tensor, area: float,
-                shape: str, jitter: Jitter | None) -> tuple[Tensor, Tensor, tuple[int, int, int, int]]:
+                shape: str, jitter: Jitter | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One patch per image: the images, the patch's alpha in its window `[B, hs, ws]`, and the window's
+    flat pixel indices `[B, hs * ws]`. Each image's window is a square around its own patch, all of one
+    size, so the work scales with the patch, not with the image."""
     b, _, h, w = images.shape
     device = images.device
     draws = draws.to(device=device, dtype=torch.float32)
@@ -190,20 +191,10 @@ def _paste_slot(images: Tensor, texture: Tensor, draws: Tensor, region: Tensor, 
     if jitter is not None and jitter.perspective is not None:
         # the projective map divides by 1 + gx u + gy v >= 1 - |gx| - |gy| on the patch: it reaches further
         reach = extent / (1.0 - jitter.perspective.abs().sum(-1)).clamp_min(0.2)
-    # one window holding this slot's patches in every image: pixels outside it are not touched
-    lo_x = torch.maximum(cx - reach, x0)[present]
-    hi_x = torch.minimum(cx + reach, x1)[present]
-    lo_y = torch.maximum(cy - reach, y0)[present]
-    hi_y = torch.minimum(cy + reach, y1)[present]
-    bounds = torch.stack([lo_x.min(), hi_x.max(), lo_y.min(), hi_y.max()]).tolist()
-    wx0, wx1 = max(0, math.floor(bounds[0]) - 1), min(w, math.ceil(bounds[1]) + 1)
-    wy0, wy1 = max(0, math.floor(bounds[2]) - 1), min(h, math.ceil(bounds[3]) + 1)
-    if wx1 <= wx0 or wy1 <= wy0:
-        return images, torch.zeros(b, 0, 0, device=device), (0, 0, 0, 0)
-    xs = torch.arange(wx0, wx1, device=device, dtype=torch.float32) + 0.5
-    ys = torch.arange(wy0, wy1, device=device, dtype=torch.float32) + 0.5
-    dx = xs.view(1, 1, -1) - cx.view(b, 1, 1)
-    dy = ys.view(1, -1, 1) - cy.view(b, 1, 1)
+    size = math.ceil(2.0 * float(reach[present].max())) + 2
+    ix, iy = _window(cx, size, w), _window(cy, size, h)  # [B, ws], [B, hs] pixel indices
+    dx = (ix + 0.5).unsqueeze(1) - cx.view(b, 1, 1)
+    dy = (iy + 0.5).unsqueeze(2) - cy.view(b, 1, 1)
     c, s, r = cos.view(b, 1, 1), sin.view(b, 1, 1), half.view(b, 1, 1)
     u = (c * dx + s * dy) / r
     v = (c * dy - s * dx) / r
@@ -213,7 +204,7 @@ def _paste_slot(images: Tensor, texture: Tensor, draws: Tensor, region: Tensor, 
         u, v = u / den, v / den
     inside = 1.0 - (torch.sqrt(u * u + v * v) if shape == "circle" else torch.maximum(u.abs(), v.abs()))
     alpha = (inside * r + 0.5).clamp(0.0, 1.0)  # distance to the edge in pixels, anti-aliased over one pixel
-    alpha = alpha * _coverage(x0, x1, wx0, wx1).unsqueeze(1) * _coverage(y0, y1, wy0, wy1).unsqueeze(2)
+    alpha = alpha * _coverage(x0, x1, ix).unsqueeze(1) * _coverage(y0, y1, iy).unsqueeze(2)
     alpha = alpha * present.view(b, 1, 1).to(alpha.dtype)
     tex = texture.to(device=device, dtype=images.dtype)
     tex = tex.unsqueeze(0).expand(b, -1, -1, -1) if tex.ndim == 3 else tex
@@ -222,18 +213,26 @@ def _paste_slot(images: Tensor, texture: Tensor, draws: Tensor, region: Tensor, 
         brightness = jitter.brightness.to(device=device, dtype=tex.dtype).view(b, 1, 1, 1)
         tex = ((tex - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0)
     sampled = F.grid_sample(tex, torch.stack([u, v], dim=-1).to(tex.dtype), mode="bilinear",
-                            padding_mode="border", align_corners=False)
-    window = images[:, :, wy0:wy1, wx0:wx1]
-    blended = window + alpha.unsqueeze(1).to(images.dtype) * (sampled - window)
-    out = images.clone()
-    out[:, :, wy0:wy1, wx0:wx1] = blended
-    return out, alpha, (wy0, wy1, wx0, wx1)
+                            padding_mode="border", align_corners=False)  # [B, C, hs, ws]
+    c = images.shape[1]
+    flat = (iy.long().unsqueeze(2) * w + ix.long().unsqueeze(1)).flatten(1)  # [B, hs * ws]
+    pixels = images.flatten(2)
+    index = flat.unsqueeze(1).expand(b, c, -1)
+    window = pixels.gather(2, index)
+    blended = window + alpha.flatten(1).unsqueeze(1).to(images.dtype) * (sampled.flatten(2) - window)
+    return pixels.scatter(2, index, blended).view_as(images), alpha, flat
 
 
-def _coverage(lo: Tensor, hi: Tensor, start: int, stop: int) -> Tensor:
-    """Fraction of each pixel [i, i+1), i in [start, stop), inside [lo, hi): `[B, stop - start]`."""
-    edges = torch.arange(start, stop, device=lo.device, dtype=torch.float32)
-    return (torch.minimum(hi[:, None], edges + 1.0) - torch.maximum(lo[:, None], edges)).clamp(0.0, 1.0)
+def _window(centre: Tensor, size: int, limit: int) -> Tensor:
+    """Pixel indices `[B, min(size, limit)]` (as floats) of a window around each centre, inside [0, limit)."""
+    size = min(size, limit)
+    start = torch.floor(centre - size / 2.0).clamp(0, limit - size)
+    return start.unsqueeze(1) + torch.arange(size, device=centre.device, dtype=centre.dtype)
+
+
+def _coverage(lo: Tensor, hi: Tensor, pixels: Tensor) -> Tensor:
+    """Fraction of each pixel [i, i+1) of `pixels` `[B, n]` inside [lo, hi) (`[B]` each): `[B, n]`."""
+    return (torch.minimum(hi[:, None], pixels + 1.0) - torch.maximum(lo[:, None], pixels)).clamp(0.0, 1.0)
 
 
 class PatchPerturbation(Perturbation):
