@@ -494,3 +494,23 @@ def test_fitting_on_cuda_with_autocast_leaves_the_model_unchanged(tmp_path):
     cpu = prepared(batch, severity=4, seed=0).images
     gpu = prepared(batch.to("cuda"), severity=4, seed=0).images.cpu()
     assert (cpu - gpu).abs().mean() < 1e-3
+
+
+def test_circle_patches_cover_the_same_area_as_squares():
+    batch = vs.Batch(torch.zeros(64, 3, 48, 80), sample_ids=torch.arange(64))
+    p = get_perturbation("random_patch")
+    areas, reach = {}, {}
+    ys, xs = torch.meshgrid(torch.arange(48) + 0.5, torch.arange(80) + 0.5, indexing="ij")
+    for shape in ("square", "circle"):
+        white = p.with_state(PatchState(patches={0.1: torch.ones(3, 8, 8)}, shape=shape))
+        covered = white(batch, severity=4, seed=0).images[:, 0]
+        areas[shape] = float(covered.mean())
+        # how far the patch reaches from its centre, relative to sqrt(its area): a disc 1/sqrt(pi) = 0.56,
+        # a square's corners 1/sqrt(2) = 0.71
+        weight = covered[0]
+        cx, cy = float((weight * xs).sum() / weight.sum()), float((weight * ys).sum() / weight.sum())
+        inside = weight > 0.5
+        reach[shape] = float(torch.sqrt((xs[inside] - cx) ** 2 + (ys[inside] - cy) ** 2).max() / weight.sum().sqrt())
+    assert areas["circle"] == pytest.approx(0.1 * 1.0033, rel=0.03)
+    assert areas["square"] == pytest.approx(areas["circle"], rel=0.03)
+    assert reach["circle"] < 0.62 < 0.66 < reach["square"]
