@@ -63,7 +63,8 @@ def demo_context(task: str, state_root: Path, severities: tuple[int, ...], optio
         batches = lambda: (b for b, _ in iterate_segmentation_batches(images, batch_size, 0))  # noqa: E731
         classes = list(data.class_names)
         ids = ()
-    return PrepareContext(task=task, adapter=adapter, batches=batches, severities=severities, seed=0, device=dev,
+    return PrepareContext(task=task, adapter=adapter, batches=batches, severities={n: severities for n in NAMES},
+                          seed=0, device=dev,
                           options=resolve_options(task, options), state_dir=state_root, class_names=classes,
                           log=lambda message: None, category_ids=ids)
 
@@ -133,12 +134,9 @@ def main() -> None:
         options["patch_target_class" if args.task == "detection" else "patch_target"] = args.target
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        context = demo_context(args.task, Path(tmp), severities, options, args.device)
-        prepared = {}
+        context = demo_context(args.task, Path(tmp) / "prepared", severities, options, args.device)
         start = time.perf_counter()
-        for name in NAMES:
-            context.state_dir = Path(tmp) / "prepared" / name
-            prepared[name] = get_perturbation(name).prepare(context)
+        prepared = {name: get_perturbation(name).prepare(context) for name in NAMES}
         fit_seconds = time.perf_counter() - start
         result = evaluate(context, prepared, severities)
     summary = prepared[NAMES[0]].prepared_summary()

@@ -112,7 +112,8 @@ def main() -> None:
                                                  "patch_eot_brightness": 0.0, "patch_eot_contrast": 0.0})
     batch = Batch(images[fit_ids], sample_ids=fit_ids, labels=labels[fit_ids])
     context = PrepareContext(task="classification", adapter=adapter, batches=lambda: iter([batch]),
-                             severities=(SEVERITY,), seed=0, device=device, options=options, state_dir=Path("."))
+                             severities={"adversarial_patch": (SEVERITY,)}, seed=0, device=device, options=options,
+                             state_dir=Path("prepared"))  # fit_patch writes nothing
     resolution = texture_resolution(nominal_side(AREA, args.size * args.size, "square"))
     settings = fit_settings(context)
     fit_patch(context, AREA, resolution, dataclasses.replace(settings, steps=2), SEVERITY)  # warm-up

@@ -136,11 +136,11 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def _statistics(context: Any, frame: pd.DataFrame) -> Callable[[np.ndarray], np.ndarray]:
-    """The task's main metric of one pass's records (sample-id order) under image weights `[r, n]`."""
+    """The task's main metric of one pass's records (sample-id order) under image weights `[r, n]`.
+
+    The one place to switch to the shared task statistics (`context.statistics(columns)[main]`) once every
+    task provides them."""
     main = context.main_metric
-    if context.statistics is not None:
-        fn = context.statistics(frame.reset_index())
-        return lambda weights: np.asarray(fn(weights)[main], dtype=np.float64)
     if context.task == "classification":
         correct = frame["correct"].to_numpy(dtype=np.float64)
         return lambda weights: (weights @ correct) / weights.sum(axis=1)

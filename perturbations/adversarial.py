@@ -274,7 +274,7 @@ class PatchPerturbation(Perturbation):
     def load_prepared(self, state_dir: Path, context: PrepareContext) -> PatchPerturbation:
         from visionstress.patches import load_patch_state
 
-        return self.with_state(load_patch_state(state_dir, self.name, context.device))
+        return self.with_state(load_patch_state(Path(state_dir) / self.name, self.name, context.device))
 
     def prepared_summary(self) -> dict[str, Any]:
         return {} if self.state is None else dict(self.state.summary)

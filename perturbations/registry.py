@@ -40,17 +40,20 @@ def _no_params(rng: SampleRNG, level: Any, batch: Batch) -> Params:
 class PrepareContext:
     """What a model-aware or data-aware perturbation may use in the prepare phase, before the loop.
 
-    `batches()` starts a fresh pass over the run's dataset (host `Batch`es with their targets, and
-    `foreground` when the perturbation `needs_foreground`); `adapter` is the task's model adapter (the
-    model in eval mode: a perturbation must never change its weights or buffers); `state_dir` is where
-    the fitted or collected state is saved, beside the scorecard, so that `load_prepared` can reload it
-    (resume, other ranks, `--patch-from`). `options` are the run's resolved options.
+    One context serves every perturbation of a run (so that, e.g., the background perturbations share one
+    bank): `severities[name]` are the severities the run uses of perturbation `name`; `state_dir` is the
+    run's folder for prepared state, beside the scorecard (a perturbation keeps its own files under
+    `state_dir / name`, shared ones directly in it), from which `load_prepared` reloads them (resume, other
+    ranks, `--patch-from`). `batches()` starts a fresh pass over the run's dataset (host `Batch`es with
+    their targets, and `foreground` when a perturbation `needs_foreground`); `adapter` is the task's model
+    adapter (the model in eval mode: a perturbation must never change its weights or buffers); `options`
+    are the run's resolved options.
     """
 
     task: str
     adapter: Any
     batches: Callable[[], Iterator[Batch]]
-    severities: tuple[int, ...]
+    severities: Mapping[str, tuple[int, ...]]
     seed: int
     device: torch.device
     options: Mapping[str, Any]

@@ -49,7 +49,8 @@ def pytest_collection_modifyitems(config, items):
 def demo_prepare_context(task: str, state_dir, options: dict | None = None, severities: tuple[int, ...] = (1, 2, 3, 4, 5),
                          limit: int | None = None, batch_size: int = 32, seed: int = 0):
     """A PrepareContext over the bundled demo of `task` (its tiny model, adapter and images; the first
-    `limit` images), as a run builds one before its loop, for model-aware perturbations."""
+    `limit` images), as a run builds one before its loop: every perturbation at `severities`, prepared
+    state under `state_dir` (the run's `prepared/` folder)."""
     from pathlib import Path
 
     from visionstress.engine import demo_arguments
@@ -89,7 +90,10 @@ def demo_prepare_context(task: str, state_dir, options: dict | None = None, seve
         images = SegmentationImages(data)
         batches = lambda: (b for b, _ in iterate_segmentation_batches(images, batch_size, 0))  # noqa: E731
         classes = list(data.class_names)
-    return PrepareContext(task=task, adapter=adapter, batches=batches, severities=severities, seed=seed,
+    from visionstress.perturbations import list_perturbations
+
+    return PrepareContext(task=task, adapter=adapter, batches=batches,
+                          severities={name: severities for name in list_perturbations()}, seed=seed,
                           device=torch.device("cpu"), options=resolve_options(task, options or {}),
                           state_dir=Path(state_dir), class_names=classes, log=lambda message: None, category_ids=ids)
 

@@ -21,12 +21,10 @@ FAST = {"patch_steps": 4, "patch_batch_size": 8}
 
 
 def _prepare(task, tmp_path, options=None, severities=(4,), limit=40, names=("adversarial_patch", "random_patch")):
-    context = demo_prepare_context(task, tmp_path, {**FAST, **(options or {})}, severities=severities, limit=limit)
-    prepared = {}
-    for name in names:
-        context.state_dir = tmp_path / "prepared" / name
-        prepared[name] = get_perturbation(name).prepare(context)
-    return context, prepared
+    """One run's prepare phase: one context, state under `tmp_path / "prepared"` (a report folder's layout)."""
+    context = demo_prepare_context(task, tmp_path / "prepared", {**FAST, **(options or {})}, severities=severities,
+                                   limit=limit)
+    return context, {name: get_perturbation(name).prepare(context) for name in names}
 
 
 def _state_bytes(model: torch.nn.Module) -> dict[str, bytes]:
@@ -206,7 +204,7 @@ def test_a_saved_patch_reloads_to_identical_results(tmp_path):
         state_dir = tmp_path / "prepared" / name
         assert {f.name for f in state_dir.iterdir()} >= {"patch.json", "patches.safetensors", "patch_area_0.05.png",
                                                           "patch_area_0.2.png"}
-        reloaded = get_perturbation(name).load_prepared(state_dir, context)
+        reloaded = get_perturbation(name).load_prepared(tmp_path / "prepared", context)
         for severity in (3, 5):
             again = reloaded(batch, severity=severity, seed=2).images
             assert torch.equal(again, p(batch, severity=severity, seed=2).images)
@@ -215,8 +213,8 @@ def test_a_saved_patch_reloads_to_identical_results(tmp_path):
 
 def test_patch_from_evaluates_a_reports_patches_on_another_model(tmp_path):
     source, prepared = _prepare("classification", tmp_path / "v1", severities=(4,))
-    context = demo_prepare_context("classification", tmp_path / "v2" / "prepared" / "adversarial_patch",
-                                   {"patch_from": tmp_path / "v1"}, severities=(4,), limit=40)
+    context = demo_prepare_context("classification", tmp_path / "v2" / "prepared", {"patch_from": tmp_path / "v1"},
+                                   severities=(4,), limit=40)
     transferred = get_perturbation("adversarial_patch").prepare(context)
     assert torch.equal(transferred.state.patches[0.1], prepared["adversarial_patch"].state.patches[0.1])
     summary = transferred.prepared_summary()

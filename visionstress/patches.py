@@ -139,12 +139,16 @@ def _class_index(spec: str, names: Sequence[str], flag: str) -> int:
 
 
 def _category(spec: str, context: PrepareContext) -> int:
+    """A detection category id from a name (needs the run's `category_ids`) or an id."""
     names = list(context.class_names)
-    ids = [int(i) for i in context.category_ids] or list(range(1, len(names) + 1))
-    if spec in names:
+    ids = [int(i) for i in context.category_ids]
+    if spec in names and ids:
         return ids[names.index(spec)]
-    if spec.strip().isdigit() and int(spec) in ids:
+    if spec.strip().isdigit() and (int(spec) in ids or not ids):
         return int(spec)
+    if spec in names:
+        raise OptionError(f"--patch-target-class {spec!r}: this run does not know the category ids of its names; "
+                          "give the category id")
     known = ", ".join(f"{i}={n}" for i, n in zip(ids, names))
     raise OptionError(f"--patch-target-class {spec!r}: not a category of this dataset (a name or a category id; "
                       f"categories: {known})")
@@ -154,23 +158,25 @@ def _category(spec: str, context: PrepareContext) -> int:
 
 def prepare_patches(perturbation: PatchPerturbation, context: PrepareContext) -> PatchState:
     """Fit (adversarial) or draw (control) one patch per area of the run's severities, or load them from
-    `--patch-from`; save them under `context.state_dir` and return the state."""
+    `--patch-from`; save them under `context.state_dir / name` and return the state."""
     source = context.options.get("patch_from")
     if source is not None:
         state = _from_report(perturbation, Path(source), context)
     else:
         state = _fresh(perturbation, context)
-    save_patch_state(state, Path(context.state_dir))
+    save_patch_state(state, Path(context.state_dir) / perturbation.name)
     return state
 
 
-def _areas(perturbation: PatchPerturbation, severities: Sequence[int]) -> dict[int, float]:
+def _areas(perturbation: PatchPerturbation, context: PrepareContext) -> dict[int, float]:
+    """Severity -> area for the severities the run uses of `perturbation`."""
+    severities = context.severities.get(perturbation.name, ())
     return {int(s): check_area(perturbation.name, perturbation.level(int(s))) for s in severities}
 
 
 def _fresh(perturbation: PatchPerturbation, context: PrepareContext) -> PatchState:
     settings = fit_settings(context)
-    areas = _areas(perturbation, context.severities)
+    areas = _areas(perturbation, context)
     first = _first_batch(context, settings.target_category)
     resolutions = {s: texture_resolution(_nominal_pixels(first, area, settings)) for s, area in areas.items()}
     patches: dict[float, Tensor] = {}
@@ -210,7 +216,7 @@ def _target_summary(settings: FitSettings, context: PrepareContext) -> dict[str,
     if settings.target is not None:
         return {"index": settings.target, "name": names[settings.target] if settings.target < len(names) else None}
     if settings.target_category is not None:
-        ids = [int(i) for i in context.category_ids] or list(range(1, len(names) + 1))
+        ids = [int(i) for i in context.category_ids]
         name = names[ids.index(settings.target_category)] if settings.target_category in ids else None
         return {"category_id": settings.target_category, "name": name}
     return None
@@ -582,7 +588,7 @@ def _from_report(perturbation: PatchPerturbation, folder: Path, context: Prepare
     if info.get("task") != context.task:
         raise OptionError(f"{flag}: its patches were fitted for {info.get('task')}, this run is {context.task}; "
                           "patches transfer between models of the same task only")
-    areas = _areas(perturbation, context.severities)
+    areas = _areas(perturbation, context)
     missing = [area_key(a) for a in areas.values() if a not in attack.patches]
     if missing:
         have = ", ".join(area_key(a) for a in sorted(attack.patches)) or "none"
