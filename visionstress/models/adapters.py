@@ -94,15 +94,6 @@ class ClassifierAdapter(_LogitsAdapter):
     """
 
     def predict(self, images: Tensor) -> ClassifierOutput:
-        return ClassifierOutput(self._logits(images, differentiable=False))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """The logits of `predict` with autograd on: `[B, K]` float32 through the same normalisation and
-        channel order, so a gradient with respect to the pixel-space `images` (float in [0, 1]) sees what
-        the model sees. For fitting attacks (adversarial patches); the model is not changed."""
-        return self._logits(images, differentiable=True)
-
-    def _logits(self, images: Tensor, differentiable: bool) -> Tensor:
         _check_images(images, self.spec)
         if tuple(images.shape[-2:]) != self.data_config.input_size:
             raise ValueError(
@@ -111,9 +102,8 @@ class ClassifierAdapter(_LogitsAdapter):
             )
         x = self._pixels(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
-                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size",
-                    differentiable=differentiable)
-        return self._check(out, images.shape[0])
+                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size")
+        return ClassifierOutput(self._check(out, images.shape[0]))
 
     def _check(self, out: object, batch: int) -> Tensor:
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
@@ -127,6 +117,21 @@ class ClassifierAdapter(_LogitsAdapter):
         _check_finite(logits, self.spec, self.amp, "logits")
         self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image")
         return logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits of `predict` with autograd on: `[B, K]` float32 through the same normalisation and
+        channel order, so a gradient with respect to the pixel-space `images` (float in [0, 1]) sees what
+        the model sees. For fitting attacks (adversarial patches); the model is not changed."""
+        _check_images(images, self.spec)
+        if tuple(images.shape[-2:]) != self.data_config.input_size:
+            raise ValueError(
+                f"{self.spec}: images are {images.shape[-2]}x{images.shape[-1]} but the data config's input_size "
+                f"is {self.data_config.input_size[0]}x{self.data_config.input_size[1]}; resize and crop first"
+            )
+        x = self._pixels(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}", differentiable=True)
+        return self._check(out, images.shape[0])
 
 
 class DetectorAdapter:
@@ -173,31 +178,19 @@ class DetectorAdapter:
 
     def predict(self, images: Tensor) -> DetectorOutput:
         """`images` [B, 3, H, W], uint8 or float in [0, 1], at the resolution the boxes should be in."""
-        return self._detect(images, differentiable=False)
-
-    def forward(self, images: Tensor) -> DetectorOutput:
-        """The detections of `predict` with autograd on: the same call (a list of images, or the batch
-        and `postprocess`), the same label mapping and clipping, so the scores can be differentiated
-        with respect to the pixel-space `images`. For fitting attacks; the model is not changed, and
-        dropped unmapped labels are not added to `unmapped` (which counts the run's predictions)."""
-        return self._detect(images, differentiable=True)
-
-    def _detect(self, images: Tensor, differentiable: bool) -> DetectorOutput:
         _check_images(images, self.spec)
         x = self._pixels(images)
         shape = f"a batch of shape {list(x.shape)}"
         if self.postprocess is None:
-            out = _call(self.model, list(x), self.spec, self.amp, self.device, f"the model failed on {shape}",
-                        differentiable=differentiable)
+            out = _call(self.model, list(x), self.spec, self.amp, self.device, f"the model failed on {shape}")
         else:
-            raw = _call(self.model, x, self.spec, self.amp, self.device, f"the model failed on {shape}",
-                        differentiable=differentiable)
+            raw = _call(self.model, x, self.spec, self.amp, self.device, f"the model failed on {shape}")
             postprocess = self.postprocess
             out = _call(lambda r: postprocess(r, images), raw, self.spec, self.amp, self.device,
-                        f"postprocess failed on the model's output for {shape}", differentiable=differentiable)
-        return self._check(out, images.shape[0], images.shape[-2], images.shape[-1], count=not differentiable)
+                        f"postprocess failed on the model's output for {shape}")
+        return self._check(out, images.shape[0], images.shape[-2], images.shape[-1])
 
-    def _check(self, out: Any, batch: int, height: int, width: int, count: bool = True) -> DetectorOutput:
+    def _check(self, out: Any, batch: int, height: int, width: int) -> DetectorOutput:
         if not isinstance(out, (list, tuple)) or len(out) != batch or not all(isinstance(d, Mapping) for d in out):
             got = f"{type(out).__name__} of {len(out)}" if isinstance(out, (list, tuple)) else type(out).__name__
             raise ModelOutputError(
@@ -236,8 +229,7 @@ class DetectorAdapter:
             result.labels.append(labels)
             if result.masks is not None:
                 result.masks.append(masks)
-        if count:
-            self.unmapped += int(dropped)
+        self.unmapped += int(dropped)
         return result
 
     def _tensors(self, d: Mapping[str, Any], i: int, height: int,
@@ -288,6 +280,28 @@ class DetectorAdapter:
         masks = masks.to(self.device)
         return masks if masks.dtype == torch.bool else masks > 0.5
 
+    def forward(self, images: Tensor) -> DetectorOutput:
+        """The detections of `predict` with autograd on: the same call (a list of images, or the batch and
+        `postprocess`), the same label mapping and clipping, so the scores can be differentiated with
+        respect to the pixel-space `images`. For fitting attacks; the model is not changed, and labels
+        dropped here are not counted in `unmapped` (which counts the run's predictions)."""
+        _check_images(images, self.spec)
+        x = self._pixels(images)
+        failure = f"the model failed on a batch of shape {list(x.shape)}"
+        if self.postprocess is None:
+            out = _call(self.model, list(x), self.spec, self.amp, self.device, failure, differentiable=True)
+        else:
+            raw = _call(self.model, x, self.spec, self.amp, self.device, failure, differentiable=True)
+            postprocess = self.postprocess
+            out = _call(lambda r: postprocess(r, images), raw, self.spec, self.amp, self.device,
+                        f"postprocess failed on the model's output for a batch of shape {list(x.shape)}",
+                        differentiable=True)
+        unmapped = self.unmapped
+        try:
+            return self._check(out, images.shape[0], images.shape[-2], images.shape[-1])
+        finally:
+            self.unmapped = unmapped
+
 
 class SegmenterAdapter(_LogitsAdapter):
     """Normalise full-resolution pixel batches and return per-pixel logits at the input resolution.
@@ -299,20 +313,11 @@ class SegmenterAdapter(_LogitsAdapter):
     """
 
     def predict(self, images: Tensor) -> SegmenterOutput:
-        return SegmenterOutput(self._logits(images, differentiable=False))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """The logits of `predict` with autograd on: `[B, C, H, W]` at the input resolution, through the
-        same normalisation, so a gradient with respect to the pixel-space `images` sees what the model
-        sees. For fitting attacks; the model is not changed."""
-        return self._logits(images, differentiable=True)
-
-    def _logits(self, images: Tensor, differentiable: bool) -> Tensor:
         _check_images(images, self.spec)
         x = self._pixels(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
-                    f"the model failed on a batch of shape {list(x.shape)}", differentiable=differentiable)
-        return self._check(out, images.shape[0], (images.shape[-2], images.shape[-1]))
+                    f"the model failed on a batch of shape {list(x.shape)}")
+        return SegmenterOutput(self._check(out, images.shape[0], (images.shape[-2], images.shape[-1])))
 
     def _check(self, out: Any, batch: int, size: tuple[int, int]) -> Tensor:
         if isinstance(out, Tensor):
@@ -337,6 +342,16 @@ class SegmenterAdapter(_LogitsAdapter):
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits of `predict` with autograd on: `[B, C, H, W]` at the input resolution, through the
+        same normalisation, so a gradient with respect to the pixel-space `images` sees what the model
+        sees. For fitting attacks; the model is not changed."""
+        _check_images(images, self.spec)
+        x = self._pixels(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}", differentiable=True)
+        return self._check(out, images.shape[0], (images.shape[-2], images.shape[-1]))
 
 
 class _Pixels:
@@ -392,8 +407,7 @@ def _call(fn: Callable[[Any], Any], arg: Any, spec: str, amp: bool, device: torc
     any failure but running out of memory (callers may retry with a smaller batch) becomes a
     ModelOutputError that says `failure`."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    grad_mode = torch.enable_grad() if differentiable else torch.inference_mode()
-    with grad_mode, autocast:
+    with torch.enable_grad() if differentiable else torch.inference_mode(), autocast:
         try:
             return fn(arg)
         except torch.OutOfMemoryError:
