@@ -18,6 +18,7 @@ from .robustness import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ALEXNET_SEVERITY_E
 from .coco_matching import MatchTableError, coco_metrics_from_matches
 from .detection import DEFAULT_SIZE_BINS, DetectionEvaluator, DetectionEvaluatorError, DetectionResults
 from .error_types import ERROR_TYPES
+from .attack_success import adversarial_summary  # registers the adversarial family summary
 from .segmentation import (SegmentationEvaluator, SegmentationInputError, SegmentationResults,
                            segmentation_metrics_from_counts)
 
@@ -29,6 +30,7 @@ __all__ = [
     "per_class_metrics", "per_sample_brier", "per_sample_nll", "relative_mce", "relative_performance",
     "reliability_bins", "result_key", "robustness_summary", "top_confusions",
     "DEFAULT_SIZE_BINS", "DetectionEvaluator", "DetectionEvaluatorError", "DetectionResults", "ERROR_TYPES",
+    "adversarial_summary",
     "MatchTableError", "coco_metrics_from_matches",
     "SegmentationEvaluator", "SegmentationInputError", "SegmentationResults", "segmentation_metrics_from_counts",
 ]

@@ -26,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from visionstress.family_summaries import register_family_summary
+
 from .bootstrap import bootstrap_ci
 
 ATTACK = "adversarial_patch"
@@ -202,3 +204,6 @@ def _found(frame: pd.DataFrame, threshold: float, category: int | None) -> np.nd
             hit &= np.asarray(cat) == category
         out[i] = hit.sum()
     return out
+
+
+register_family_summary("adversarial", adversarial_summary)

@@ -19,8 +19,9 @@ from .registry import (
 )
 from ._warp import Warp
 # Each family module registers its perturbations on import.
-from . import occlusion, scale, rotation, lighting, blur, camera, weather, albumentations, adversarial  # noqa: E402,F401
+from . import occlusion, scale, rotation, lighting, blur, camera, weather, albumentations  # noqa: E402,F401
 
+from . import adversarial  # noqa: E402,F401  (the patches: fitted on the model in the prepare phase)
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",

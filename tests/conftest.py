@@ -98,22 +98,24 @@ def demo_prepare_context(task: str, state_dir, options: dict | None = None, seve
                           state_dir=Path(state_dir), class_names=classes, log=lambda message: None, category_ids=ids)
 
 
-@pytest.fixture(scope="session")
-def ready_perturbation(tmp_path_factory):
-    """`ready(name)`: the registered perturbation, prepared first when it is model-aware (a patch fitted
-    in two steps on the demo classifier), so registry-wide invariants cover the prepared kernel."""
+_PREPARED_STATE = None  # a temporary folder for the prepared perturbations below, removed at exit
+
+
+@functools.lru_cache(maxsize=None)
+def ready_perturbation(name: str):
+    """The registered perturbation, prepared first when it is model-aware (a patch fitted in two steps on the
+    demo classifier), so registry-wide invariants cover the prepared kernel."""
+    import tempfile
+    from pathlib import Path
+
     from visionstress.perturbations import get_perturbation
 
-    prepared = {}
-
-    def ready(name: str):
-        p = get_perturbation(name)
-        if p.kind != "model-aware":
-            return p
-        if name not in prepared:
-            context = demo_prepare_context("classification", tmp_path_factory.mktemp(name), limit=40,
-                                           options={"patch_steps": 2, "patch_batch_size": 8})
-            prepared[name] = p.prepare(context)
-        return prepared[name]
-
-    return ready
+    global _PREPARED_STATE
+    p = get_perturbation(name)
+    if p.kind != "model-aware":
+        return p
+    if _PREPARED_STATE is None:
+        _PREPARED_STATE = tempfile.TemporaryDirectory(prefix="visionstress-prepared-")
+    context = demo_prepare_context("classification", Path(_PREPARED_STATE.name), limit=40,
+                                   options={"patch_steps": 2, "patch_batch_size": 8})
+    return p.prepare(context)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import visionstress as vs
+import visionstress.evaluators  # noqa: F401  (registers the family summaries, as a run does)
 from visionstress.options import OptionError, resolve_options
 from visionstress.patches import PatchFitError, _fit_batches, fit_settings
 from visionstress.perturbations import get_perturbation
@@ -245,7 +246,7 @@ def test_patch_from_refuses_another_task_image_size_or_area(tmp_path):
 
 
 def test_bad_options_are_clear_errors(tmp_path):
-    with pytest.raises(OptionError, match="--patch-fit-fraction must be between 0 and 1"):
+    with pytest.raises(OptionError, match="--patch-fit-fraction 1.0: must be between 0 and 1"):
         resolve_options("classification", {"patch_fit_fraction": 1.0})
     with pytest.raises(OptionError, match="--patch-target-class does not apply to --task classification"):
         resolve_options("classification", {"patch_target_class": "circle"})
@@ -432,6 +433,9 @@ def test_list_and_show_draw_fitted_patches(tmp_path):
     result = runner.invoke(app, ["show", str(scene), "-p", "adversarial_patch", "-s", "1",
                                  "--patch-from", str(tmp_path / "report"), "-o", str(out)])
     assert result.exit_code == 2 and "no adversarial_patch for severities 1; it has severities 3, 5" in result.output
+    result = runner.invoke(app, ["show", str(scene), "-p", "random_patch", "-s", "1",
+                                 "--patch-from", str(tmp_path / "report"), "-o", str(out)])
+    assert result.exit_code == 0  # the control draws its own noise where the report has none
 
 
 # --- the report ------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import torch
 import visionstress as vs
 from visionstress.perturbations import get_perturbation, list_perturbations
 
+from conftest import ready_perturbation
+
 NAMES = list_perturbations()
 
 NON_MONOTONE: dict[str, str] = {
@@ -83,7 +85,7 @@ def test_metadata_complete(name):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("name", NAMES)
-def test_shape_dtype_device_kept_and_input_untouched(name, dtype, ready_perturbation):
+def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
     images = _synthetic(4)
     if dtype == torch.uint8:
         images = (images * 255).round().to(torch.uint8)
@@ -96,7 +98,7 @@ def test_shape_dtype_device_kept_and_input_untouched(name, dtype, ready_perturba
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_output_other_seed_other_output(name, ready_perturbation):
+def test_same_seed_same_output_other_seed_other_output(name):
     images = _synthetic(4)
     p = ready_perturbation(name)
     a, b = p(images, severity=4, seed=7), p(images, severity=4, seed=7)
@@ -107,7 +109,7 @@ def test_same_seed_same_output_other_seed_other_output(name, ready_perturbation)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_batch_independence(name, ready_perturbation):
+def test_batch_independence(name):
     """A sample perturbed alone equals the same sample inside a batch of 8, at another position."""
     p = ready_perturbation(name)
     batch = vs.Batch(_synthetic(8), sample_ids=torch.arange(40, 48))
@@ -120,13 +122,13 @@ def test_batch_independence(name, ready_perturbation):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_severity_zero_is_identity(name, ready_perturbation):
+def test_severity_zero_is_identity(name):
     images = _synthetic(2)
     assert torch.equal(ready_perturbation(name)(images, severity=0, seed=0), images)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_params_replay(name, ready_perturbation):
+def test_params_replay(name):
     p = ready_perturbation(name)
     batch = vs.Batch(_synthetic(4), sample_ids=torch.tensor([3, 9, 27, 81]))
     first = p(batch, severity=2, seed=11)
@@ -135,7 +137,7 @@ def test_params_replay(name, ready_perturbation):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_distortion_grows_with_severity(name, natural_batch, ready_perturbation):
+def test_distortion_grows_with_severity(name, natural_batch):
     """Mean absolute difference from the clean image is non-decreasing in severity (2% slack)."""
     if name in NON_MONOTONE:
         pytest.skip(NON_MONOTONE[name])
@@ -152,7 +154,7 @@ def test_distortion_grows_with_severity(name, natural_batch, ready_perturbation)
 
 @pytest.mark.parametrize("size", [(16, 16), (37, 53)])
 @pytest.mark.parametrize("name", NAMES)
-def test_tiny_and_non_square_images(name, size, ready_perturbation):
+def test_tiny_and_non_square_images(name, size):
     images = _synthetic(2, *size)
     for severity in (1, 5):
         out = ready_perturbation(name)(images, severity=severity, seed=0)
@@ -160,7 +162,7 @@ def test_tiny_and_non_square_images(name, size, ready_perturbation):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_grayscale_and_rgba(name, ready_perturbation):
+def test_grayscale_and_rgba(name):
     p = ready_perturbation(name)
     gray = _synthetic(2, channels=1)
     out = p(gray, severity=3, seed=0)
@@ -173,7 +175,7 @@ def test_grayscale_and_rgba(name, ready_perturbation):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_targets_carried_or_refused(name, ready_perturbation):
+def test_targets_carried_or_refused(name):
     p = ready_perturbation(name)
     batch = _batch_with_targets()
     if batch.target_kinds - p.targets:

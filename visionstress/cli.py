@@ -114,29 +114,23 @@ def show_command(
 
 
 def _prepared_for_show(names: list[str], patch_from: Path | None, levels: list[int], explicit: set[str]):
-    """Model-aware perturbations need their fitted state: loaded from `--patch-from`, else left out of a
-    glob (with a note) and refused when named."""
+    """Perturbations fitted on a model (the adversarial patch) draw the patches of `--patch-from`; without it
+    they are left out of a glob (with a note) and refused when named. The control draws a report's own
+    noise when it has one, else its own."""
     from visionstress.options import OptionError
-    from visionstress.patches import PatchFitError, find_patch_state, load_patch_state
+    from visionstress.patches import PatchFitError, from_report
     from visionstress.perturbations import get_perturbation
 
     prepared = {}
-    if patch_from is not None:
-        for name in [n for n in names if get_perturbation(n).family == "adversarial"]:
-            try:
-                state = load_patch_state(find_patch_state(patch_from, name), name)
-            except OptionError as exc:
-                if name != "random_patch":  # a report may lack the control; it draws its own noise
-                    _fail(str(exc))
-                continue
-            except PatchFitError as exc:
+    for name in names:
+        p = get_perturbation(name)
+        if patch_from is None or p.family != "adversarial":
+            continue
+        try:
+            prepared[name] = from_report(p, patch_from, levels)
+        except (OptionError, PatchFitError) as exc:
+            if p.kind == "model-aware":
                 _fail(str(exc))
-            missing = [s for s in levels if float(get_perturbation(name).level(s)) not in state.patches]
-            if missing:
-                have = [s for s in range(1, 6) if float(get_perturbation(name).level(s)) in state.patches]
-                _fail(f"--patch-from {patch_from}: no {name} for severities {', '.join(map(str, missing))}; "
-                      f"it has severities {', '.join(map(str, have)) or 'none'} (use -s with those)")
-            prepared[name] = get_perturbation(name).with_state(state)
     needs = [n for n in names if get_perturbation(n).kind == "model-aware" and n not in prepared]
     named = [n for n in needs if n in explicit]
     if named:

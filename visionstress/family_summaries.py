@@ -59,13 +59,3 @@ def register_family_summary(family: str, fn: SummaryFn) -> SummaryFn:
 def family_summaries(families: Sequence[str], context: SummaryContext) -> dict[str, dict[str, Any]]:
     """`{family: summary}` for every family of `families` that registered one."""
     return {family: _SUMMARIES[family](context) for family in dict.fromkeys(families) if family in _SUMMARIES}
-
-
-def _adversarial(context: SummaryContext) -> dict[str, Any]:
-    """Attack success and patch effect of `adversarial_patch` beside `random_patch` (evaluators/attack_success)."""
-    from visionstress.evaluators.attack_success import adversarial_summary
-
-    return adversarial_summary(context)
-
-
-register_family_summary("adversarial", _adversarial)

@@ -578,6 +578,18 @@ def find_patch_state(folder: str | Path, name: str) -> Path:
                       "had adversarial patches")
 
 
+def from_report(perturbation: PatchPerturbation, folder: str | Path, severities: Sequence[int]) -> PatchPerturbation:
+    """`perturbation` carrying the patches a report saved for it (e.g. to draw them with `visionstress
+    show`), checked to hold the areas of `severities`; OptionError names what is missing."""
+    state = load_patch_state(find_patch_state(folder, perturbation.name), perturbation.name)
+    missing = [s for s in severities if float(perturbation.level(s)) not in state.patches]
+    if missing:
+        have = [s for s in range(1, 6) if float(perturbation.level(s)) in state.patches]
+        raise OptionError(f"--patch-from {folder}: no {perturbation.name} for severities "
+                          f"{', '.join(map(str, missing))}; it has severities {', '.join(map(str, have)) or 'none'}")
+    return perturbation.with_state(state)
+
+
 def _from_report(perturbation: PatchPerturbation, folder: Path, context: PrepareContext) -> PatchState:
     """A report's fitted patches, checked against this run (task, areas, image size, target). The control
     is fresh noise from this run's seed at the fitted patches' resolution (the same noise as the

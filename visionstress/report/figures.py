@@ -166,6 +166,17 @@ def error_type_bars(panels: Sequence[tuple[str, dict[str, dict[str, float]]]]) -
     return data_uri(figure)
 
 
+def _count(value: float) -> str:
+    """A count short enough for a matrix cell (segmentation counts pixels: 1.2M, 45k)."""
+    if value >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    return f"{value / 1e3:.0f}k" if value >= 1e4 else f"{int(value)}"
+
+
+def _finite(value: Any) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else 0.0
+
+
 @_styled
 def success_curves(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[Any]]]) -> str:
     """Attack success rate against patch area, a line per perturbation (the attack and its random
@@ -189,14 +200,3 @@ def success_curves(series: dict[str, tuple[Sequence[float], Sequence[float], Seq
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="best")
     return data_uri(figure)
-
-
-def _count(value: float) -> str:
-    """A count short enough for a matrix cell (segmentation counts pixels: 1.2M, 45k)."""
-    if value >= 1e6:
-        return f"{value / 1e6:.1f}M"
-    return f"{value / 1e3:.0f}k" if value >= 1e4 else f"{int(value)}"
-
-
-def _finite(value: Any) -> float:
-    return float(value) if value is not None and math.isfinite(float(value)) else 0.0

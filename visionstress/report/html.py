@@ -602,7 +602,7 @@ def adversarial_section(card: Scorecard, base_dir: Path) -> AdversarialSection |
     summary = (card.summaries or {}).get("adversarial")
     if not isinstance(summary, Mapping) or not summary.get("areas"):
         return None
-    metric = str(summary.get("metric") or MAIN_METRIC.get(card.task, "metric"))
+    metric = str(summary.get("metric") or "metric")
     areas = [a for a in summary["areas"] if isinstance(a, Mapping)]
     patches = []
     for name, info in (summary.get("patches") or {}).items():

@@ -48,8 +48,8 @@ register_options(
 
 def _fraction_inside(value: float) -> None:
     if not 0.0 < value < 1.0:
-        raise OptionError(f"--patch-fit-fraction must be between 0 and 1 (exclusive), got {value!r}: it is the "
-                          "share of images the patches are fitted on; the others are scored")
+        raise ValueError("must be between 0 and 1 (exclusive): it is the share of images the patches are fitted "
+                         "on; the others are scored")
 
 
 _PATCHES = "adversarial patches"
@@ -77,3 +77,4 @@ register_options(
     Option("patch_eot_perspective", float, 0.0, "Fitting: perspective jitter of the patch (0 = none; 0.1 tilts "
            "its far edge ~10% smaller).", minimum=0.0, maximum=0.3, group=_PATCHES),
 )
+
