@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians reported)")
     parser.add_argument("--skip-art", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -94,17 +95,12 @@ def main() -> None:
 
     # the limit: forward + backward to the input on one batch
     x = (images[fit_ids].float() / 255).to(device)
-    with frozen(model):
-        def limit_step() -> None:
-            xi = x.clone().requires_grad_(True)
-            adapter.forward(xi).logsumexp(1).sum().backward()
-        limit_step()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            limit_step()
-        _sync(device)
-        limit = args.steps / (time.perf_counter() - start)
+
+    def limit_steps(steps: int) -> None:
+        with frozen(model):
+            for _ in range(steps):
+                xi = x.clone().requires_grad_(True)
+                adapter.forward(xi).logsumexp(1).sum().backward()
 
     # visionstress
     options = resolve_options("classification", {"patch_steps": args.steps, "patch_lr": args.lr,
@@ -116,15 +112,14 @@ def main() -> None:
                              state_dir=Path("prepared"))  # fit_patch writes nothing
     resolution = texture_resolution(nominal_side(AREA, args.size * args.size, "square"))
     settings = fit_settings(context)
-    fit_patch(context, AREA, resolution, dataclasses.replace(settings, steps=2), SEVERITY)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    ours = fit_patch(context, AREA, resolution, settings, SEVERITY)
-    _sync(device)
-    ours_rate = args.steps / (time.perf_counter() - start)
+    ours = None
+
+    def ours_steps(steps: int) -> None:
+        nonlocal ours
+        ours = fit_patch(context, AREA, resolution, dataclasses.replace(settings, steps=steps), SEVERITY)
 
     # ART
-    art_rate = art_patch = art_buffers_changed = None
+    art_steps = art = None
     if not args.skip_art:
         from art.attacks.evasion import AdversarialPatchPyTorch
         from art.estimators.classification import PyTorchClassifier
@@ -137,20 +132,35 @@ def main() -> None:
             preprocessing=(np.array(config.mean, np.float32).reshape(3, 1, 1),
                            np.array(config.std, np.float32).reshape(3, 1, 1)),
             device_type="gpu" if device.type == "cuda" else "cpu")
-        scale = AREA ** 0.5
-        attack = AdversarialPatchPyTorch(classifier, rotation_max=22.5, scale_min=0.9 * scale, scale_max=1.1 * scale,
-                                         learning_rate=args.lr, max_iter=args.steps, batch_size=args.batch,
-                                         patch_shape=(3, args.size, args.size), patch_type="square", targeted=False,
-                                         verbose=False)
         x_art = (images[fit_ids].float() / 255).numpy()
         y_art = np.eye(classes, dtype=np.float32)[labels[fit_ids].numpy()]
-        _sync(device)
-        start = time.perf_counter()
-        patch, _ = attack.generate(x=x_art, y=y_art)
-        _sync(device)
-        art_rate = args.steps / (time.perf_counter() - start)
-        art_patch = torch.from_numpy(np.asarray(patch, np.float32))
-        art_buffers_changed = any(not torch.equal(before[k], v) for k, v in art_model.state_dict().items())
+        art = {}
+
+        def art_steps(steps: int) -> None:
+            scale = AREA ** 0.5
+            attack = AdversarialPatchPyTorch(classifier, rotation_max=22.5, scale_min=0.9 * scale,
+                                             scale_max=1.1 * scale, learning_rate=args.lr, max_iter=steps,
+                                             batch_size=args.batch, patch_shape=(3, args.size, args.size),
+                                             patch_type="square", targeted=False, verbose=False)
+            art["patch"], _ = attack.generate(x=x_art, y=y_art)
+
+    # interleaved rounds, so that a change in the machine's load hits the three alike; medians reported
+    fitters = {"limit": limit_steps, "visionstress": ours_steps, **({"ART": art_steps} if art_steps else {})}
+    for fn in fitters.values():
+        fn(2)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in fitters}
+    for _ in range(args.rounds):
+        for name, fn in fitters.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn(args.steps)
+            _sync(device)
+            rates[name].append(args.steps / (time.perf_counter() - start))
+    rate = {name: float(np.median(values)) for name, values in rates.items()}
+    limit, ours_rate, art_rate = rate["limit"], rate["visionstress"], rate.get("ART")
+    art_patch = None if art is None else torch.from_numpy(np.asarray(art["patch"], np.float32))
+    art_buffers_changed = None if art is None else any(
+        not torch.equal(before[k], v) for k, v in art_model.state_dict().items())
 
     # both patches at the same placements on the held-out images
     held = Batch(images[held_out], sample_ids=held_out, labels=labels[held_out])
@@ -164,8 +174,8 @@ def main() -> None:
         with torch.inference_mode():
             top1[name] = float((adapter.predict(view.images).logits.argmax(1).cpu() == held.labels).float().mean())
 
-    print(f"{args.model} on {device}, batch {args.batch}, {args.size}x{args.size}, {args.steps} steps, "
-          f"{100 * AREA:g}% square patch, torch threads {torch.get_num_threads()}")
+    print(f"{args.model} on {device}, batch {args.batch}, {args.size}x{args.size}, {args.steps} steps x "
+          f"{args.rounds} rounds, {100 * AREA:g}% square patch, torch threads {torch.get_num_threads()}")
     print(f"{'':38} {'steps/s':>8} {'x limit':>8} {'x ART':>7}")
     print(f"{'model forward+backward (the limit)':38} {limit:8.1f} {1.0:8.2f} "
           f"{'' if art_rate is None else f'{limit / art_rate:7.2f}'}")
