@@ -72,6 +72,32 @@ def test_a_model_without_gradients_is_a_clear_error(tmp_path):
         get_perturbation("adversarial_patch").prepare(context)
 
 
+def test_a_model_that_overflows_is_a_clear_error(tmp_path):
+    """Caught by the adapter's finiteness check, or (where the adapter defers it) by the fitting loop."""
+    from visionstress.models.adapters import ModelOutputError
+
+    context = demo_prepare_context("classification", tmp_path, FAST, severities=(4,), limit=24)
+    module = context.adapter.model
+    context.adapter.model = lambda x: module(x) * float("inf")
+    with pytest.raises((PatchFitError, ModelOutputError), match="NaN or infinite logits|patch loss became nan"):
+        get_perturbation("adversarial_patch").prepare(context)
+
+
+def test_a_loss_that_overflows_stops_the_fit(tmp_path, monkeypatch):
+    import visionstress.patches as patches
+
+    context = demo_prepare_context("classification", tmp_path, FAST, severities=(4,), limit=24)
+    real = patches.task_loss
+
+    def overflowing(*args):
+        loss, hits, total = real(*args)
+        return loss * float("inf"), hits, total
+
+    monkeypatch.setattr(patches, "task_loss", overflowing)
+    with pytest.raises(PatchFitError, match="the patch loss became -?inf at step 1 .*--patch-lr"):
+        get_perturbation("adversarial_patch").prepare(context)
+
+
 # --- the adapters' differentiable forward ----------------------------------------------------------
 
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
@@ -407,16 +433,18 @@ def test_adversarial_preset_runs_both_patches_at_all_five_areas():
     assert suite.pairs() == [(n, s) for n in ("adversarial_patch", "random_patch") for s in range(1, 6)]
 
 
-def test_list_and_show_draw_fitted_patches(tmp_path):
+def test_list_and_show_draw_fitted_patches(tmp_path, monkeypatch):
     from pathlib import Path
 
     from PIL import Image
     from typer.testing import CliRunner
 
+    from visionstress import cli
     from visionstress.cli import app
 
+    monkeypatch.setattr(cli.console, "width", 250)  # the table folds long cells on a narrow terminal
     runner = CliRunner()
-    result = runner.invoke(app, ["list", "--family", "adversarial"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["list", "--family", "adversarial"])
     assert result.exit_code == 0 and "adversarial_patch" in result.output and "random_patch" in result.output
     assert "0.01 | 0.02 | 0.05 | 0.1 | 0.2" in result.output
     scene = Path(__file__).resolve().parents[1] / "data" / "demo" / "scene.png"

@@ -264,7 +264,8 @@ def fit_patch(context: PrepareContext, area: float, resolution: int, settings: F
     losses: list[float] = []
     fooled = found = 0.0
     seen: set[int] = set()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    amp_on = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if amp_on else contextlib.nullcontext()
     start = time.perf_counter()
     with frozen(context.adapter.model):
         for step in range(settings.steps):
@@ -283,6 +284,11 @@ def fit_patch(context: PrepareContext, area: float, resolution: int, settings: F
                     f"{getattr(context.adapter, 'spec', 'the model')}: its output does not depend differentiably on "
                     "the input (an ONNX model, or one that detaches), so no patch can be fitted on it; evaluate "
                     "patches fitted on another model with --patch-from, or run random_patch alone")
+            if not bool(torch.isfinite(loss.detach())):
+                raise PatchFitError(
+                    f"{getattr(context.adapter, 'spec', 'the model')}: the patch loss became {float(loss)} at step "
+                    f"{step + 1} (a model output overflowed{'; bf16 autocast is on for CUDA' if amp_on else ''}); "
+                    "try a smaller --patch-lr")
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
