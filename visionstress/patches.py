@@ -286,7 +286,7 @@ def fit_patch(context: PrepareContext, area: float, resolution: int, settings: F
                     "patches fitted on another model with --patch-from, or run random_patch alone")
             if not bool(torch.isfinite(loss.detach())):
                 raise PatchFitError(
-                    f"{getattr(context.adapter, 'spec', 'the model')}: the patch loss became {float(loss)} at step "
+                    f"{getattr(context.adapter, 'spec', 'the model')}: the patch loss became {float(loss.detach())} at step "
                     f"{step + 1} (a model output overflowed{'; bf16 autocast is on for CUDA' if amp_on else ''}); "
                     "try a smaller --patch-lr")
             optimizer.zero_grad(set_to_none=True)
