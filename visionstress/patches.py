@@ -285,10 +285,10 @@ def fit_patch(context: PrepareContext, area: float, resolution: int, settings: F
                     "the input (an ONNX model, or one that detaches), so no patch can be fitted on it; evaluate "
                     "patches fitted on another model with --patch-from, or run random_patch alone")
             if not bool(torch.isfinite(loss.detach())):
+                spec = getattr(context.adapter, "spec", "the model")
                 raise PatchFitError(
-                    f"{getattr(context.adapter, 'spec', 'the model')}: the patch loss became {float(loss.detach())} at step "
-                    f"{step + 1} (a model output overflowed{'; bf16 autocast is on for CUDA' if amp_on else ''}); "
-                    "try a smaller --patch-lr")
+                    f"{spec}: the patch loss became {float(loss.detach())} at step {step + 1} (a model output "
+                    f"overflowed{'; bf16 autocast is on for CUDA' if amp_on else ''}); try a smaller --patch-lr")
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
