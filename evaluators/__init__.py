@@ -21,6 +21,7 @@ from .coco_matching import MatchTableError, coco_metrics_from_matches
 from .detection import (DEFAULT_SIZE_BINS, DetectionEvaluator, DetectionEvaluatorError, DetectionResults,
                         detection_statistics)
 from .error_types import ERROR_TYPES
+from .attack_success import adversarial_summary  # registers the adversarial family summary
 from .segmentation import (SegmentationEvaluator, SegmentationInputError, SegmentationResults,
                            segmentation_metrics_from_counts, segmentation_statistics)
 from .reliance import background_summary, cue_summary  # registers the background and cue family summaries
@@ -33,6 +34,7 @@ __all__ = [
     "per_class_metrics", "per_sample_brier", "per_sample_nll", "relative_mce", "relative_performance",
     "reliability_bins", "result_key", "robustness_summary", "top_confusions", "classification_statistics",
     "DEFAULT_SIZE_BINS", "DetectionEvaluator", "DetectionEvaluatorError", "DetectionResults", "ERROR_TYPES",
+    "adversarial_summary",
     "MatchTableError", "coco_metrics_from_matches", "detection_statistics",
     "SegmentationEvaluator", "SegmentationInputError", "SegmentationResults", "segmentation_metrics_from_counts",
     "background_summary", "cue_summary", "segmentation_statistics",

@@ -24,6 +24,7 @@ from .levels import Field, Level, LevelError
 from . import occlusion, scale, rotation, lighting, blur, camera, weather, digital  # noqa: E402,F401
 from . import background, cue  # noqa: E402,F401
 
+from . import adversarial  # noqa: E402,F401  (the patches: fitted on the model in the prepare phase)
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",

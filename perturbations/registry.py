@@ -70,6 +70,8 @@ class PrepareContext:
     state_dir: Path
     class_names: Sequence[str] = ()
     log: Callable[[str], None] = print
+    category_ids: Sequence[int] = ()
+    """Detection: the dataset's category ids in the order of `class_names` (targets carry ids, users names)."""
 
 
 class Perturbation:
@@ -110,6 +112,10 @@ class Perturbation:
     def prepared_summary(self) -> dict[str, Any]:
         """JSON-ready facts about the prepared state for the scorecard (what was fitted, on which images)."""
         return {}
+
+    def check_level(self, level: Any) -> None:
+        """Raise ValueError when `level` cannot be an entry of this perturbation's severity table (a user
+        suite's own `table` is checked with it before any work starts); the default accepts any."""
 
     def sample_filter(self, sample_ids: Tensor) -> Tensor | None:
         """Which of `sample_ids` this perturbation's passes score (bool, same device), or None for all.

@@ -12,7 +12,7 @@ import torch
 import visionstress as vs
 from visionstress.perturbations import get_perturbation, list_perturbations
 
-from conftest import natural_images_np, to_tensor
+from conftest import natural_images_np, ready_perturbation, to_tensor
 
 pytestmark = pytest.mark.cuda
 
@@ -30,7 +30,7 @@ LOOSER: dict[str, tuple[float, float, str]] = {
 def test_cpu_and_cuda_agree(name):
     images = to_tensor(natural_images_np())
     batch = vs.Batch(images, sample_ids=torch.arange(len(images)))
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     for severity in (1, 3, 5):
         cpu = p(batch, severity=severity, seed=0).images
         gpu = p(batch.to("cuda"), severity=severity, seed=0).images

@@ -17,6 +17,9 @@ import visionstress as vs
 from visionstress.perturbations import (Field, PhotometricPerturbation, get_perturbation, list_perturbations,
                                         register_perturbation, unregister_perturbation)
 
+from conftest import ready_perturbation
+
+
 def _fade_to_grey(images: torch.Tensor, params: dict[str, torch.Tensor], level: float) -> torch.Tensor:
     return torch.lerp(images, params["grey"].view(-1, 1, 1, 1).expand_as(images), level)
 
@@ -130,7 +133,7 @@ def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
     if dtype == torch.uint8:
         images = (images * 255).round().to(torch.uint8)
     before = images.clone()
-    out = get_perturbation(name)(images, severity=_at(name, 3), seed=0)
+    out = ready_perturbation(name)(images, severity=_at(name, 3), seed=0)
     assert out.shape == images.shape and out.dtype == dtype and out.device == images.device
     assert torch.equal(images, before), f"{name} modified its input in place"
     if dtype == torch.float32:
@@ -140,7 +143,7 @@ def test_shape_dtype_device_kept_and_input_untouched(name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_output_other_seed_other_output(name):
     images = _synthetic(4)
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     s = _at(name, 4)
     a, b = p(images, severity=s, seed=7), p(images, severity=s, seed=7)
     assert torch.equal(a, b), f"{name} is not deterministic for a fixed seed"
@@ -152,7 +155,7 @@ def test_same_seed_same_output_other_seed_other_output(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_independence(name):
     """A sample perturbed alone equals the same sample inside a batch of 8, at another position."""
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     batch = vs.Batch(_synthetic(8), sample_ids=torch.arange(40, 48))
     s = _at(name, 3)
     full = p(batch, severity=s, seed=3)
@@ -166,12 +169,12 @@ def test_batch_independence(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_severity_zero_is_identity(name):
     images = _synthetic(2)
-    assert torch.equal(get_perturbation(name)(images, severity=0, seed=0), images)
+    assert torch.equal(ready_perturbation(name)(images, severity=0, seed=0), images)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_params_replay(name):
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     batch = vs.Batch(_synthetic(4), sample_ids=torch.tensor([3, 9, 27, 81]))
     first = p(batch, severity=_at(name, 2), seed=11)
     replayed = p(batch, severity=_at(name, 2), seed=999, params=first.params)
@@ -184,7 +187,7 @@ def test_distortion_grows_with_severity(name, natural_batch):
     single-level perturbation must at least change the image."""
     if name in NON_MONOTONE:
         pytest.skip(NON_MONOTONE[name])
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     batch = vs.Batch(natural_batch, sample_ids=torch.arange(len(natural_batch)))
     distortion = [float((p(batch, severity=s, seed=0).images - natural_batch).abs().mean())
                   for s in range(1, p.max_severity + 1)]
@@ -200,14 +203,14 @@ def test_distortion_grows_with_severity(name, natural_batch):
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_and_non_square_images(name, size):
     images = _synthetic(2, *size)
-    for severity in sorted({1, get_perturbation(name).max_severity}):
-        out = get_perturbation(name)(images, severity=severity, seed=0)
+    for severity in sorted({1, ready_perturbation(name).max_severity}):
+        out = ready_perturbation(name)(images, severity=severity, seed=0)
         assert out.shape == images.shape and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_grayscale_and_rgba(name):
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     gray = _synthetic(2, channels=1)
     out = p(gray, severity=_at(name, 3), seed=0)
     assert out.shape == gray.shape
@@ -220,7 +223,7 @@ def test_grayscale_and_rgba(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_targets_carried_or_refused(name):
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     batch = _batch_with_targets()
     if batch.target_kinds - p.targets:
         with pytest.raises(ValueError, match="cannot carry"):

@@ -109,6 +109,8 @@ def show_command(
     mask: Optional[Path] = typer.Option(None, "--mask", help="Object mask of IMAGE (non-zero = object) for the "
                                         "background and cue perturbations; else --annotations' polygons, or GrabCut "
                                         "on their boxes."),
+    patch_from: Optional[Path] = typer.Option(None, "--patch-from", help="A report folder whose fitted patches "
+                                              "adversarial_patch (and random_patch) draw on the image."),
 ) -> None:
     """A contact sheet of IMAGE under each perturbation x severity."""
     from visionstress.contact_sheet import (AnnotationError, contact_sheet, prepare_on_image, read_coco_boxes,
@@ -144,12 +146,14 @@ def show_command(
                 foreground = read_coco_foreground(annotations, image.name, pixels)
     except (ImageReadError, AnnotationError, ForegroundError) as exc:
         _fail(str(exc))
+    fitted, names = _prepared_for_show(names, patch_from, levels, explicit=set(named))
     ready, refused = prepare_on_image(names, pixels, foreground, boxes)
     errors = [f"{n} {why}" for n, why in refused.items() if n in named]
     if errors:
         _fail("; ".join(errors) + (" (drop --annotations or these perturbations)" if boxes is not None else ""))
     if not ready:
         _fail("no perturbation left to draw: " + "; ".join(f"{n} {why}" for n, why in refused.items()))
+    ready = [fitted.get(p.name, p) for p in ready]  # the adversarial ones draw the report's fitted patches
     sheet = contact_sheet(pixels, ready, levels, boxes=boxes, category_names=categories, seed=seed, device=device,
                           foreground=foreground)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +162,37 @@ def show_command(
     if refused:
         console.print(Text(f"left out {len(refused)}: " + "; ".join(f"{n} ({why})" for n, why in refused.items())),
                       soft_wrap=True)
+
+
+def _prepared_for_show(names: list[str], patch_from: Path | None, levels: list[int], explicit: set[str]):
+    """Perturbations fitted on a model (the adversarial patch) draw the patches of `--patch-from`; without it
+    they are left out of a glob (with a note) and refused when named. The control draws a report's own
+    noise when it has one, else its own."""
+    from visionstress.options import OptionError
+    from visionstress.patches import PatchFitError, from_report
+    from visionstress.perturbations import get_perturbation
+
+    prepared = {}
+    for name in names:
+        p = get_perturbation(name)
+        if patch_from is None or p.family != "adversarial":
+            continue
+        try:
+            prepared[name] = from_report(p, patch_from, levels)
+        except (OptionError, PatchFitError) as exc:
+            if p.kind == "model-aware":
+                _fail(str(exc))
+    needs = [n for n in names if get_perturbation(n).kind == "model-aware" and n not in prepared]
+    named = [n for n in needs if n in explicit]
+    if named:
+        _fail(f"{', '.join(named)} needs state fitted on a model: add --patch-from REPORT (a report folder of a "
+              "run with the adversarial suite)")
+    if needs:
+        console.print(f"left out {', '.join(needs)} (fitted on a model: add --patch-from REPORT to draw it)")
+    kept = [n for n in names if n not in needs]
+    if not kept:
+        _fail("nothing to show")
+    return prepared, kept
 
 
 _GROUPS = {"model": "Model", "data": "Data", "run": "Run", "output": "Output"}

@@ -110,6 +110,10 @@ PRESETS: dict[str, Suite] = {
         "random_occlusion",                        # occlusion
         "rotation",                                # rotation
     ), ALL_SEVERITIES),
+    # A universal patch fitted on the model at 1-20% of the image (or of each box), beside its random
+    # control at the same placements: the gap between the two is the attack, not the occlusion. Not in
+    # `default`: fitting takes minutes on a real model.
+    "adversarial": _preset("adversarial", ("adversarial_patch", "random_patch"), ALL_SEVERITIES),
     # The 15 benchmark corruptions x 5 severities of Hendrycks & Dietterich (2019), the protocol mCE is
     # defined on.
     "imagenet-c": _preset("imagenet-c", tuple(IMAGENET_C), ALL_SEVERITIES),
@@ -285,6 +289,10 @@ def _table(value: Any, name: str, key: str, fail: Any) -> tuple[Any, ...]:
             levels.append(perturbation.parse_level(level))
         except LevelError as error:
             raise fail(f"{key}[{i}]{error.key}", error.problem) from None
+        try:
+            perturbation.check_level(levels[-1])
+        except ValueError as exc:
+            raise fail(f"{key}[{i}]", str(exc)) from None
     return tuple(levels)
 
 

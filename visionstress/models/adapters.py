@@ -131,6 +131,21 @@ class ClassifierAdapter(_LogitsAdapter):
         self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image")
         return logits
 
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits of `predict` with autograd on: `[B, K]` float32 through the same normalisation and
+        channel order, so a gradient with respect to the pixel-space `images` (float in [0, 1]) sees what
+        the model sees. For fitting attacks (adversarial patches); the model is not changed."""
+        _check_images(images, self.spec)
+        if tuple(images.shape[-2:]) != self.data_config.input_size:
+            raise ValueError(
+                f"{self.spec}: images are {images.shape[-2]}x{images.shape[-1]} but the data config's input_size "
+                f"is {self.data_config.input_size[0]}x{self.data_config.input_size[1]}; resize and crop first"
+            )
+        x = self._pixels(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}", differentiable=True)
+        return self._check(out, images.shape[0])
+
 
 class DetectorAdapter:
     """Run a detector on full-resolution pixel batches and return validated per-image detections.
@@ -293,6 +308,28 @@ class DetectorAdapter:
         masks = masks.to(self.device)
         return masks if masks.dtype == torch.bool else masks > 0.5
 
+    def forward(self, images: Tensor) -> DetectorOutput:
+        """The detections of `predict` with autograd on: the same call (a list of images, or the batch and
+        `postprocess`), the same label mapping and clipping, so the scores can be differentiated with
+        respect to the pixel-space `images`. For fitting attacks; the model is not changed, and labels
+        dropped here are not counted in `unmapped` (which counts the run's predictions)."""
+        _check_images(images, self.spec)
+        x = self._pixels(images)
+        failure = f"the model failed on a batch of shape {list(x.shape)}"
+        if self.postprocess is None:
+            out = _call(self.model, list(x), self.spec, self.amp, self.device, failure, differentiable=True)
+        else:
+            raw = _call(self.model, x, self.spec, self.amp, self.device, failure, differentiable=True)
+            postprocess = self.postprocess
+            out = _call(lambda r: postprocess(r, images), raw, self.spec, self.amp, self.device,
+                        f"postprocess failed on the model's output for a batch of shape {list(x.shape)}",
+                        differentiable=True)
+        unmapped = self.unmapped
+        try:
+            return self._check(out, images.shape[0], images.shape[-2], images.shape[-1])
+        finally:
+            self.unmapped = unmapped
+
 
 class SegmenterAdapter(_LogitsAdapter):
     """Normalise full-resolution pixel batches and return per-pixel logits at the input resolution.
@@ -333,6 +370,16 @@ class SegmenterAdapter(_LogitsAdapter):
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The logits of `predict` with autograd on: `[B, C, H, W]` at the input resolution, through the
+        same normalisation, so a gradient with respect to the pixel-space `images` sees what the model
+        sees. For fitting attacks; the model is not changed."""
+        _check_images(images, self.spec)
+        x = self._pixels(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}", differentiable=True)
+        return self._check(out, images.shape[0], (images.shape[-2], images.shape[-1]))
 
 
 class _Pixels:
@@ -383,11 +430,12 @@ def _check_images(images: Tensor, spec: str) -> None:
 
 
 def _call(fn: Callable[[Any], Any], arg: Any, spec: str, amp: bool, device: torch.device,
-          failure: str, hint: str = "") -> Any:
-    """`fn(arg)` in inference mode (bf16 autocast when `amp`); any failure but running out of memory
-    (callers may retry with a smaller batch) becomes a ModelOutputError that says `failure`."""
+          failure: str, hint: str = "", differentiable: bool = False) -> Any:
+    """`fn(arg)` in inference mode, or with autograd on when `differentiable` (bf16 autocast when `amp`);
+    any failure but running out of memory (callers may retry with a smaller batch) becomes a
+    ModelOutputError that says `failure`."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    with torch.enable_grad() if differentiable else torch.inference_mode(), autocast:
         try:
             return fn(arg)
         except torch.OutOfMemoryError:

@@ -198,3 +198,28 @@ def _count(value: float) -> str:
 
 def _finite(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(float(value)) else 0.0
+
+
+@_styled
+def success_curves(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[Any]]]) -> str:
+    """Attack success rate against patch area, a line per perturbation (the attack and its random
+    control), with the 95% intervals as error bars: the gap between the lines is the attack."""
+    figure = _figure(3.8, 2.6)
+    ax = figure.add_subplot()
+    for (name, (areas, values, intervals)), colour in zip(series.items(), (WORST_COLOUR, "#888888")):
+        x = np.asarray(areas, dtype=np.float64) * 100
+        y = np.asarray(values, dtype=np.float64) * 100
+        low = np.array([_finite(ci[0]) * 100 if ci else v for ci, v in zip(intervals, y)])
+        high = np.array([_finite(ci[1]) * 100 if ci else v for ci, v in zip(intervals, y)])
+        ax.errorbar(x, y, yerr=[np.maximum(y - low, 0), np.maximum(high - y, 0)], marker="o", markersize=3.5,
+                    linewidth=1.5, capsize=2, color=colour, label=text(name))
+    ticks = sorted({round(100 * a, 6) for areas, _, _ in series.values() for a in areas})
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("patch area (% of the image or box)")
+    ax.set_ylabel("attack success (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    return data_uri(figure)

@@ -43,6 +43,7 @@ _SECTIONS = (("headline", "headline", ()), ("skew", "preprocessing skew", ("skew
              ("curves", "degradation", ("curves",)), ("confusion", "confusion", ("confusion", "most_confused")),
              ("calibration", "calibration", ("calibration",)), ("small-objects", "small objects", ("size",)),
              ("error-types", "error types", ("error_types",)), ("occlusion", "occlusion", ("occlusion",)),
+             ("adversarial", "adversarial patches", ("adversarial",)),
              ("per-class", "per class", ("per_class",)), ("probes", "backgrounds & cues", ("probes",)),
              ("gallery", "failure gallery", ("gallery",)), ("skipped", "skipped files", ()))
 """(anchor, link text, context entries of which one must be present; none: always shown) for the
@@ -177,6 +178,7 @@ def render_report(card: Scorecard, base_dir: Path, skew: Mapping[str, Any] | Non
         "error_types": _error_types(breakdowns, compare),
         "occlusion": _occlusion(breakdowns, passes),
         "probes": _probes(card, Path(base_dir)),
+        "adversarial": adversarial_section(card, Path(base_dir)),
         "gallery": _gallery(breakdowns.get("gallery") or [], Path(base_dir)),
         "skipped": _skipped(card),
         "environment": [(k.replace("_", " "), _plain_value(v)) for k, v in (card.environment or {}).items()],
@@ -758,3 +760,86 @@ def _probes(card: Scorecard, base_dir: Path) -> Probes | None:
         notes.append(f"{name}: {facts.get('count')} background false positives against {facts.get('clean')} clean "
                      f"({facts.get('added'):+d}).")
     return Probes(examples=examples, headline=headline, variants=variants, cues=cues, notes=notes)
+
+
+# --- adversarial patches --------------------------------------------------------------------------
+
+_PATCHES = ("adversarial_patch", "random_patch")
+
+
+@dataclass
+class PatchImage:
+    label: str
+    uri: str | None  # data URI of the fitted patch's PNG, None when the file is not in the report folder
+
+
+@dataclass
+class AdversarialSection:
+    """The `adversarial` family summary as the page shows it: the patches, success against area for the
+    attack and its control, the numbers per area, and the gallery's patch failures."""
+
+    patches: list[PatchImage]
+    curve: EmbeddedFigure | None
+    table: Table
+    gallery: list[GalleryItem]
+    notes: list[str]
+
+
+def adversarial_section(card: Scorecard, base_dir: Path) -> AdversarialSection | None:
+    """The report section of the `adversarial` family summary, or None when the run had no patches."""
+    summary = (card.summaries or {}).get("adversarial")
+    if not isinstance(summary, Mapping) or not summary.get("areas"):
+        return None
+    metric = str(summary.get("metric") or "metric")
+    areas = [a for a in summary["areas"] if isinstance(a, Mapping)]
+    patches = []
+    for name, info in (summary.get("patches") or {}).items():
+        for key, file in sorted((info.get("files") or {}).items(), key=lambda kv: _number(kv[0])):
+            uri = _image(base_dir, f"prepared/{name}/{file}")
+            if uri is None and info.get("state_dir"):
+                uri = _image(base_dir, os.path.relpath(Path(info["state_dir"]) / file, base_dir))
+            patches.append(PatchImage(f"{name}, {100 * _number(key):g}%", uri))
+    rows = []
+    for a in areas:
+        area = f"{100 * _number(a['area']):g}%" if a.get("area") is not None else f"severity {a.get('severity')}"
+        rows.append([area, str(a.get("images")), _with_ci(a.get("clean"), metric)]
+                    + [_with_ci((a.get(n) or {}).get("metric"), metric) for n in _PATCHES]
+                    + [_with_ci(a.get("effect"), metric, change=True)]
+                    + [_with_ci((a.get(n) or {}).get("success"), "top1") for n in _PATCHES])
+    table = Table(["area", "held-out images", f"clean {metric}", f"{metric} adversarial", f"{metric} random",
+                   "patch effect", "success adversarial", "success random"], rows, first_numeric=1,
+                  caption=f"Success: {summary.get('success')}. Patch effect: {summary.get('effect')}. "
+                          "95% bootstrap intervals over images.")
+    series = {}
+    for name in _PATCHES:
+        points = [(_number(a.get("area")), (a.get(name) or {}).get("success") or {}) for a in areas if name in a]
+        points = [(x, s) for x, s in points if math.isfinite(x)]
+        if points:
+            series[name] = ([x for x, _ in points], [_number(s.get("value")) for _, s in points],
+                            [s.get("ci") for _, s in points])
+    curve = EmbeddedFigure(figures.success_curves(series), "attack success rate against patch area") if series else None
+    gallery = [g for g in _gallery((card.breakdowns or {}).get("gallery") or [], base_dir)
+               if g.pass_label.split(" @ ")[0] in _PATCHES]
+    notes = [f"Scored on the {summary.get('held_out_images')} held-out images; the patches were fitted on "
+             f"{summary.get('fit_images') if summary.get('fit_images') is not None else 'other'} images "
+             f"(fit fraction {summary.get('fit_fraction')})."]
+    if summary.get("target"):
+        notes.append(f"Targeted: {summary['target']}.")
+    if summary.get("patch_from"):
+        notes.append(f"Patches from {summary['patch_from']} (transfer: fitted on another model).")
+    return AdversarialSection(patches, curve, table, gallery, notes)
+
+
+def _with_ci(entry: Any, metric: str, change: bool = False) -> str:
+    """`71.2% (65.0% – 77.1%)` from a summary entry `{value, ci}`."""
+    if not isinstance(entry, Mapping):
+        return "–"
+
+    def fmt(value: Any) -> str:
+        return _fmt_change(_number(value), metric) if change else _fmt(value, metric)
+
+    text = fmt(entry.get("value"))
+    ci = entry.get("ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(math.isfinite(_number(v)) for v in ci):
+        text += f" ({fmt(ci[0])} – {fmt(ci[1])})"
+    return text

@@ -102,3 +102,39 @@ register_options(
     Option("skew_cells", Path, None, "With --skew: a YAML list of cells knob=value[,knob=value] instead of the "
            "catalogue.", tasks=_SKEWED, group="run"),
 )
+
+
+# --- adversarial patches (perturbations/adversarial.py, visionstress/patches.py) ----------------------
+
+def _fraction_inside(value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be between 0 and 1 (exclusive): it is the share of images the patches are fitted "
+                         "on; the others are scored")
+
+
+_PATCHES = "adversarial patches"
+register_options(
+    Option("patch_steps", int, 250, "Adam steps fitting each adversarial patch (one batch per step).", minimum=1,
+           group=_PATCHES),
+    Option("patch_lr", float, 0.05, "Adam learning rate of the patch, in pixel values (0..1).", minimum=1e-6,
+           maximum=10.0, group=_PATCHES),
+    Option("patch_batch_size", int, 32, "Images per patch-fitting step.", minimum=1, group=_PATCHES),
+    Option("patch_fit_fraction", float, 0.2, "Share of the images (chosen by sample-id hash) the patches are "
+           "fitted on; the patch rows score only the others.", check=_fraction_inside, group=_PATCHES),
+    Option("patch_target", str, None, "Targeted patch: the class (name or index) predictions should turn into; "
+           "default untargeted (push the true class down).", tasks=frozenset({"classification", "segmentation"}),
+           metavar="CLASS", group=_PATCHES),
+    Option("patch_target_class", str, None, "Detection: only objects of this category (name or id) get a patch "
+           "and are made to vanish; default every object.", tasks=frozenset({"detection"}), metavar="CATEGORY",
+           group=_PATCHES),
+    Option("patch_from", Path, None, "A previous report folder: evaluate its fitted patches on this model instead "
+           "of fitting new ones (the transfer attack between model versions).", metavar="REPORT", group=_PATCHES),
+    Option("patch_shape", str, "square", "Patch shape.", choices=("square", "circle"), group=_PATCHES),
+    Option("patch_eot_brightness", float, 0.1, "Fitting: brightness jitter of the patch, ± this (pixel values).",
+           minimum=0.0, maximum=0.5, group=_PATCHES),
+    Option("patch_eot_contrast", float, 0.1, "Fitting: contrast jitter of the patch, a factor 1 ± this.",
+           minimum=0.0, maximum=0.9, group=_PATCHES),
+    Option("patch_eot_perspective", float, 0.0, "Fitting: perspective jitter of the patch (0 = none; 0.1 tilts "
+           "its far edge ~10% smaller).", minimum=0.0, maximum=0.3, group=_PATCHES),
+)
+
