@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +15,8 @@ from rich.text import Text
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Stress-test computer-vision models against the perturbations the world applies.")
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:  # a CI log: wide enough that tables keep every column
+    console = Console(width=160)
 err_console = Console(stderr=True)
 
 

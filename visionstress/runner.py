@@ -228,7 +228,8 @@ class _Run:
             task=self.task.name, adapter=self.setup.adapter, batches=self._host_batches,
             severities={name: tuple(p.severity for p in self.passes if p.perturbation == name) for name in perturbations},
             seed=self.opts.seed, device=self.device, options=self.opts, state_dir=state_dir,
-            class_names=self.setup.dataset.class_names, log=lambda message: None)
+            class_names=self.setup.dataset.class_names, log=lambda message: None,
+            category_ids=self.setup.dataset.info.get("category_ids", ()))
         done = state_dir / "prepared.json"
         ready = done.is_file()
         if not ready and self.world.rank == 0:
