@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 from visionstress.batch import Batch
 from visionstress.rng import sample_keys, uniform_field
 
+from .levels import Field
 from .occlusion import _record_occlusion
 from .registry import Params, Perturbation, PrepareContext, register_perturbation
 
@@ -246,7 +247,7 @@ class PatchPerturbation(Perturbation):
 
     def __init__(self, name: str, description: str, adversarial: bool) -> None:
         super().__init__(name=name, family="adversarial", severities=PATCH_AREAS, description=description,
-                         kind="model-aware" if adversarial else "data-aware")
+                         kind="model-aware" if adversarial else "data-aware", fields=[Field("area", 0.0, 1.0)])
         self.adversarial = adversarial
         self.state: PatchState | None = None
 

@@ -393,7 +393,7 @@ def test_family_summary_on_a_real_detection_pass(tmp_path):
                                          for n, p in prepared.items()]
         for name, severity, view in views:
             out = context.adapter.predict(view.images)
-            columns = evaluator.update(name, severity, view.sample_ids, [view.image_size] * len(view), view.boxes, out)
+            columns = evaluator.update_arrays(name, severity, view.sample_ids, [view.image_size] * len(view), view.boxes, out)
             frames.append(pd.DataFrame(columns).assign(perturbation=name, severity=severity))
     records = pd.concat(frames, ignore_index=True)
     info = {n: p.prepared_summary() for n, p in prepared.items()}

@@ -270,7 +270,7 @@ FINITE_SEEDS = (0, 7, 2024)
 def test_outputs_finite_and_in_range_on_natural_photos(name):
     """Every output value is finite and in [0, 1] (float input), over 192 sample ids x 3 seeds x every
     severity on crops of natural photographs (issue 13, item 15: a NaN pixel slipped through before)."""
-    p = get_perturbation(name)
+    p = ready_perturbation(name)
     images = _photo_crops()
     foreground = torch.zeros(len(images), 32, 32, dtype=torch.bool)
     foreground[:, 8:24, 10:22] = True

@@ -802,10 +802,10 @@ def adversarial_section(card: Scorecard, base_dir: Path) -> AdversarialSection |
     rows = []
     for a in areas:
         area = f"{100 * _number(a['area']):g}%" if a.get("area") is not None else f"severity {a.get('severity')}"
-        rows.append([area, str(a.get("images")), _with_ci(a.get("clean"), metric)]
-                    + [_with_ci((a.get(n) or {}).get("metric"), metric) for n in _PATCHES]
-                    + [_with_ci(a.get("effect"), metric, change=True)]
-                    + [_with_ci((a.get(n) or {}).get("success"), "top1") for n in _PATCHES])
+        rows.append([area, str(a.get("images")), _entry_with_ci(a.get("clean"), metric)]
+                    + [_entry_with_ci((a.get(n) or {}).get("metric"), metric) for n in _PATCHES]
+                    + [_entry_with_ci(a.get("effect"), metric, change=True)]
+                    + [_entry_with_ci((a.get(n) or {}).get("success"), "top1") for n in _PATCHES])
     table = Table(["area", "held-out images", f"clean {metric}", f"{metric} adversarial", f"{metric} random",
                    "patch effect", "success adversarial", "success random"], rows, first_numeric=1,
                   caption=f"Success: {summary.get('success')}. Patch effect: {summary.get('effect')}. "
@@ -830,7 +830,7 @@ def adversarial_section(card: Scorecard, base_dir: Path) -> AdversarialSection |
     return AdversarialSection(patches, curve, table, gallery, notes)
 
 
-def _with_ci(entry: Any, metric: str, change: bool = False) -> str:
+def _entry_with_ci(entry: Any, metric: str, change: bool = False) -> str:
     """`71.2% (65.0% – 77.1%)` from a summary entry `{value, ci}`."""
     if not isinstance(entry, Mapping):
         return "–"
