@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionstress.engine import demo_arguments
+from visionstress.demo import demo_arguments
 from visionstress.options import resolve_options
 from visionstress.perturbations import PrepareContext, get_perturbation
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from visionstress.batch import Batch
-from visionstress.engine import demo_arguments
+from visionstress.demo import demo_arguments
 from visionstress.models import ClassifierAdapter, DataConfig, load_model
 from visionstress.options import resolve_options
 from visionstress.patches import fit_patch, fit_settings, frozen

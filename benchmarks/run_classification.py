@@ -52,7 +52,8 @@ def main() -> None:
 
     import visionstress as vs
     from visionstress.datasets import ClassificationImages, load_classification_samples
-    from visionstress.engine import demo_arguments, suite_passes
+    from visionstress.demo import demo_arguments
+    from visionstress.engine import suite_passes
     from visionstress.models import ClassifierAdapter, load_model, resolve_data_config
     from visionstress.suite import load_suite
 

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from visionstress.datasets import load_classification_samples
-    from visionstress.engine import demo_arguments
+    from visionstress.demo import demo_arguments
     from visionstress.models import load_model, resolve_data_config
     from visionstress.skew import cell_input, run_skew
 

@@ -53,7 +53,7 @@ def demo_prepare_context(task: str, state_dir, options: dict | None = None, seve
     state under `state_dir` (the run's `prepared/` folder)."""
     from pathlib import Path
 
-    from visionstress.engine import demo_arguments
+    from visionstress.demo import demo_arguments
     from visionstress.models import (ClassifierAdapter, DetectorAdapter, SegmenterAdapter, load_model,
                                      resolve_data_config)
     from visionstress.options import resolve_options

@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from visionstress.datasets import (ClassificationImages, DatasetError, DetectionImages, SegmentationImages,
                                    iterate_batches, iterate_detection_batches, iterate_segmentation_batches,
                                    load_classification_samples, load_coco_dataset, load_segmentation_dataset)
-from visionstress.engine import demo_dir
+from visionstress.demo import demo_dir
 from visionstress.foreground import (ForegroundError, check_foreground_source, grabcut_box, grabcut_foreground,
                                      pair_masks, read_foreground_mask)
 from visionstress.models.data_config import DataConfig

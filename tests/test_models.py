@@ -342,7 +342,7 @@ def demo_onnx(tmp_path_factory):
     """The trained demo classifier exported with torch.onnx.export (batch axis dynamic), beside the torch model."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from visionstress.engine import demo_dir
+    from visionstress.demo import demo_dir
 
     model = load_model("visionstress.models.demo:tiny_classifier", weights=str(demo_dir() / "classifier.safetensors"))
     path = tmp_path_factory.mktemp("onnx") / "demo.onnx"
@@ -371,7 +371,7 @@ def test_onnx_export_predicts_like_the_torch_model(demo_onnx):
 def test_onnx_model_through_a_run(demo_onnx, tmp_path):
     """`vs.run` with the exported file scores the demo images exactly as with the torch model."""
     import visionstress as vs
-    from visionstress.engine import demo_dir
+    from visionstress.demo import demo_dir
 
     demo = pytest.importorskip("visionstress.models.demo")
     _, path = demo_onnx

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from typer.testing import CliRunner
 
 from visionstress.cli import app
-from visionstress.engine import demo_dir
+from visionstress.demo import demo_dir
 from visionstress.models import load_model
 from visionstress.skew import SkewError, check_serving_parity
 from visionstress.skew import run as run_module

@@ -19,7 +19,7 @@ import visionstress as vs
 from conftest import natural_images_np
 from visionstress.cli import app
 from visionstress.datasets import load_classification_samples
-from visionstress.engine import demo_dir
+from visionstress.demo import demo_dir
 from visionstress.models import DataConfig, LoadedModel
 from visionstress.records import read_records
 from visionstress.scorecard import validate_scorecard

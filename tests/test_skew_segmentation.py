@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import visionstress as vs
-from visionstress.engine import demo_dir
+from visionstress.demo import demo_dir
 from visionstress.evaluators.segmentation import segmentation_metrics_from_counts
 from visionstress.models import DataConfig
 from visionstress.skew import cell_input, skew

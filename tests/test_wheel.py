@@ -80,7 +80,7 @@ def test_installed_wheel_runs_the_demo_from_any_directory(wheel: Path, tmp_path:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    where = _run([str(python), "-c", "import visionstress, visionstress.engine as e; "
+    where = _run([str(python), "-c", "import visionstress, visionstress.demo as e; "
                   "print(visionstress.__file__); print(e.demo_dir())"], cwd=elsewhere, env=env).stdout.split()
     assert all(Path(p).resolve().is_relative_to(fresh.resolve()) for p in where), where
 

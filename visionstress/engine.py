@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,13 +255,3 @@ def stream(batches: Iterator[tuple[int, list[Batch], list[Any]]], loop: Loop,
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def autocast_context(device: torch.device, amp: bool):
-    """bf16 autocast when asked for (CUDA, or CPU where bf16 is supported); otherwise a no-op."""
-    if not amp:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-from visionstress.demo import demo_arguments, demo_dir  # noqa: E402,F401  (kept importable from here for now)
