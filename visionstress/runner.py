@@ -186,7 +186,8 @@ class _Run:
         if hasattr(setup.adapter, "defer_checks"):
             setup.adapter.defer_checks = True
         loop = Loop(passes=self.passes, perturbations=perturbations, predict=setup.adapter.predict, score=score,
-                    worker=HostWorker(), device=self.device, seed=opts.seed, timing=timing,
+                    worker=HostWorker(inline=self.device.type != "cuda"), device=self.device, seed=opts.seed,
+                    timing=timing,
                     batch_limit=opts.batch_size)
         with _stop_on_interrupt() as stopped:
             try:
