@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +94,32 @@ def read_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS) -> torc
     than `max_pixels` (None: Pillow's own limit) is refused from its header, before it is decoded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{display_path(path)}: {missing_reason(path)}")
     try:
-        with warnings.catch_warnings():  # Pillow's decompression-bomb warning: max_pixels decides here
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-        with opened as img:
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageReadError(f"{display_path(path)}: {width}x{height} is {width * height:,} pixels, over the "
-                                     f"max_pixels limit of {max_pixels:,} (raise --max-pixels to decode it)")
-            img.load()
+        with open_image(path, max_pixels) as img:
             return pil_to_tensor(ImageOps.exif_transpose(img), path)
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{display_path(path)}: not a readable image ({exc})") from exc
+
+
+@contextlib.contextmanager
+def open_image(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
+    """The image file opened and loaded, after its header passed the `max_pixels` limit (an image or a mask
+    of more pixels is refused before it is decoded); ImageReadError names the file. Pillow's own
+    decompression-bomb warning is silenced: `max_pixels` decides here."""
+    if not path.is_file():
+        raise ImageReadError(f"{display_path(path)}: {missing_reason(path)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened as img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageReadError(f"{display_path(path)}: {width}x{height} is {width * height:,} pixels, over the "
+                                 f"max_pixels limit of {max_pixels:,} (raise --max-pixels to decode it)")
+        img.load()
+        yield img
 
 
 def pil_to_tensor(img: Image.Image, name: str | Path) -> torch.Tensor:

@@ -9,7 +9,6 @@ named instead of silently counting as a miss.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from torch import Tensor
 from visionstress.batch import DEFAULT_IGNORE_INDEX, Batch
 from visionstress.datasets.classification import (DatasetError, SkippedFile, SkipsUnreadable, read_class_names,
                                                   read_image_or_skip)
-from visionstress.images import MAX_PIXELS, ImageReadError, display_path, image_size, missing_reason
+from visionstress.images import MAX_PIXELS, ImageReadError, display_path, image_size, open_image
 
 SEGMENTATION_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _INDEX_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -191,18 +190,8 @@ def read_mask(path: str | Path, *, max_pixels: int | None = MAX_PIXELS) -> Tenso
     """
     path = Path(path)
     shown = display_path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{shown}: {missing_reason(path)}")
     try:
-        with warnings.catch_warnings():  # Pillow's decompression-bomb warning: max_pixels decides here
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-        with opened as img:
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageReadError(f"{shown}: {width}x{height} is {width * height:,} pixels, over the "
-                                     f"max_pixels limit of {max_pixels:,} (raise --max-pixels to decode it)")
-            img.load()
+        with open_image(path, max_pixels) as img:
             mode = img.mode
             if mode in _INDEX_MODES:
                 array = np.asarray(ImageOps.exif_transpose(img)).astype(np.int64)

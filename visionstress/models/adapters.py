@@ -107,17 +107,21 @@ class ClassifierAdapter(_LogitsAdapter):
     """
 
     def predict(self, images: Tensor) -> ClassifierOutput:
+        x = self._input(images)
+        out = _call(self.model, x, self.spec, self.amp, self.device,
+                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size")
+        logits = self._check(out, images.shape[0])
+        return ClassifierOutput(logits, self._finite(logits, "logits"))
+
+    def _input(self, images: Tensor) -> Tensor:
+        """Checked pixel images as the model's normalised input."""
         _check_images(images, self.spec)
         if tuple(images.shape[-2:]) != self.data_config.input_size:
             raise ValueError(
                 f"{self.spec}: images are {images.shape[-2]}x{images.shape[-1]} but the data config's input_size "
                 f"is {self.data_config.input_size[0]}x{self.data_config.input_size[1]}; resize and crop first"
             )
-        x = self._pixels(images)
-        out = _call(self.model, x, self.spec, self.amp, self.device,
-                    f"the model failed on a batch of shape {list(x.shape)}", "; check the data config's input_size")
-        logits = self._check(out, images.shape[0])
-        return ClassifierOutput(logits, self._finite(logits, "logits"))
+        return self._pixels(images)
 
     def _check(self, out: object, batch: int) -> Tensor:
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
@@ -135,13 +139,7 @@ class ClassifierAdapter(_LogitsAdapter):
         """The logits of `predict` with autograd on: `[B, K]` float32 through the same normalisation and
         channel order, so a gradient with respect to the pixel-space `images` (float in [0, 1]) sees what
         the model sees. For fitting attacks (adversarial patches); the model is not changed."""
-        _check_images(images, self.spec)
-        if tuple(images.shape[-2:]) != self.data_config.input_size:
-            raise ValueError(
-                f"{self.spec}: images are {images.shape[-2]}x{images.shape[-1]} but the data config's input_size "
-                f"is {self.data_config.input_size[0]}x{self.data_config.input_size[1]}; resize and crop first"
-            )
-        x = self._pixels(images)
+        x = self._input(images)
         out = _call(self.model, x, self.spec, self.amp, self.device,
                     f"the model failed on a batch of shape {list(x.shape)}", differentiable=True)
         return self._check(out, images.shape[0])
