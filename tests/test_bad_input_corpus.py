@@ -9,6 +9,8 @@ the file with a reason (the rest of the run goes on), or success with a check. C
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import textwrap
@@ -100,6 +102,11 @@ def _tiff(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def _deep(depth: int = 100_000) -> str:
     return "[" * depth + "]" * depth
 
@@ -124,9 +131,8 @@ def _crowd(counts: Any) -> dict:
 
 
 def _run(data: Path, **options: Any) -> Read:
-    options = {"model": CLASSIFIER, "num_classes": 2, **options}
-    card = vs.run(data=data, suite="quick", bootstrap=0, workers=0, gallery=0, device="cpu",
-                  out=data.parent / "out", **options)
+    options = {"model": CLASSIFIER, "num_classes": 2, "suite": "quick", "out": data.parent / "out", **options}
+    card = vs.run(data=data, bootstrap=0, workers=0, gallery=0, device="cpu", **options)
     return Read(card.dataset["num_listed"], card.dataset["skipped"], card)
 
 
@@ -328,7 +334,104 @@ def segmentation_factory(tmp: Path, through: str) -> Callable[[], Any]:
                           bootstrap=0, workers=0, gallery=0, device="cpu", out=tmp / "out")
 
 
+# --- the runner's items (issue 13: 1, 2, 4, 5, 6, 7, 14, 17) -------------------------------------------
+
+
+def rerun_into_a_finished_run(tmp: Path) -> Callable[[], Any]:
+    """Item 1: a second run into a folder holding a finished run is refused and the run is untouched."""
+    data = _folder(tmp / "data")
+    _run(data)
+    before = (tmp / "out" / "records.parquet").read_bytes()
+
+    def call() -> None:
+        try:
+            _run(data)
+        finally:
+            assert (tmp / "out" / "records.parquet").read_bytes() == before
+
+    return call
+
+
+def killed_journal_stays_readable(tmp: Path) -> Callable[[], Any]:
+    """Item 2: what a run committed is readable after a kill at any moment: a part torn in the middle of
+    its write is a `.tmp` file the journal never reads, and the committed parts resume."""
+    data = _folder(tmp / "data", per_class=4)
+
+    def call() -> Read:
+        _run(data, batch_size=2)
+        parts = tmp / "out" / "records.parts"
+        (parts / "000-0000000099.parquet.tmp").write_bytes(b"PAR1 torn")  # a kill during a write
+        (tmp / "out" / "scorecard.json").unlink()
+        return _run(data, batch_size=2, resume=True)
+
+    return call
+
+
+def summary_markdown_of(tmp: Path) -> Callable[[], Any]:
+    """Item 6: summary.md escapes a suite name with a backtick and raw HTML."""
+    suite = tmp / "s.yaml"
+    suite.write_text("name: 'x` <script>alert(1)</script>'\nperturbations: [brightness]\n")
+    data = _folder(tmp / "data")
+    return lambda: (_run(data, suite=str(suite)), (tmp / "out" / "summary.md").read_text())[1]
+
+
+def _summary_is_inert(text: str) -> None:
+    assert "<script>" not in text and "&lt;script&gt;" in text and "x\\`" in text, text
+
+
+def progress_lines_off_a_terminal(tmp: Path) -> Callable[[], Any]:
+    """Item 14: a run whose output is not a terminal prints plain progress lines with the known total
+    from the start and no absurd first rate."""
+    from typer.testing import CliRunner
+
+    from visionstress.cli import app
+
+    data = _folder(tmp / "data")
+    return lambda: CliRunner().invoke(app, ["run", "--model", CLASSIFIER, "--num-classes", "2", "--data", str(data),
+                                            "--suite", "quick", "--bootstrap", "0", "--workers", "0", "--out",
+                                            str(tmp / "out")])
+
+
+def _progress_is_plain(result: Any) -> None:
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("stressing:")]
+    assert lines and lines[0].startswith("stressing: ") and "/64 predictions" in lines[0], result.output
+    rates = [float(r.replace(",", "")) for line in lines for r in re.findall(r"([\d,.]+) img/s", line)]
+    assert all(rate < 1e6 for rate in rates), lines
+
+
+def locked_folder(tmp: Path) -> Callable[[], Any]:
+    """Item 17: a second run on a folder in use refuses (the lock), instead of the last one winning."""
+    from filelock import FileLock
+
+    data = _folder(tmp / "data")
+    (tmp / "out").mkdir()
+    lock = FileLock(str(tmp / "out" / ".visionstress.lock"))
+    lock.acquire()
+
+    def call() -> None:
+        try:
+            _run(data)
+        finally:
+            lock.release()
+
+    return call
+
+
 CASES = [
+    Case("13.1-rerun-into-a-finished-run", rerun_into_a_finished_run,
+         Fails(("holds another run's files", "--resume continues it", "--overwrite replaces it"))),
+    Case("13.2-killed-journal-stays-readable", killed_journal_stays_readable, Skips({}, 8)),
+    Case("13.4-negative-seed-before-work", lambda tmp: (lambda d: lambda: _run(d, seed=-5))(_folder(tmp / "data")),
+         Fails(("--seed", "-5", "a seed is a whole number"))),
+    Case("13.5-suite-table-nan", lambda tmp: (lambda p: lambda: load_suite(p))(_write(
+         tmp / "s.yaml", "perturbations:\n  - {name: gaussian_noise, table: [0.1, .nan, 0.3, 0.4, 0.5]}\n")),
+         Fails(("s.yaml", "perturbations[0].table[1]", "nan"))),
+    Case("13.6-summary-markdown-escaped", summary_markdown_of, Works(_summary_is_inert)),
+    Case("13.7-out-is-a-file", lambda tmp: (lambda d, f: lambda: _run(d, out=f))(
+         _folder(tmp / "data"), _write(tmp / "a-file", "x")), Fails(("a-file", "--out is an existing file"))),
+    Case("13.14-progress-off-a-terminal", progress_lines_off_a_terminal, Works(_progress_is_plain)),
+    Case("13.17-two-runs-one-folder", locked_folder, Fails(("another visionstress run is writing",))),
     Case("13.3-non-utf8-name", non_utf8_names_are_read_and_shown_safely, Works(_non_utf8_checks)),
     Case("13.3-non-utf8-name-run", lambda tmp: (lambda root: lambda: _run(root))(non_utf8_folder(tmp)),
          Works(lambda read: read.result.dataset["num_samples"] == 4)),
