@@ -545,3 +545,18 @@ def test_circle_patches_cover_the_same_area_as_squares():
     assert areas["circle"] == pytest.approx(0.1 * 1.0033, rel=0.03)
     assert areas["square"] == pytest.approx(areas["circle"], rel=0.03)
     assert reach["circle"] < 0.62 < 0.66 < reach["square"]
+
+
+def test_the_adversarial_suite_runs_through_visionstress_run(tmp_path):
+    """`visionstress run --suite adversarial` fits the patches in the prepare phase, scores only the held-out
+    images (with the clean metric on the same images beside each row), saves the patches beside the
+    scorecard, and a second model evaluated with `patch_from` uses them instead of fitting."""
+    card = vs.run(suite="adversarial", limit=40, bootstrap=0, workers=0, gallery=0, patch_steps=3,
+                  patch_batch_size=8, out=tmp_path / "run")
+    row = next(r for r in card.results if r["perturbation"] == "adversarial_patch" and r["severity"] == 4)
+    assert "clean_same_images" in row and row["clean_same_images"]["metrics"]["top1"] >= 0
+    assert card.prepared["adversarial_patch"]["fit_images"] > 0 and "adversarial" in card.summaries
+    assert (tmp_path / "run" / "prepared" / "adversarial_patch" / "patches.safetensors").is_file()
+    again = vs.run(suite="adversarial", limit=40, bootstrap=0, workers=0, gallery=0, out=tmp_path / "transfer",
+                   patch_from=tmp_path / "run")
+    assert again.results == card.results  # the same model with the same patches: the same numbers

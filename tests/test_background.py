@@ -561,3 +561,16 @@ def test_cpu_and_cuda_agree_on_the_probes(name):
     assert gpu.images.device.type == "cuda"
     assert torch.equal(cpu.params.get("donor", torch.zeros(1)).cpu(), gpu.params.get("donor", torch.zeros(1)).cpu())
     assert (cpu.images - gpu.images.cpu()).abs().mean() < 2e-3
+
+
+def test_the_backgrounds_suite_runs_on_the_demo_through_visionstress_run(tmp_path):
+    """The demo's object masks come with it: `visionstress run --suite backgrounds` needs nothing else, and
+    the scorecard holds the family summary, the example sheets and the variants as single-level rows."""
+    card = vs.run(suite="backgrounds", limit=48, bootstrap=50, workers=0, gallery=0, out=tmp_path)
+    rows = {r["perturbation"]: r for r in card.results}
+    assert {"only_fg", "no_fg", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next"} <= set(rows)
+    assert all(rows[n]["severity"] == 1 for n in ("only_fg", "mixed_rand"))
+    summary = card.summaries["background"]
+    assert summary["bg_gap"] == pytest.approx(rows["mixed_same"]["metrics"]["top1"] - rows["mixed_rand"]["metrics"]["top1"])
+    assert card.dataset["foreground"]["source"] == "mask files in val_masks/"
+    assert card.breakdowns["probe_examples"] and (tmp_path / "report.html").read_text().count('id="probes"') == 1
