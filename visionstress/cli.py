@@ -263,10 +263,16 @@ app.command("run")(run_command)
 def skew_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="As for `visionstress run`. Omit with --data to "
                                         "use the bundled demo."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="ImageFolder directory, or a .csv/.json list of path,label."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="ImageFolder directory, or a .csv/.json list of "
+                                        "path,label; detection: a COCO instances JSON."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="State dict (.pth/.pt/.safetensors)."),
-    task: str = typer.Option("classification", help="classification or segmentation."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: the images folder."),
+    task: str = typer.Option("classification", help="classification, segmentation or detection."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: the images folder. Detection: the "
+                                          "images root of the COCO JSON (default: beside it)."),
+    canvas: Optional[str] = typer.Option(None, "--canvas", help="Detection: letterbox every image into HxW as "
+                                         "`visionstress run --canvas` does (the reference cell); boxes are mapped back."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help="Detection: model label -> category id, as for "
+                                            "`visionstress run`."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Segmentation: folder of class-index mask PNGs."),
     ignore_index: int = typer.Option(255, "--ignore-index", help="Segmentation: mask value that is not scored."),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help="One class name per line, in model index order."),
@@ -317,6 +323,7 @@ def skew_command(
             result = skew(model=model, data=data, task=task, weights=weights, trust_model=trust_model,
                           num_classes=num_classes, data_config=data_config, data_config_overrides=overrides,
                           class_names=class_names, images=images, masks=masks, ignore_index=ignore_index,
+                          canvas=None if canvas is None else _canvas_option(canvas), label_map=label_map,
                           knobs=skew_knobs, cells_file=skew_cells, serving=serving,
                           serving_model=serving_model, min_agreement=min_agreement, device=device,
                           batch_size=batch_size, workers=workers, amp=amp, limit=limit, seed=seed, out=out,
@@ -329,6 +336,15 @@ def skew_command(
     _print_skew(result)
     if result.parity is not None and not result.parity.passed:
         raise typer.Exit(code=1)
+
+
+def _canvas_option(text: str) -> tuple[int, int]:
+    from visionstress.tasks.detection import _canvas
+
+    try:
+        return _canvas(text)
+    except ValueError as exc:
+        _fail(f"--canvas {text!r}: {exc}")
 
 
 def _print_skew(result) -> None:

@@ -586,8 +586,8 @@ def _skew(section: Mapping[str, Any] | None) -> SkewView | None:
                     _percent(r.get("agreement")), p_value(r.get("p_adjusted")), "yes" if r.get("significant") else ""]
                    for r in rows],
                   caption=f"Each cell changes the model's declared preprocessing (the reference, first row); "
-                          f"agreement is the share of images (pixels, for segmentation) whose prediction is the "
-                          f"reference's. "
+                          f"agreement is the share of images (pixels, for segmentation; the reference's confident "
+                          f"detections, for detection) whose prediction is the reference's. "
                           f"{section.get('test', '')}; intervals: {section.get('interval', '')}.")
     cells = sorted(rows[1:], key=lambda r: _number(r["delta"].get(metric)))
     chart = None

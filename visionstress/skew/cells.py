@@ -342,7 +342,8 @@ def resolve(cell: Cell, reference: Recipe) -> Recipe:
         elif knob == "crop":
             if value.startswith("center-"):
                 fraction = float(value.removeprefix("center-"))
-                recipe = replace(recipe, crop="center", resize=math.floor(min(recipe.input_size) / fraction + 1e-9))
+                resize = None if recipe.input_size is None else math.floor(min(recipe.input_size) / fraction + 1e-9)
+                recipe = replace(recipe, crop="center", resize=resize)  # no input size: the task refuses it
             else:
                 recipe = replace(recipe, crop=value, resize=None)
         elif knob == "channel_order":
@@ -375,17 +376,20 @@ def _normalization(value: str, reference: Recipe) -> dict[str, Any]:
     }[value]
 
 
-def default_cells(knobs: Sequence[str], reference: Recipe) -> list[Cell]:
+def default_cells(knobs: Sequence[str], reference: Recipe,
+                  values: Mapping[str, Sequence[str]] | None = None) -> list[Cell]:
     """One cell per catalogue value of each knob in `knobs` other than the reference's own (plus the
-    named combinations when `combinations` is among them). An interpolation the reference's resize backend lacks is tried
-    with the first backend that has it, and the cell's name says so."""
+    named combinations when `combinations` is among them). `values` replaces a knob's catalogue for a
+    task where only some of its values apply (detection's crop: letterbox and squash). An interpolation
+    the reference's resize backend lacks is tried with the first backend that has it, and the cell's
+    name says so."""
     cells = []
     current = reference_knobs(reference)
     for knob in knobs:
         if knob == COMBINATIONS_KNOB:
             cells.extend(combination(name) for name in COMBINATIONS)
             continue
-        for value in KNOBS[knob].values:
+        for value in (values or {}).get(knob, KNOBS[knob].values):
             if value == current[knob]:
                 continue
             pairs = [(knob, value)]
@@ -419,7 +423,10 @@ def build_matrix(reference: Recipe, cells: Sequence[Cell], allowed_knobs: Sequen
                             f"(it has {', '.join(allowed_knobs)})")
         recipe = resolve(cell, reference)
         if canonical is not None:
-            recipe = canonical(recipe, reference)
+            try:
+                recipe = canonical(recipe, reference)
+            except SkewError as exc:
+                raise SkewError(f"cell {cell.name}: {exc}") from None
         if recipe in seen:
             same = seen[recipe]
             notes.append(f"{cell} left out: same preprocessing as {'the reference' if same.label == 'reference' else same}")

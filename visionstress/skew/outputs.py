@@ -58,8 +58,8 @@ def write_skew(result: Any, out_dir: str | Path) -> Path:
 
 def skew_records(result: Any) -> pd.DataFrame:
     """One row per image and cell: path, cell, then the task's columns (classification: prediction,
-    confidence, correct; segmentation: the image's mIoU and pixel accuracy) and the agreement with the
-    reference's prediction."""
+    confidence, correct; segmentation: the image's mIoU and pixel accuracy; detection: detections at the
+    score threshold and tp, fp, fn) and the agreement with the reference's prediction."""
     from visionstress.tasks.base import relative_paths
 
     paths = relative_paths(result.paths, result.extra["root"]) if "root" in result.extra else result.paths

@@ -83,6 +83,22 @@ def native_pixels(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     return resize(image, size, recipe.resize_backend, recipe.interpolation)
 
 
+def detection_pixels(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """Detection: `letterbox` fits the image inside `input_size` and pads right and bottom with black, the
+    geometry of `visionstress run --canvas` (so boxes map back by one scale); `squash` resizes straight
+    to `input_size`; otherwise the image at its own size (resized only when the recipe scales it)."""
+    if recipe.crop == "letterbox":
+        from visionstress.datasets.batching import fitted_size
+
+        (height, width), _ = fitted_size(tuple(image.shape[-2:]), recipe.input_size)
+        canvas = torch.zeros((image.shape[0], *recipe.input_size), dtype=torch.uint8)
+        canvas[:, :height, :width] = resize(image, (height, width), recipe.resize_backend, recipe.interpolation)
+        return canvas
+    if recipe.crop == "squash":
+        return resize(image, recipe.input_size, recipe.resize_backend, recipe.interpolation)
+    return native_pixels(image, recipe)
+
+
 def model_input(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """float32 `[B, 3, H, W]` the model is fed: scaled to [0, 1] (unless 0-255), channels swapped for
     BGR, then (x - mean) / std; the same arithmetic as the adapter, so the reference is bit-identical."""

@@ -74,7 +74,8 @@ class SkewResult:
 # --- the library entry points -----------------------------------------------------------------------------
 
 def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequence[str], *,
-             task: str = "classification", ignore_index: int = 255, knobs: str | Sequence[str] | None = None,
+             task: str = "classification", ignore_index: int = 255, task_settings: dict[str, Any] | None = None,
+             knobs: str | Sequence[str] | None = None,
              cells: Sequence[Cell | str] | None = None, serving: str | Callable[[str], Any] | None = None,
              serving_model: Any = None, min_agreement: float = 1.0, trust_model: bool = False,
              device: str | torch.device = "cpu", amp: bool = False, batch_size: int = 64, workers: int = 2,
@@ -85,7 +86,9 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     `loaded` is a `LoadedModel` (or an `nn.Module`), `config` its resolved `DataConfig` (the reference
     cell), `class_names` the model's classes. Classification samples have `.path` and `.label` (a
     model index); segmentation samples `.path` and `.mask_path` (class-index masks, `ignore_index`
-    not scored). `knobs` picks the catalogue's knobs (None: the task's catalogue with the named
+    not scored); detection samples are `AnnotatedImage`s (`detection_samples(dataset)`) and
+    `task_settings` holds the dataset's `categories` (and optionally `canvas`, `label_map`, `postprocess`,
+    `score_threshold`, as `visionstress run --task detection` takes them). `knobs` picks the catalogue's knobs (None: the task's catalogue with the named
     combinations; "none": only parity); `cells` replaces that with explicit cells (`knob=value[,...]`
     strings or `Cell`s). `serving` is a function path -> model input `[C, H, W]` (or
     "package.module:function"); `serving_model` an exported model (a path such as model.onnx, or a
@@ -93,6 +96,7 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     is read: cells, the model on every fixed input size, the serving path on the first image.
     """
     settings = {"num_classes": len(class_names), "ignore_index": ignore_index} if task == "segmentation" else {}
+    settings |= task_settings or {}
     skew_task = get_skew_task(task, **settings)
     device = torch.device(device)
     _check_numbers(batch_size, workers, bootstrap, alpha, min_agreement)
@@ -102,7 +106,7 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     if cells is not None:
         asked = [c if isinstance(c, Cell) else parse_cell(c, "--skew-cells") for c in cells]
     else:
-        asked = default_cells(parse_knobs(knobs, skew_task.knobs, skew_task.catalogue), reference)
+        asked = default_cells(parse_knobs(knobs, skew_task.knobs, skew_task.catalogue), reference, skew_task.values)
     matrix = build_matrix(reference, asked, skew_task.knobs, skew_task.canonical)
     num_classes = len(class_names)
     adapters = {reference.input_size: skew_task.adapter(loaded, reference.input_size, device, amp, num_classes)}
@@ -123,7 +127,8 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
          weights: str | Path | None = None, trust_model: bool = False, num_classes: int | None = None,
          data_config: str | Path | None = None, data_config_overrides: dict[str, Any] | None = None,
          class_names: str | Path | None = None, images: str | Path | None = None, masks: str | Path | None = None,
-         ignore_index: int = 255, knobs: str | Sequence[str] | None = None,
+         ignore_index: int = 255, canvas: tuple[int, int] | None = None, label_map: str | None = None,
+         knobs: str | Sequence[str] | None = None,
          cells: Sequence[Cell | str] | None = None, cells_file: str | Path | None = None,
          serving: str | Callable[[str], Any] | None = None, serving_model: str | Path | None = None,
          min_agreement: float = 1.0, device: str | torch.device | None = None, batch_size: int = 64,
@@ -134,7 +139,8 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
     serving parity), write scorecard.json, summary.md, report.html and skew_records.parquet to `out`
     (default reports/<name>-skew), and return the result. Neither model nor data: the bundled demo.
     Segmentation data is given as for `visionstress run --task segmentation` (`images`, `masks`,
-    `class_names`, `ignore_index`)."""
+    `class_names`, `ignore_index`); detection data as for `visionstress run --task detection` (a COCO
+    instances JSON, `images`, `canvas` (height, width) to letterbox into, `label_map`)."""
     from visionstress.demo import demo_arguments
     from visionstress.engine import default_device
 
@@ -154,7 +160,18 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
         cells = read_cells_file(cells_file)
     if cells is not None and knobs is not None:
         raise SkewError("--skew-knobs selects catalogue cells and --skew-cells defines them: give one of them")
-    if task == "segmentation":
+    settings = None
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    if (canvas is not None or label_map is not None) and task != "detection":
+        raise SkewError("--canvas and --label-map apply to --task detection")
+    if task == "detection":
+        if masks is not None:
+            raise SkewError("--masks applies to --task segmentation")
+        loaded, config, config_source, samples, names, dataset_facts, settings = _load_detection(
+            str(model), Path(data), weights, trust_model, num_classes, data_config, data_config_overrides or {},
+            images, canvas, label_map, limit)
+        root = Path(dataset_facts.pop("root"))
+    elif task == "segmentation":
         loaded, config, config_source, samples, names, dataset_facts = _load_segmentation(
             str(model), Path(data), weights, trust_model, num_classes, data_config, data_config_overrides or {},
             class_names, images, masks, ignore_index, limit)
@@ -171,13 +188,13 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
     else:
         get_skew_task(task)  # the error that lists the tasks
     out_dir = Path(out) if out is not None else Path("reports") / (name or _report_name(str(model), Path(data)))
-    result = run_skew(loaded, config, samples, names, task=task, ignore_index=ignore_index, knobs=knobs, cells=cells,
+    result = run_skew(loaded, config, samples, names, task=task, ignore_index=ignore_index, task_settings=settings,
+                      knobs=knobs, cells=cells,
                       serving=serving, serving_model=serving_model, min_agreement=min_agreement, trust_model=trust_model,
                       device=device or default_device(), amp=amp, batch_size=batch_size, workers=workers,
                       bootstrap=bootstrap, seed=seed, alpha=alpha, strict=strict, progress=progress)
     from visionstress.skew.outputs import write_skew
 
-    root = Path(data) if Path(data).is_dir() else Path(data).parent
     result.extra = {  # file names, not machine paths: the scorecard may be committed or posted
         "model": {"spec": str(model) if "/" not in str(model) else Path(model).name,
                   "path": None if loaded.path is None else Path(loaded.path).name, "sha256": loaded.sha256,
@@ -185,7 +202,8 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
         "root": root,
         "dataset": {"path": Path(data).name, **dataset_facts, "num_samples": len(result.paths),
                     "num_listed": len(samples), "num_classes": len(names), "class_names": list(names)},
-        "data_config": {**config.to_dict(), "source": config_source}, "seed": seed,
+        "data_config": {**({} if config is None else config.to_dict()), "source": config_source, **(_settings_facts(settings))},
+        "seed": seed,
         "device": str(device or default_device()),
     }
     write_skew(result, out_dir)
@@ -225,10 +243,14 @@ def check_serving_parity(model: str | None = None, data: str | Path | None = Non
     return result.parity
 
 
-def cell_input(path: str | Path, cell: Cell | str | None, config: Any, task: str = "classification") -> torch.Tensor:
+def cell_input(path: str | Path, cell: Cell | str | None, config: Any, task: str = "classification",
+               canvas: tuple[int, int] | None = None) -> torch.Tensor:
     """What the model is fed for one image file under `cell` (None: the reference), float `[3, H, W]`:
-    the loop's own decoding, pixels and normalisation, for one image. Shows what a cell does."""
-    skew_task = get_skew_task(task, **({"num_classes": 1} if task == "segmentation" else {}))
+    the loop's own decoding, pixels and normalisation, for one image. Shows what a cell does. `canvas`:
+    detection's `--canvas` (the reference letterboxes into it)."""
+    settings: dict[str, Any] = {"segmentation": {"num_classes": 1},
+                                "detection": {"categories": [{"id": 1, "name": "object"}], "canvas": canvas}}.get(task, {})
+    skew_task = get_skew_task(task, **settings)
     reference = skew_task.reference(config)
     recipe = reference
     if cell is not None:
@@ -305,6 +327,48 @@ def _load_segmentation(model: str, data: Path, weights: Any, trust_model: bool, 
                for s in dataset.samples]
     facts = {"fingerprint": segmentation_fingerprint(dataset), "ignore_index": dataset.ignore_index}
     return loaded, config, source, samples, names, facts
+
+
+def _load_detection(model: str, data: Path, weights: Any, trust_model: bool, num_classes: int | None,
+                    data_config: Any, overrides: dict[str, Any], images: Any, canvas: Any, label_map: Any,
+                    limit: int | None):
+    """The model, its DataConfig (None: it normalises itself), the annotated images, the category names,
+    the dataset's facts and the task settings, as `visionstress run --task detection` loads them."""
+    from visionstress.datasets import load_coco_dataset
+    from visionstress.models import load_model, resolve_data_config, resolve_label_map
+    from visionstress.skew.tasks import detection_samples
+    from visionstress.tasks.detection import _check_canvas, coco_fingerprint
+
+    if canvas is not None:
+        try:
+            _check_canvas(canvas)
+        except ValueError as exc:
+            raise SkewError(f"--canvas {canvas!r}: {exc}") from None
+    dataset = load_coco_dataset(data, images)
+    if limit is not None:
+        dataset.samples = dataset.samples[:limit]
+    loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
+                        num_classes=num_classes, task="detection")
+    config, source = loaded.data_config, "the model" if loaded.data_config is not None else \
+        "none: the model takes [0, 1] pixels and normalises itself"
+    if data_config is not None or any(v is not None for v in overrides.values()):
+        config, source = resolve_data_config(loaded.data_config, None if data_config is None else str(data_config),
+                                             overrides)
+    settings = {"categories": dataset.categories, "canvas": None if canvas is None else tuple(canvas),
+                "label_map": resolve_label_map(label_map, dataset.categories, loaded.categories)}
+    names = [c["name"] for c in dataset.categories]
+    facts = {"fingerprint": coco_fingerprint(dataset), "root": dataset.images_root,
+             "category_ids": [int(c["id"]) for c in dataset.categories]}
+    return loaded, config, source, detection_samples(dataset), names, facts, settings
+
+
+def _settings_facts(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """What the scorecard's data_config records of a detection run's settings."""
+    if not settings:
+        return {}
+    mapping = settings.get("label_map")
+    return {"canvas": None if settings.get("canvas") is None else list(settings["canvas"]),
+            "label_map": None if mapping is None else {str(k): v for k, v in mapping.items()}}
 
 
 def _report_name(model: str, data: Path) -> str:
@@ -412,14 +476,14 @@ class _Parity:
     def predict(self, task: SkewTask, fallback: Any, inputs: torch.Tensor) -> list[torch.Tensor]:
         adapter = self.adapter or fallback
         if self.fixed_batch is None:
-            return task.predict(adapter, inputs, [None] * len(inputs))
+            return task.predict(adapter, inputs, [None] * len(inputs), None)
         outs: list[torch.Tensor] = []
         for start in range(0, len(inputs), self.fixed_batch):
             chunk = inputs[start:start + self.fixed_batch]
             pad = self.fixed_batch - len(chunk)
             if pad:
                 chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
-            outs += task.predict(adapter, chunk, [None] * len(chunk))[: self.fixed_batch - pad]
+            outs += task.predict(adapter, chunk, [None] * len(chunk), None)[: self.fixed_batch - pad]
         return outs
 
 
@@ -595,7 +659,7 @@ def _predict(task: SkewTask, adapter: Any, pixels: list[Any], targets: list[Any]
     inputs = None
     for index in groups.values():
         inputs = model_input(torch.stack([pixels[i] for i in index]).to(device), recipe)
-        for i, prediction in zip(index, task.predict(adapter, inputs, [targets[i] for i in index])):
+        for i, prediction in zip(index, task.predict(adapter, inputs, [targets[i] for i in index], recipe)):
             predictions[i] = prediction
     whole = len(groups) == 1 and len(next(iter(groups.values()))) == len(pixels)
     return predictions, inputs if whole else None
@@ -615,7 +679,8 @@ def _rows(task: SkewTask, cells: list[tuple[Cell | None, Recipe]], accumulators:
                "knobs": reference_knobs(recipe, task.knobs) if cell is None else dict(cell.knobs),
                "recipe": recipe.to_dict(),
                "metrics": stats.metrics, "ci": stats.ci, "delta": stats.delta, "delta_ci": stats.delta_ci,
-               "agreement": float(agreement.mean()), "test": None if cell is None else stats.test,
+               "agreement": float(agreement.mean()) if stats.agreement is None else stats.agreement,
+               "test": None if cell is None else stats.test,
                "p_value": None if cell is None else stats.p_value, "p_adjusted": None, "significant": False,
                **({} if cell is None else stats.details), "unreadable": acc.unreadable}
         rows.append(row)

@@ -91,7 +91,7 @@ register_options(
 
 
 # --- Preprocessing skew on a run (visionstress.skew; `visionstress skew` runs it alone) ---------------------------
-_SKEWED = frozenset({"classification", "segmentation"})
+_SKEWED = frozenset({"classification", "segmentation", "detection"})
 
 register_options(
     Option("skew", bool, False, "Also score the model under the ways serving preprocessing differs from its declared "

@@ -211,6 +211,19 @@ class DetectionTask(Task):
     def compare_columns(self) -> list[str]:
         return ["dt_category", "dt_score", "dt_match", "dt_ignore", "gt_category", "gt_ignore", "tp", "fp", "fn"]
 
+    def skew_inputs(self, run: TaskRun) -> tuple[list[Any], Any, dict[str, Any]]:
+        from visionstress.datasets.batching import OnCanvas
+        from visionstress.skew.tasks import detection_samples
+
+        images = run.dataset.images
+        dataset = (images.images if isinstance(images, OnCanvas) else images).dataset
+        canvas = run.data_config.get("canvas")
+        adapter = run.adapter
+        settings = {"categories": dataset.categories, "canvas": None if canvas is None else tuple(canvas),
+                    "label_map": adapter.label_map, "postprocess": adapter.postprocess,
+                    "score_threshold": run.data_config["score_threshold"]}
+        return detection_samples(dataset), adapter.data_config, {"task_settings": settings}
+
     def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
         from visionstress.label_check import detection_mismatch
 
