@@ -528,7 +528,7 @@ def compare_command(
 
     from visionstress.comparison import CompareWarning, ComparisonSet, compare
     from visionstress.report.compare_html import render_compare_html
-    from visionstress.report.compare_view import comparison_markdown, display_rows, gate_line, model_label
+    from visionstress.report.compare_view import comparison_markdown, display_rows, gate_line, model_label, skew_rows
 
     if no_gates and fail_on:
         _fail("--no-gates and --fail-on contradict each other; give one of them")
@@ -561,6 +561,16 @@ def compare_command(
                           Text(row.p_adjusted), Text(row.mde), Text(row.significant, style=style),
                           Text(row.gate, style="bold red"))
         console.print(table)
+        skew = skew_rows(comparison)
+        if skew:
+            table = Table(title=f"preprocessing skew: each model's change of {comparison.skew.metric} from its reference")
+            for column in ("cell", "old", "new", "change old", "change new", "difference", "agreement old",
+                           "agreement new"):
+                table.add_column(column, justify="left" if column == "cell" else "right", overflow="fold")
+            for row in skew:
+                table.add_row(Text(row.cell), row.old, row.new, row.old_delta, row.new_delta, row.difference,
+                              row.old_agreement, row.new_agreement)
+            console.print(table)
         for gate in comparison.gates:
             style = {"pass": "green", "fail": "bold red"}.get(gate.outcome, "bold yellow")
             console.print(Text(gate_line(gate), style=style), soft_wrap=True)

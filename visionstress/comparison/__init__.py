@@ -8,9 +8,10 @@ from .core import (CellComparison, CompareWarning, Comparison, ComparisonSet, In
                    perturbation_changes, task_records)
 from .gates import (Gate, GateCell, GateError, GateResult, default_gates, format_p, main_metric, parse_gate,
                     threshold_text)
+from .skew import SkewCellDiff, SkewDiff, compare_skew
 from .statistics import PairedTest, bootstrap_test, holm, images_needed, mcnemar, mcnemar_mde, mcnemar_test
 
 __all__ = ["CellComparison", "CompareWarning", "Comparison", "ComparisonSet", "Gate", "GateCell", "GateError",
-           "GateResult", "IncomparableError", "PairedTest", "bootstrap_test", "compare", "default_gates", "format_p",
-           "holm", "images_needed", "main_metric", "mcnemar", "mcnemar_mde", "mcnemar_test", "parse_gate",
-           "perturbation_changes", "task_records", "threshold_text"]
+           "GateResult", "IncomparableError", "PairedTest", "SkewCellDiff", "SkewDiff", "bootstrap_test", "compare",
+           "compare_skew", "default_gates", "format_p", "holm", "images_needed", "main_metric", "mcnemar",
+           "mcnemar_mde", "mcnemar_test", "parse_gate", "perturbation_changes", "task_records", "threshold_text"]

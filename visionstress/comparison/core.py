@@ -41,6 +41,7 @@ from visionstress.metrics import find_metric
 from visionstress.scorecard import Scorecard
 
 from .gates import Gate, GateResult, check_gates, default_gates, evaluate_gate, main_metric, parse_gate
+from .skew import SkewDiff, compare_skew
 from .statistics import bootstrap_mde, bootstrap_test, holm, mcnemar_mde, mcnemar_test
 
 
@@ -105,7 +106,8 @@ class Comparison:
     `passed` is False when a gate fails, or is inconclusive without `allow_inconclusive`.
     `differences` lists what made the scorecards incomparable when `force` let the comparison go
     ahead; `changed` maps perturbations whose implementation differs to why; `notes` say why some cells
-    could not be tested; `images` is the number of paired images (None without records).
+    could not be tested; `images` is the number of paired images (None without records). `skew` sets the
+    two scorecards' preprocessing-skew sections side by side when both have one (descriptive, no gate).
     """
 
     reference: Scorecard
@@ -122,6 +124,7 @@ class Comparison:
     differences: list[str] = field(default_factory=list)
     changed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    skew: SkewDiff | None = None
 
     @property
     def passed(self) -> bool:
@@ -153,6 +156,7 @@ class Comparison:
                       for g in self.gates],
             "summaries": [asdict(c) for c in self.summaries],
             "cells": [asdict(c) for c in self.cells],
+            "skew": None if self.skew is None else self.skew.to_json(),
         })
 
 
@@ -303,12 +307,13 @@ def _compare_pair(ref: Scorecard, ref_source: str, cand: Scorecard, cand_source:
     results = [evaluate_gate(g, cells, summaries, alpha, allow_inconclusive, images) for g in gates]
     notes += [f"gate {g.spec} is inconclusive and passes only because inconclusive gates are allowed: {g.message}"
               for g in results if g.outcome == "inconclusive" and g.allowed]
+    skew = compare_skew(ref.skew, cand.skew, notes)
     for note in notes:
         warnings.warn(note, CompareWarning, stacklevel=3)
     return Comparison(reference=ref, candidate=cand, cells=cells, summaries=summaries, gates=results,
                       reference_source=ref_source, candidate_source=cand_source, alpha=alpha, bootstrap=bootstrap,
                       allow_inconclusive=allow_inconclusive, images=images, differences=differences,
-                      changed=changed, notes=notes)
+                      changed=changed, notes=notes, skew=skew)
 
 
 def _float(value: Any) -> float:

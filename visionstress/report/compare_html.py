@@ -14,7 +14,7 @@ import jinja2
 
 from visionstress.comparison import Comparison, ComparisonSet, threshold_text
 
-from .compare_view import display_rows, gate_mde, method_line, model_label, outcome_word
+from .compare_view import display_rows, gate_mde, method_line, model_label, outcome_word, skew_caption, skew_rows
 
 TEMPLATE = "compare.html.j2"
 
@@ -44,5 +44,7 @@ def render_compare_html(result: Comparison | ComparisonSet) -> str:
             "summaries": [r for r in shown if r.kind == "summary"],
             "notable": [r for r in shown if r.kind != "summary"],
             "others": [r for r in display_rows(c, all_cells=True) if (r.kind, r.name, r.metric) not in listed],
+            "skew": skew_rows(c), "skew_metric": None if c.skew is None else c.skew.metric,
+            "skew_caption": skew_caption(c),
         })
     return _environment().get_template(TEMPLATE).render(sections=sections, passed=result.passed)

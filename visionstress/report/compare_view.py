@@ -89,6 +89,63 @@ def display_rows(comparison: Comparison, all_cells: bool = False) -> list[Displa
     return rows
 
 
+@dataclass
+class SkewRow:
+    """A preprocessing-skew cell in both models, formatted: the cell's metric in each, each model's change
+    from its own reference, the difference of the changes, each model's agreement with its reference.
+    Nothing is marked better or worse: no test across models stands behind the difference."""
+
+    cell: str
+    old: str
+    new: str
+    old_delta: str
+    new_delta: str
+    difference: str
+    old_agreement: str
+    new_agreement: str
+
+
+def skew_rows(comparison: Comparison) -> list[SkewRow]:
+    """The cells of both skew sections, the candidate's largest extra loss first."""
+    diff = comparison.skew
+    if diff is None:
+        return []
+    task, metric = diff.task, diff.metric
+
+    rows = []
+    for c in sorted(diff.cells, key=lambda c: c.difference if math.isfinite(c.difference) else math.inf):
+        rows.append(SkewRow(
+            cell=f"{c.label} ({c.cell})" if c.label else c.cell, old=format_value(c.old, metric, task),
+            new=format_value(c.new, metric, task),
+            old_delta=format_delta(c.old_delta, metric, task) + ("*" if c.old_significant else ""),
+            new_delta=format_delta(c.new_delta, metric, task) + ("*" if c.new_significant else ""),
+            difference=format_delta(c.difference, metric, task), old_agreement=_percent(c.old_agreement),
+            new_agreement=_percent(c.new_agreement)))
+    return rows
+
+
+def skew_caption(comparison: Comparison) -> str:
+    """What the skew table shows, with each model's reference value and the cells only one side has."""
+    diff = comparison.skew
+    if diff is None:
+        return ""
+    task, metric = diff.task, diff.metric
+    parts = [f"Each model's change of {metric} from its own reference preprocessing ({format_value(diff.old_reference, metric, task)} "
+             f"→ {format_value(diff.new_reference, metric, task)}) under each cell, and the difference of the changes "
+             f"(candidate − reference model: negative means the candidate loses more under that cell); * marks a "
+             f"change significant in that model's own skew run. Descriptive: no test across models."]
+    if diff.only_reference:
+        parts.append(f"Only in the reference model's run: {', '.join(diff.only_reference)}.")
+    if diff.only_candidate:
+        parts.append(f"Only in the candidate's run: {', '.join(diff.only_candidate)}.")
+    parts += [f"Note: {n}." for n in diff.notes]
+    return " ".join(parts)
+
+
+def _percent(value: float) -> str:
+    return "–" if not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
 def outcome_word(gate: GateResult) -> str:
     """PASS, FAIL, INCONCLUSIVE or, when inconclusive gates are allowed, INCONCLUSIVE (allowed)."""
     word = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}[gate.outcome]
@@ -148,6 +205,14 @@ def _markdown(comparison: Comparison, all_cells: bool) -> str:
     lines += [_md_row(r) for r in cell_rows]
     if hidden:
         lines += ["", f"{hidden} other cells show no significant change (all of them: `--all`, or the JSON)."]
+    skew = skew_rows(comparison)
+    if skew:
+        metric = comparison.skew.metric
+        lines += ["", f"## Preprocessing skew ({metric})", "", skew_caption(comparison), "",
+                  f"| cell | {metric} old | {metric} new | Δ from reference, old | Δ from reference, new | difference | "
+                  "agreement old | agreement new |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| `{r.cell}` | {r.old} | {r.new} | {r.old_delta} | {r.new_delta} | {r.difference} | "
+                  f"{r.old_agreement} | {r.new_agreement} |" for r in skew]
     return "\n".join(lines) + "\n"
 
 
