@@ -238,13 +238,13 @@ def test_readme_example_runs_green(pytester):
     (tests / "test_robustness.py").write_text(_readme_block("tests", "python"), encoding="utf-8")
 
     written = pytester.runpytest("--visionstress-update-baselines")
-    written.assert_outcomes(passed=5)
+    written.assert_outcomes(passed=6)
     written.stdout.fnmatch_lines(["baseline written: tests/visionstress_baselines/shapes/quick-*"])
     cards = {card.task: card for card in reports(written.stdout.str())}
     assert cards["classification"].dataset["num_samples"] == 48
     assert cards["detection"].dataset["num_samples"] == 12  # the marker's limit wins over the ini's
     assert len(list((pytester.path / "tests" / "visionstress_baselines" / "shapes").iterdir())) == 2
-    pytester.runpytest().assert_outcomes(passed=5)  # compared with the baselines just written
+    pytester.runpytest().assert_outcomes(passed=6)  # compared with the baselines just written
 
 
 def test_xdist_workers_share_one_evaluation(pytester):

@@ -24,6 +24,7 @@ from visionstress.pytest_plugin.thresholds import CLEAN, failure_header, main_me
 
 if TYPE_CHECKING:
     from visionstress.scorecard import Scorecard
+    from visionstress.skew import ParityResult
 
 
 @dataclass
@@ -79,6 +80,13 @@ def shown(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+_PARITY_ARGUMENTS = ("model", "data", "weights", "trust_model", "num_classes", "data_config", "class_names", "device",
+                     "batch_size", "workers", "limit", "strict")
+"""The run settings that say which model sees which images how; the rest (suite, bootstrap, ...) do not
+concern serving parity."""
+_DATA_CONFIG_ARGUMENTS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order")
 
 
 class VisionStress:
@@ -165,6 +173,36 @@ class VisionStress:
         problems = metric_problems(card, metric, at_least, at_most, perturbation, severity)
         if problems:
             pytest.fail(failure_header(card) + "\n".join(problems), pytrace=False)
+
+    def assert_serving_parity(self, *, serving: Any = None, serving_model: Any = None, min_agreement: float = 1.0,
+                              **overrides: Any) -> ParityResult:
+        """Fail the test unless the user's serving path agrees with the model's declared preprocessing on
+        at least `min_agreement` of the images, naming every disagreeing image file.
+
+        `serving` is a function image path -> model input `[C, H, W]` (or "package.module:function"),
+        `serving_model` an export of the same model (e.g. model.onnx); the model, weights, data and
+        preprocessing are the settings plus `overrides`, as `run()` takes them
+        (visionstress.skew.check_serving_parity; classification). Returns the ParityResult when it passes.
+        """
+        from visionstress.skew import check_serving_parity
+
+        arguments = {**self.settings.run, **overrides}
+        task = arguments.get("task") or "classification"
+        if task != "classification":
+            pytest.fail(f"visionstress: serving parity checks classification models; the settings say task={task}",
+                        pytrace=False)
+        parity = {k: arguments[k] for k in _PARITY_ARGUMENTS if arguments.get(k) is not None}
+        config = {k: arguments.get(k) for k in _DATA_CONFIG_ARGUMENTS}
+        try:
+            result = check_serving_parity(serving=serving, serving_model=serving_model, min_agreement=min_agreement,
+                                          data_config_overrides=config, **parity)
+        except (ValueError, FileNotFoundError, ImportError) as exc:  # the library's input errors: a message
+            problem = translate_flags(f"visionstress could not check serving parity: {exc}")
+        else:
+            problem = None if result.passed else result.message
+        if problem is not None:  # failed outside the except block, so pytest shows no chained exception
+            pytest.fail(problem, pytrace=False)
+        return result
 
     def enforce(self, card: Scorecard, spec: MarkerSpec) -> None:
         """Check a marker's thresholds and gates, failing once with everything that was missed."""
