@@ -78,8 +78,9 @@ def test_markdown_html_and_cli_show_the_skew_table(skews):
     result = CliRunner().invoke(app, ["compare", str(root / "old"), str(root / "new"), "--no-gates",
                                       "--json", str(root / "c.json")])
     assert result.exit_code == 0, result.output
-    assert "preprocessing skew" in result.output and "normalization=0-255" in result.output
-    assert json.loads((root / "c.json").read_text())["skew"]["metric"] == "top1"
+    assert "preprocessing skew" in result.output and "jpeg=95" in result.output
+    written = json.loads((root / "c.json").read_text())["skew"]
+    assert written["metric"] == "top1" and "normalization=0-255" in [c["cell"] for c in written["cells"]]
 
 
 def test_a_model_with_the_same_weights_has_no_skew_difference(skews):

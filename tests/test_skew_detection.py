@@ -19,8 +19,8 @@ from visionstress.cli import app
 from visionstress.comparison.statistics import bootstrap_test
 from visionstress.skew import SkewError, skew
 from visionstress.skew.cells import build_matrix, parse_cell
-from visionstress.skew.run import _SkewImages
 from visionstress.skew.preprocess import model_input
+from visionstress.skew.run import _SkewImages
 from visionstress.skew.tasks import AnnotatedImage, Detections, DetectionSkew, get_skew_task
 
 LIMIT = 12
@@ -146,7 +146,9 @@ def test_boxes_are_mapped_back_to_the_original_pixels(canvas, cell, tmp_path):
     Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(path)
     task = get_skew_task("detection", categories=CATEGORIES, canvas=canvas)
     reference = task.reference(None)
-    recipe = reference if cell is None else build_matrix(reference, [parse_cell(cell)], task.knobs, task.canonical).cells[0][1]
+    recipe = reference
+    if cell is not None:
+        recipe = build_matrix(reference, [parse_cell(cell)], task.knobs, task.canonical).cells[0][1]
     sample = _annotated(str(path), [[0, 0, 70, 50]], [1], (50, 70))
     item = _SkewImages([sample], [recipe], reference, task)[0]
     pixels = item[1][recipe.pixels]
@@ -186,9 +188,9 @@ def test_visionstress_skew_task_detection_on_the_demo(tmp_path):
     result = CliRunner().invoke(app, ["skew", "--task", "detection", "--limit", "6", "--bootstrap", "0", "--workers",
                                       "0", "--device", "cpu", "--skew-knobs", "channel_order", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "AP per preprocessing cell" in result.output and "channel_order=bgr" in result.output
+    assert "reference AP" in result.output and "AP per preprocessing cell" in result.output
     card = vs.Scorecard.load(out / "scorecard.json")
-    assert card.task == "detection" and card.skew["rows"][0]["cell"] == "reference"
+    assert card.task == "detection" and [r["cell"] for r in card.skew["rows"]] == ["reference", "channel_order=bgr"]
     assert card.results[0]["perturbation"] == "clean" and (out / "summary.md").is_file()
     bad = CliRunner().invoke(app, ["skew", "--task", "detection", "--canvas", "64", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--canvas" in bad.output

@@ -270,7 +270,8 @@ def skew_command(
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: the images folder. Detection: the "
                                           "images root of the COCO JSON (default: beside it)."),
     canvas: Optional[str] = typer.Option(None, "--canvas", help="Detection: letterbox every image into HxW as "
-                                         "`visionstress run --canvas` does (the reference cell); boxes are mapped back."),
+                                         "`visionstress run --canvas` does (the reference cell); boxes are "
+                                         "mapped back."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="Detection: model label -> category id, as for "
                                             "`visionstress run`."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Segmentation: folder of class-index mask PNGs."),
@@ -563,7 +564,8 @@ def compare_command(
         console.print(table)
         skew = skew_rows(comparison)
         if skew:
-            table = Table(title=f"preprocessing skew: each model's change of {comparison.skew.metric} from its reference")
+            metric = comparison.skew.metric
+            table = Table(title=f"preprocessing skew: each model's change of {metric} from its reference")
             for column in ("cell", "old", "new", "change old", "change new", "difference", "agreement old",
                            "agreement new"):
                 table.add_column(column, justify="left" if column == "cell" else "right", overflow="fold")

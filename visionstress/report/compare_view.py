@@ -130,8 +130,9 @@ def skew_caption(comparison: Comparison) -> str:
     if diff is None:
         return ""
     task, metric = diff.task, diff.metric
-    parts = [f"Each model's change of {metric} from its own reference preprocessing ({format_value(diff.old_reference, metric, task)} "
-             f"→ {format_value(diff.new_reference, metric, task)}) under each cell, and the difference of the changes "
+    old, new = format_value(diff.old_reference, metric, task), format_value(diff.new_reference, metric, task)
+    parts = [f"Each model's change of {metric} from its own reference preprocessing ({old} → {new}) under "
+             f"each cell, and the difference of the changes "
              f"(candidate − reference model: negative means the candidate loses more under that cell); * marks a "
              f"change significant in that model's own skew run. Descriptive: no test across models."]
     if diff.only_reference:

@@ -88,7 +88,8 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     model index); segmentation samples `.path` and `.mask_path` (class-index masks, `ignore_index`
     not scored); detection samples are `AnnotatedImage`s (`detection_samples(dataset)`) and
     `task_settings` holds the dataset's `categories` (and optionally `canvas`, `label_map`, `postprocess`,
-    `score_threshold`, as `visionstress run --task detection` takes them). `knobs` picks the catalogue's knobs (None: the task's catalogue with the named
+    `score_threshold`, as `visionstress run --task detection` takes them). `knobs` picks the catalogue's
+    knobs (None: the task's catalogue with the named
     combinations; "none": only parity); `cells` replaces that with explicit cells (`knob=value[,...]`
     strings or `Cell`s). `serving` is a function path -> model input `[C, H, W]` (or
     "package.module:function"); `serving_model` an exported model (a path such as model.onnx, or a
@@ -202,7 +203,8 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
         "root": root,
         "dataset": {"path": Path(data).name, **dataset_facts, "num_samples": len(result.paths),
                     "num_listed": len(samples), "num_classes": len(names), "class_names": list(names)},
-        "data_config": {**({} if config is None else config.to_dict()), "source": config_source, **(_settings_facts(settings))},
+        "data_config": {**({} if config is None else config.to_dict()), "source": config_source,
+                        **_settings_facts(settings)},
         "seed": seed,
         "device": str(device or default_device()),
     }
@@ -248,8 +250,8 @@ def cell_input(path: str | Path, cell: Cell | str | None, config: Any, task: str
     """What the model is fed for one image file under `cell` (None: the reference), float `[3, H, W]`:
     the loop's own decoding, pixels and normalisation, for one image. Shows what a cell does. `canvas`:
     detection's `--canvas` (the reference letterboxes into it)."""
-    settings: dict[str, Any] = {"segmentation": {"num_classes": 1},
-                                "detection": {"categories": [{"id": 1, "name": "object"}], "canvas": canvas}}.get(task, {})
+    settings: dict[str, Any] = {"segmentation": {"num_classes": 1}, "detection": {
+        "categories": [{"id": 1, "name": "object"}], "canvas": canvas}}.get(task, {})
     skew_task = get_skew_task(task, **settings)
     reference = skew_task.reference(config)
     recipe = reference
