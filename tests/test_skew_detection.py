@@ -194,3 +194,11 @@ def test_visionstress_skew_task_detection_on_the_demo(tmp_path):
     assert card.results[0]["perturbation"] == "clean" and (out / "summary.md").is_file()
     bad = CliRunner().invoke(app, ["skew", "--task", "detection", "--canvas", "64", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--canvas" in bad.output
+
+
+def test_settings_of_other_tasks_are_refused_for_detection(tmp_path):
+    with pytest.raises(SkewError, match="--masks and --class-names do not apply to --task detection"):
+        skew(task="detection", class_names=tmp_path / "names.txt", out=tmp_path / "a")
+    with pytest.raises(SkewError, match="--canvas and --label-map apply to --task detection"):
+        skew(task="classification", canvas=(64, 64), out=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

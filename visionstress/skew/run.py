@@ -89,10 +89,9 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     not scored); detection samples are `AnnotatedImage`s (`detection_samples(dataset)`) and
     `task_settings` holds the dataset's `categories` (and optionally `canvas`, `label_map`, `postprocess`,
     `score_threshold`, as `visionstress run --task detection` takes them). `knobs` picks the catalogue's
-    knobs (None: the task's catalogue with the named
-    combinations; "none": only parity); `cells` replaces that with explicit cells (`knob=value[,...]`
-    strings or `Cell`s). `serving` is a function path -> model input `[C, H, W]` (or
-    "package.module:function"); `serving_model` an exported model (a path such as model.onnx, or a
+    knobs (None: the task's catalogue with the named combinations; "none": only parity); `cells`
+    replaces that with explicit cells (`knob=value[,...]` strings or `Cell`s). `serving` is a function
+    path -> model input `[C, H, W]` (or "package.module:function"); `serving_model` an exported model (a path such as model.onnx, or a
     LoadedModel) compared with `loaded` (classification). Everything is checked before the first image
     is read: cells, the model on every fixed input size, the serving path on the first image.
     """
@@ -166,8 +165,9 @@ def skew(model: str | None = None, data: str | Path | None = None, *, task: str 
     if (canvas is not None or label_map is not None) and task != "detection":
         raise SkewError("--canvas and --label-map apply to --task detection")
     if task == "detection":
-        if masks is not None:
-            raise SkewError("--masks applies to --task segmentation")
+        if masks is not None or class_names is not None:
+            raise SkewError("--masks and --class-names do not apply to --task detection (the COCO file names the "
+                            "categories; --label-map matches the model's labels to them)")
         loaded, config, config_source, samples, names, dataset_facts, settings = _load_detection(
             str(model), Path(data), weights, trust_model, num_classes, data_config, data_config_overrides or {},
             images, canvas, label_map, limit)
