@@ -297,7 +297,6 @@ def check_foreground_source(task: str, options: Mapping[str, Any], perturbations
             raise ForegroundError(f"--masks {masks}: masks folder not found")
         return f"mask files in {Path(masks).name}/"
     if task == "detection":
-        cache = options.get("foreground_cache") or default_cache_dir()
         return "COCO instance masks; GrabCut on the box where an object has none (cached per image)"
     if task == "segmentation":
         text = options.get("background_classes") or "0"

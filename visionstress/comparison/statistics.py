@@ -59,7 +59,7 @@ def mcnemar_test(only_reference: int, only_candidate: int, n: int, alpha: float)
     discordant each way (see the module docstring)."""
     from scipy.stats import beta, binom
 
-    b, c, m = int(only_reference), int(only_candidate), int(only_reference) + int(only_candidate)
+    c, m = int(only_candidate), int(only_reference) + int(only_candidate)
     if m == 0:
         return PairedTest(1.0, (0.0, 0.0))
     p_value = min(1.0, 2.0 * min(float(binom.cdf(c, m, 0.5)), float(binom.sf(c - 1, m, 0.5))))

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionstress.pytest_plugin.settings import Settings
-from visionstress.pytest_plugin.thresholds import main_metric
 
 if TYPE_CHECKING:
     from visionstress.scorecard import Scorecard

@@ -716,7 +716,7 @@ def _probes(card: Scorecard, base_dir: Path) -> Probes | None:
                                                 f"{', '.join(map(str, entry.get('variants') or []))}"))
     if not background and not cue and not examples:
         return None
-    metric = str(background.get("metric") or cue.get("metric") or MAIN_METRIC.get(card.task, "top1"))
+    metric = str(background.get("metric") or cue.get("metric") or card.main_metric)
     unit = "top1" if metric == "object_mIoU" else metric  # fractions either way
     headline = []
     if "bg_gap" in background:

@@ -116,9 +116,9 @@ class Recipe:
         return {"decoder": self.decoder, "exif": "applied" if self.exif else "ignored",
                 "jpeg": self.jpeg, "resize_backend": self.resize_backend, "interpolation": self.interpolation,
                 "crop": self.crop, "resize": self.resize,
-                "input_size": None if self.input_size is None else list(self.input_size), "scale": self.scale,
+                "input_size": None if self.input_size is None else list(self.input_size), "size_scale": self.scale,
                 "channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std),
-                "scale": "1/255" if self.unit_scale else "0-255"}
+                "pixel_scale": "1/255" if self.unit_scale else "0-255"}
 
 
 @dataclass(frozen=True)
