@@ -99,12 +99,13 @@ def main() -> None:
     table.add_row("harness overhead in the loop (model only / loop)", f"{model_rate / loop_rate:.2f}x", "")
     table.add_row("whole run (model only / end to end)", f"{model_rate / rate:.2f}x", "")
     Console().print(table)
-    Console().print(f"compiling the suite's numba kernels before the run (once per process): {warm_up:.1f} s")
+    Console().print(f"each perturbation called once before the run (numba kernels loaded from the on-disk cache, "
+                  f"or compiled the first time): {warm_up:.1f} s")
 
 
 def warm_up_perturbations(suite, device: torch.device) -> float:
     """Call every perturbation of `suite` once on a small batch, so the loop's times are steady state (the
-    first call of a numba kernel compiles it: seconds, once per process)."""
+    first call of a numba kernel loads it from the disk cache, or compiles it: seconds)."""
     from visionstress.engine import perturbation_for, suite_passes
 
     start = time.perf_counter()

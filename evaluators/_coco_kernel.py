@@ -7,12 +7,14 @@ process then loads it instead of spending a second or two compiling.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from visionstress._numba import kernel
 
 _EPS = float(np.spacing(1))  # COCOeval's guard in tp / (tp + fp + eps)
 
 
-@njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def precision_sums(weights, npig, image, category_start, counted, pattern_of, run_bounds, run_position,
                    run_threshold, run_category, thresholds):  # pragma: no cover - compiled
     """`[r, T]`: per resample and IoU threshold, the sum over categories with ground truth and over the

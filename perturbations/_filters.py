@@ -8,8 +8,6 @@ as a compiled loop on the CPU and as banded matrix products elsewhere.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import torch
@@ -106,47 +104,6 @@ def _numba_ok(images: Tensor) -> bool:
             and not images.requires_grad and images.numel() > 0 and numba_available())
 
 
-@lru_cache(maxsize=None)
-def _separable_kernel() -> Callable[..., np.ndarray]:
-    """Compile (once per process) a direct separable correlation over `[N, H, W]` planes."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=False)
-    def separable(x, ky, kx, iy, ix):  # pragma: no cover - compiled
-        # x [N, H, W]; iy / ix map padded row / column positions to source indices (borders folded in).
-        n, h, w = x.shape
-        ny, nx = ky.shape[0], kx.shape[0]
-        out = np.empty_like(x)
-        for p in prange(n):
-            tmp = np.empty((h, w), np.float32)
-            row = np.empty(w + nx - 1, np.float32)
-            for y in range(h):
-                for j in range(w + nx - 1):
-                    row[j] = x[p, y, ix[j]]
-                t_row = tmp[y]
-                k0 = kx[0]
-                for i in range(w):
-                    t_row[i] = k0 * row[i]
-                for t in range(1, nx):
-                    kt = kx[t]
-                    for i in range(w):
-                        t_row[i] += kt * row[i + t]
-            for y in range(h):
-                o = out[p, y]
-                src = tmp[iy[y]]
-                k0 = ky[0]
-                for i in range(w):
-                    o[i] = k0 * src[i]
-                for t in range(1, ny):
-                    src = tmp[iy[y + t]]
-                    kt = ky[t]
-                    for i in range(w):
-                        o[i] += kt * src[i]
-        return out
-
-    return separable
-
-
 def _border_index(n: int, r: int, mode: str) -> np.ndarray:
     """Source index of each of the `n + 2 r` positions of a `mode`-padded axis (as `pad` pads)."""
     return fold_index(torch.arange(-r, n + r), n, mode).numpy().astype(np.int64)
@@ -159,7 +116,9 @@ def _separable_numba(images: Tensor, kernel_y: Tensor, kernel_x: Tensor, mode: s
     iy = _border_index(h, (ky.shape[0] - 1) // 2, mode)
     ix = _border_index(w, (kx.shape[0] - 1) // 2, mode)
     x = images.detach().contiguous().view(b * c, h, w).numpy()
-    return torch.from_numpy(_separable_kernel()(x, ky, kx, iy, ix)).view(b, c, h, w)
+    from ._kernels import separable
+
+    return torch.from_numpy(separable(x, ky, kx, iy, ix)).view(b, c, h, w)
 
 
 def separable_filter(images: Tensor, kernel_y: Tensor, kernel_x: Tensor, mode: str = "replicate") -> Tensor:
@@ -268,45 +227,6 @@ the direct loop takes ~12 ms for ImageNet-C's radius-3 disk (61 taps), ~26 ms at
 ~43 ms at radius 10 (429), the FFT ~35-65 ms whatever the kernel."""
 
 
-@lru_cache(maxsize=None)
-def _direct_kernel() -> Callable[..., np.ndarray]:
-    """Compile (once per process) a direct 2-D correlation of `[N, H, W]` planes with one kernel."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=False)
-    def correlate(x, k, iy, ix, mirrored):  # pragma: no cover - compiled
-        # mirrored: k's rows a and kh - 1 - a are equal, so their source rows are summed first.
-        n, h, w = x.shape
-        kh, kw = k.shape
-        wp = w + kw - 1
-        out = np.empty_like(x)
-        for p in prange(n):
-            pad = np.empty((h + kh - 1, wp), np.float32)
-            for y in range(h + kh - 1):
-                for j in range(wp):
-                    pad[y, j] = x[p, iy[y], ix[j]]
-            pair = np.empty(wp, np.float32)
-            for y in range(h):
-                o = out[p, y]
-                o[:] = 0
-                for a in range((kh + 1) // 2 if mirrored else kh):
-                    if mirrored and a != kh - 1 - a:
-                        top, bottom = pad[y + a], pad[y + kh - 1 - a]
-                        for j in range(wp):
-                            pair[j] = top[j] + bottom[j]
-                        src = pair
-                    else:
-                        src = pad[y + a]
-                    for b in range(kw):
-                        kv = k[a, b]
-                        if kv != 0:
-                            for i in range(w):
-                                o[i] += kv * src[i + b]
-        return out
-
-    return correlate
-
-
 def filter2d(images: Tensor, kernel: Tensor, mode: str = "reflect") -> Tensor:
     """Correlate every channel with one 2-D `kernel` `[kh, kw]` (odd sides, anchored at its centre), as
     `cv2.filter2D` does; default borders are cv2's BORDER_REFLECT_101 ('reflect').
@@ -319,7 +239,9 @@ def filter2d(images: Tensor, kernel: Tensor, mode: str = "reflect") -> Tensor:
         k = kernel.detach().to("cpu", torch.float32).contiguous().numpy()
         x = images.detach().contiguous().view(b * c, h, w).numpy()
         mirrored = bool(np.array_equal(k, k[::-1]))
-        out = _direct_kernel()(x, k, _border_index(h, kh // 2, mode), _border_index(w, kw // 2, mode), mirrored)
+        from ._kernels import correlate
+
+        out = correlate(x, k, _border_index(h, kh // 2, mode), _border_index(w, kw // 2, mode), mirrored)
         return torch.from_numpy(out).view(b, c, h, w)
     ys, xs = torch.meshgrid(torch.arange(kh, device=images.device) - kh // 2,
                             torch.arange(kw, device=images.device) - kw // 2, indexing="ij")
@@ -414,40 +336,6 @@ def motion_blur(images: Tensor, radius: float, sigma: float, angle_degrees: Tens
     return out
 
 
-@lru_cache(maxsize=None)
-def _taps_kernel() -> Callable[..., np.ndarray]:
-    """Compile (once per process) a sparse correlation with per-sample taps, replicated borders."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=False)
-    def correlate(x, ty, tx, wt, top, left, iy, ix):  # pragma: no cover - compiled
-        # iy / ix: source row / column of each position of the replicate-padded plane.
-        b, c, h, w = x.shape
-        hp, wp = iy.shape[0], ix.shape[0]
-        out = np.empty_like(x)
-        for job in prange(b * c):
-            i, ch = job // c, job % c
-            pad = np.empty((hp, wp), np.float32)
-            for y in range(hp):
-                for j in range(wp):
-                    pad[y, j] = x[i, ch, iy[y], ix[j]]
-            o = np.empty(w, np.float32)
-            for y in range(h):  # row by row, all taps, so the accumulator stays in L1
-                o[:] = 0.0
-                for t in range(ty.shape[1]):
-                    wv = wt[i, t]
-                    if wv == 0.0:
-                        continue
-                    ox = left + tx[i, t]
-                    src = pad[top + ty[i, t] + y, ox : ox + w]  # a slice: range indices vectorise
-                    for xx in range(w):
-                        o[xx] += wv * src[xx]
-                out[i, ch, y] = o
-        return out
-
-    return correlate
-
-
 def _taps_numba(images: Tensor, taps_y: Tensor, taps_x: Tensor, weights: Tensor) -> Tensor:
     """`out[b, :, y, x] = sum_i weights[b, i] * images[b, :, y + taps_y[b, i], x + taps_x[b, i]]`, reads
     clamped to the image (replicated borders), taps added in order."""
@@ -459,5 +347,7 @@ def _taps_numba(images: Tensor, taps_y: Tensor, taps_x: Tensor, weights: Tensor)
     left, right = max(0, -int(tx.min())), max(0, int(tx.max()))
     iy = torch.arange(-top, h + bottom).clamp(0, h - 1).numpy()
     ix = torch.arange(-left, w + right).clamp(0, w - 1).numpy()
-    out = _taps_kernel()(images.detach().contiguous().numpy(), ty.numpy(), tx.numpy(), wt, top, left, iy, ix)
+    from ._kernels import correlate_taps
+
+    out = correlate_taps(images.detach().contiguous().numpy(), ty.numpy(), tx.numpy(), wt, top, left, iy, ix)
     return torch.from_numpy(out)

@@ -7,14 +7,13 @@ are batched torch re-implementations of its algorithms, with the deviations note
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visionstress.rng import SampleRNG, numba_hash, stream_seed, uniform_field
+from visionstress.rng import SampleRNG, stream_seed, uniform_field
 
 from . import _filters
 from .levels import Field
@@ -105,42 +104,6 @@ def _zoom_axis(n: int, factor: float) -> tuple[int, np.ndarray, np.ndarray, np.n
     return start, i0, i1, (src - i0.astype(np.float32)).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
-def _zoom_kernel():
-    """Compile (once per process) the CPU zoom blur: every layer interpolated and summed row by row
-    in one pass over each image plane (no zoomed copies are materialised)."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=False)
-    def zoom(x, top, y0, y1, wy, left, width, x0, x1, wx):  # pragma: no cover - compiled
-        n, h, w = x.shape
-        layers = top.shape[0]
-        out = np.empty_like(x)
-        for p in prange(n):
-            img = x[p]
-            acc = np.empty(w, np.float32)
-            row = np.empty(w, np.float32)
-            for y in range(h):
-                acc[:] = img[y]
-                for f in range(layers):
-                    cw = width[f]
-                    r0 = img[top[f] + y0[f, y], left[f] : left[f] + cw]
-                    r1 = img[top[f] + y1[f, y], left[f] : left[f] + cw]
-                    b = wy[f, y]
-                    a = np.float32(1.0) - b
-                    for j in range(cw):
-                        row[j] = a * r0[j] + b * r1[j]
-                    for xx in range(w):
-                        c = wx[f, xx]
-                        acc[xx] += (np.float32(1.0) - c) * row[x0[f, xx]] + c * row[x1[f, xx]]
-                o = out[p, y]
-                for xx in range(w):
-                    o[xx] = acc[xx] / np.float32(layers + 1)
-        return out
-
-    return zoom
-
-
 def _zoom_numba(images: Tensor, level: tuple[float, ...]) -> Tensor:
     b, c, h, w = images.shape
     rows = [_zoom_axis(h, f) for f in level]
@@ -152,7 +115,9 @@ def _zoom_numba(images: Tensor, level: tuple[float, ...]) -> Tensor:
     x0, x1, wx = (np.stack([r[k] for r in cols]) for k in (1, 2, 3))
     x0, x1 = x0.astype(np.uint64), x1.astype(np.uint64)  # unsigned: no negative-index check, gathers vectorise
     x = images.detach().contiguous().view(b * c, h, w).numpy()
-    out = _zoom_kernel()(x, top, y0, y1, wy, left, width, x0, x1, wx)
+    from ._kernels import zoom_sum
+
+    out = zoom_sum(x, top, y0, y1, wy, left, width, x0, x1, wx)
     return torch.from_numpy(out).view(b, c, h, w)
 
 
@@ -195,55 +160,6 @@ def _glass_steps(rounds: int, delta: int) -> list[bool]:
     return [p for _ in range(rounds) for p in ((False, True) if partial else (False,))]
 
 
-@lru_cache(maxsize=None)
-def _glass_shuffle_kernel():
-    """Compile (once per process) the CPU shuffle. It evaluates the same integer hash as
-    `visionstress.rng.uniform_field` inline (no noise fields are materialised), composes all steps'
-    source maps per sample and gathers every channel once; tests check it equals the torch path."""
-    from numba import njit, prange
-
-    lowbias32, _ = numba_hash()
-
-    @njit(parallel=True, cache=False)
-    def shuffle(x, seeds, partial, delta, threshold):  # pragma: no cover - compiled
-        b, c, h, w = x.shape
-        steps = seeds.shape[1]
-        span = 2 * delta
-        lo, hi_y, hi_x = delta + 1, h - delta, w - delta
-        out = np.empty_like(x)
-        for i in prange(b):
-            ys = np.empty(h * w, np.int32)
-            xs = np.empty(h * w, np.int32)
-            for y in range(h):
-                for xx in range(w):
-                    ys[y * w + xx] = y
-                    xs[y * w + xx] = xx
-            # out_S[p] = x[src_1(src_2(... src_S(p)))]: apply the last step's map first, branch-free.
-            for st in range(steps - 1, -1, -1):
-                seed = seeds[i, st]
-                always = partial[st] == 0
-                for p in range(h * w):
-                    yy = ys[p]
-                    xc = xs[p]
-                    # uniform_field(key, (h, w), counter=st)[yy, xc] * 2**24, as rng computes it.
-                    bits = lowbias32(np.uint32(lowbias32(np.uint32(yy * w + xc)) ^ seed))
-                    q = np.int32(np.float32(np.float32(bits >> np.uint32(8)) + np.float32(0.5)))
-                    take = (yy >= lo) & (yy <= hi_y) & (xc >= lo) & (xc <= hi_x) & (always | ((q >> 20) < threshold))
-                    t = np.int32(take)
-                    ys[p] = yy + t * ((((q & 1023) * span) >> 10) - delta)
-                    xs[p] = xc + t * (((((q >> 10) & 1023) * span) >> 10) - delta)
-            for ch in range(c):
-                src = x[i, ch]
-                dst = out[i, ch]
-                for y in range(h):
-                    for xx in range(w):
-                        p = y * w + xx
-                        dst[y, xx] = src[ys[p], xs[p]]
-        return out
-
-    return shuffle
-
-
 def _glass_shuffle(x: Tensor, keys: Tensor, partial: list[bool], delta: int, use_numba: bool) -> Tensor:
     """Apply the shuffle steps to `x` `[B, C, H, W]` (`keys` `[B]`: the per-sample glass keys).
 
@@ -258,9 +174,11 @@ def _glass_shuffle(x: Tensor, keys: Tensor, partial: list[bool], delta: int, use
     b, c, h, w = x.shape
     threshold = int(_EXTRA_LEVELS * _GLASS_EXTRA_STEP)
     if use_numba:
+        from ._kernels import glass_shuffle
+
         seeds = torch.stack([stream_seed(keys, i) for i in range(len(partial))], dim=1).numpy().astype(np.uint32)
         flags = np.asarray(partial, dtype=np.uint8)
-        return torch.from_numpy(_glass_shuffle_kernel()(x.contiguous().numpy(), seeds, flags, int(delta), threshold))
+        return torch.from_numpy(glass_shuffle(x.contiguous().numpy(), seeds, flags, int(delta), threshold))
     span = 2 * delta
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)

@@ -90,7 +90,9 @@ def _poisson(images: Tensor, u: Tensor, photons: float) -> Tensor:
     u = u.reshape(-1)
     if images.device.type == "cpu" and numba_available():
         flat = images.contiguous().reshape(-1).numpy()
-        counts = _poisson_search_cpu()(flat, u.numpy(), cdf.numpy(), guide.numpy(), width, _GUIDE)
+        from ._kernels import poisson_search
+
+        counts = poisson_search(flat, u.numpy(), cdf.numpy(), guide.numpy(), width, _GUIDE, np.float32(_LEVELS - 1))
         return torch.from_numpy(counts).reshape(images.shape)
     level = (images.clamp(0.0, 1.0) * (_LEVELS - 1)).round_().to(torch.int64).reshape(-1)
     return _poisson_search_torch(level, u, cdf, guide, width).reshape(images.shape)
@@ -112,31 +114,6 @@ def _poisson_search_torch(level: Tensor, u: Tensor, cdf: Tensor, guide: Tensor, 
         k.scatter_(0, todo, kt + step)
         todo = todo[step]
     return k.to(torch.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def _poisson_search_cpu():
-    """The same search as `_poisson_search_torch`, as one parallel loop (the torch version makes ~10
-    passes over the batch; on the CPU those dominate)."""
-    from numba import njit, prange
-
-    top = np.float32(_LEVELS - 1)
-
-    @njit(parallel=True)
-    def search(x, u, cdf, guide, width, buckets):  # pragma: no cover - compiled
-        out = np.empty(x.shape[0], np.float32)
-        for i in prange(x.shape[0]):
-            # float32 clamp, scale and round-half-even, exactly as the torch path computes the level
-            level = np.int64(np.rint(np.float32(min(max(x[i], np.float32(0.0)), np.float32(1.0))) * top))
-            bucket = min(np.int64(u[i] * np.float32(buckets)), buckets - 1)
-            k = guide[level * buckets + bucket]
-            base = level * width
-            while u[i] > cdf[base + k]:
-                k += 1
-            out[i] = k
-        return out
-
-    return search
 
 
 @photometric(family="camera", severities=SHOT_NOISE, sample=sample_key,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import zlib
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,85 +97,6 @@ that a standard normal draw is finite (at most 5.29) instead of infinite (torch)
 _FUSED_MIN_ELEMENTS = 1 << 15  # below this the torch path is as fast as calling the fused loop
 
 
-# Acklam's rational approximation of the inverse normal CDF (relative error < 1.2e-9, far below
-# float32 resolution), used by the fused CPU loop; the torch path uses torch.special.ndtri.
-_ACKLAM_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
-             -3.066479806614716e01, 2.506628277459239e00)
-_ACKLAM_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
-             -1.328068155288572e01)
-_ACKLAM_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
-             4.374664141464968e00, 2.938163982698783e00)
-_ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-
-
-@lru_cache(maxsize=None)
-def numba_hash() -> tuple[Callable, Callable]:
-    """numba twins of the torch hash, `(lowbias32(x), unit(seed, j))`, for CPU kernels that draw inline.
-
-    `unit(stream_seed(keys, counter)[i], j)` equals `uniform_field(keys, shape, counter)[i].flatten()[j]`
-    bit for bit; call them from `@njit` code only.
-    """
-    from numba import njit
-
-    mask = np.uint64(0xFFFFFFFF)
-
-    @njit(inline="always")
-    def lowbias32(x):  # pragma: no cover - compiled
-        x = np.uint32(x ^ (x >> np.uint32(16)))
-        x = np.uint32((np.uint64(x) * np.uint64(_C1)) & mask)
-        x = np.uint32(x ^ (x >> np.uint32(15)))
-        x = np.uint32((np.uint64(x) * np.uint64(_C2)) & mask)
-        return np.uint32(x ^ (x >> np.uint32(16)))
-
-    @njit(inline="always")
-    def unit(seed, j):  # pragma: no cover - compiled
-        h = lowbias32(np.uint32(lowbias32(np.uint32(j)) ^ seed))
-        return (np.float32(h >> np.uint32(8)) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
-
-    return lowbias32, unit
-
-
-@lru_cache(maxsize=None)
-def _fused_kernels() -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[[np.ndarray, int], np.ndarray]]:
-    """Compile (once per process) CPU loops equal to the torch path for given stream seeds."""
-    from numba import njit, prange
-
-    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
-    _, unit = numba_hash()
-
-    below_one = np.float64(_BELOW_ONE)
-
-    @njit(inline="always")
-    def inverse_normal(p):  # pragma: no cover - compiled
-        p = min(p, below_one)
-        if p < 0.02425 or p > 0.97575:
-            q = np.sqrt(-2.0 * np.log(p if p < 0.5 else 1.0 - p))
-            x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-                (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
-            return x if p < 0.5 else -x
-        q = p - 0.5
-        r = q * q
-        return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
-            ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
-
-    @njit(parallel=True)
-    def uniform_rows(seeds, n):  # pragma: no cover - compiled
-        out = np.empty((seeds.shape[0], n), np.float32)
-        for i in prange(seeds.shape[0]):
-            for j in range(n):
-                out[i, j] = unit(seeds[i], j)
-        return out
-
-    @njit(parallel=True)
-    def normal_rows(seeds, n):  # pragma: no cover - compiled
-        out = np.empty((seeds.shape[0], n), np.float32)
-        for i in prange(seeds.shape[0]):
-            for j in range(n):
-                out[i, j] = np.float32(inverse_normal(np.float64(unit(seeds[i], j))))
-        return out
-
-    return uniform_rows, normal_rows
-
 
 @lru_cache(maxsize=1)
 def numba_available() -> bool:
@@ -214,8 +134,11 @@ def _use_fused(keys: Tensor, n: int) -> bool:
 
 
 def _fused(which: int, keys: Tensor, counter: int, n: int) -> Tensor:
+    from visionstress import _rng_kernels
+
     seeds = stream_seed(keys, counter).numpy().astype(np.uint32)
-    return torch.from_numpy(_fused_kernels()[which](seeds, n))
+    rows = _rng_kernels.normal_rows if which else _rng_kernels.uniform_rows
+    return torch.from_numpy(rows(seeds, n))
 
 
 class SampleRNG:
