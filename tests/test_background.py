@@ -404,7 +404,9 @@ def test_report_section_shows_the_variants_the_gap_and_the_cue_conflict(correlat
     assert 'id="probes"' in html and html.count("<img") == 2
     assert f"{100 * background['bg_gap']:+.1f} pp" in html
     assert f"{100 * cue['shape_bias']:.1f}%" in html and "mixed_rand" in html and "patch_shuffle k=4" in html
-    card.summaries, card.breakdowns = {}, {}
+    card.summaries = {}  # the example sheets alone (a run whose probe passes all failed): still a section
+    assert 'id="probes"' in render_report(card, tmp_path)
+    card.breakdowns = {}
     assert 'id="probes"' not in render_report(card, tmp_path)
 
 

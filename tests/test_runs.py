@@ -78,7 +78,7 @@ def test_killed_runs_resume_to_the_same_scorecard_and_records(tmp_path, suite, r
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             if parts.is_dir() and len(list(parts.glob("*.parquet"))) > before:
-                time.sleep(rng.uniform(0.0, 1.5))  # somewhere in the next batch, or while it is written
+                time.sleep(rng.uniform(0.0, 0.3))  # somewhere in the next batch (~0.3 s), or while it is written
                 break
             time.sleep(0.05)
         if process.poll() is None:
