@@ -170,7 +170,7 @@ def test_a_bad_serving_function_is_refused_before_any_work(fn, message, monkeypa
     monkeypatch.setattr(run_module._SkewImages, "__getitem__", lambda *a: pytest.fail("work started"))
     with pytest.raises(SkewError, match=message):
         demo_parity(serving=fn)
-    with pytest.raises(SkewError, match=r"--serving nowhere:fn: cannot import nowhere"):
+    with pytest.raises(SkewError, match=r"--serving nowhere:fn: cannot import 'nowhere'"):
         demo_parity(serving="nowhere:fn")
 
 

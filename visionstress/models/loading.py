@@ -382,40 +382,50 @@ def _did_you_mean(name: str, choices: list[str]) -> str:
 # --- factories -----------------------------------------------------------------------------------
 
 
-def _load_factory(spec: str, weights: str | None, trust: bool, num_classes: int | None) -> LoadedModel:
-    """`package.module:function` (the function may be a dotted attribute, e.g. `Class.build`).
+def import_attribute(spec: str, name: str, error: type[Exception]) -> tuple[Any, Any]:
+    """`(module, attribute)` for `package.module:attribute` (the attribute may be dotted, e.g.
+    `Class.build`), checked to be callable; failures raise `error` with messages that start with `name`.
 
-    The current directory is importable for the import, as with `python -m` or uvicorn, so a factory
-    in a local `models.py` works from the console script too. A returned module that carries a
-    `data_config` attribute (a DataConfig) supplies the preprocessing, like timm's pretrained_cfg;
-    a `categories` attribute (a list of names, one per output index) on the returned module or on
-    the factory's Python module names the classes.
+    The current directory is importable for the import, as with `python -m` or uvicorn, so a factory or
+    a serving function in a local `models.py` works from the console script too.
     """
-    module_name, attr = spec.split(":", 1)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise error(f"{name}: expected package.module:function")
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
     try:
-        py_module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ModelLoadError(
-                f"{spec}: cannot import {module_name!r}; install the package or add its folder to PYTHONPATH"
-            ) from exc
-        raise ModelLoadError(f"{spec}: importing {module_name} failed: {exc}") from exc
+            raise error(f"{name}: cannot import {module_name!r}; install the package or add its folder to "
+                        "PYTHONPATH") from exc
+        raise error(f"{name}: importing {module_name} failed: {exc}") from exc
     except Exception as exc:  # the user's module raised while importing
-        raise ModelLoadError(f"{spec}: importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
+        raise error(f"{name}: importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         if added:
             sys.path.remove(cwd)
-    factory: Any = py_module
+    target: Any = module
     for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise ModelLoadError(f"{spec}: {module_name} has no attribute {attr!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise ModelLoadError(f"{spec}: {attr} is not callable")
+        if not hasattr(target, part):
+            raise error(f"{name}: {module_name} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise error(f"{name}: {attr} is not callable")
+    return module, target
+
+
+def _load_factory(spec: str, weights: str | None, trust: bool, num_classes: int | None) -> LoadedModel:
+    """`package.module:function` (see `import_attribute`). A returned module that carries a
+    `data_config` attribute (a DataConfig) supplies the preprocessing, like timm's pretrained_cfg;
+    a `categories` attribute (a list of names, one per output index) on the returned module or on
+    the factory's Python module names the classes.
+    """
+    py_module, factory = import_attribute(spec, spec, ModelLoadError)
+    attr = spec.partition(":")[2]
     kwargs = {}
     if num_classes is not None:
         if not _accepts(factory, "num_classes"):

@@ -10,9 +10,6 @@ an export that takes another input size, is an error that says so at once.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionstress.models.loading import import_attribute
 from visionstress.skew.cells import SkewError
 
 _SHOWN = 20
@@ -83,27 +81,7 @@ def serving_function(spec: str | Callable[[str], Any]) -> tuple[Callable[[str], 
     current directory too, as model factories are), and its name for messages."""
     if callable(spec):
         return spec, getattr(spec, "__qualname__", None) or getattr(spec, "__name__", None) or repr(spec)
-    module_name, sep, attr = str(spec).partition(":")
-    if not sep or not module_name or not attr:
-        raise SkewError(f"--serving {spec!r}: expected package.module:function")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module failed to import, or is missing
-        raise SkewError(f"--serving {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
-    finally:
-        if added:
-            sys.path.remove(cwd)
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise SkewError(f"--serving {spec}: {module_name} has no attribute {attr!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise SkewError(f"--serving {spec}: {attr} is not callable")
-    return target, str(spec)
+    return import_attribute(str(spec), f"--serving {spec}", SkewError)[1], str(spec)
 
 
 def call_serving(fn: Callable[[str], Any], name: str, path: str, expected: tuple[int, int, int]) -> torch.Tensor:
