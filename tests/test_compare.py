@@ -24,6 +24,7 @@ from visionstress.comparison import (Comparison, ComparisonSet, CompareWarning, 
 from visionstress.demo import demo_arguments
 from visionstress.evaluators import classification_statistics
 from visionstress.records import read_records
+from visionstress.report.compare_view import display_rows
 from visionstress.report.compare_view import comparison_markdown, gate_lines
 from visionstress.scorecard import Scorecard
 
@@ -427,3 +428,63 @@ def test_segmentation_branch_bootstraps_with_the_evaluator_function(tmp_path):
     assert [c.key for c in comparison.gates[0].failures] == ["mIoU@fog/1", "mIoU@fog/3"]
     unchanged = vs.compare(card("a", good), card("b", good), bootstrap=100)
     assert all(c.p_value == 1.0 for c in unchanged.cells if c.test != "none")
+
+
+# --- the background gap, compared ----------------------------------------------------------------------
+
+def _classification_card(tmp_path: Path, name: str, correct: dict[tuple[str, int], np.ndarray]) -> Scorecard:
+    """A classification scorecard with its records, from who is right per pass (4 classes, label 0)."""
+    frames, rows = [], []
+    for (perturbation, severity), right in correct.items():
+        n = len(right)
+        prediction = np.where(right, 0, 1)
+        frames.append(pd.DataFrame({
+            "sample_id": np.arange(n), "path": [f"{i}.png" for i in range(n)], "perturbation": perturbation,
+            "family": "clean" if perturbation == "clean" else "background", "severity": np.int8(severity),
+            "label": 0, "prediction": prediction, "confidence": 0.9, "correct": right,
+            "top5": [[int(p), 2, 3, 4, 5] for p in prediction], "nll": np.where(right, 0.1, 2.3),
+            "flipped": pd.array([None] * n if perturbation == "clean" else ~right, dtype="boolean")}))
+        rows.append({"perturbation": perturbation, "severity": severity, "ci": {},
+                     "family": "clean" if perturbation == "clean" else "background",
+                     "metrics": {"top1": float(right.mean())}})
+    path = tmp_path / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False), path)
+    suite = {"name": "backgrounds", "seed": 0,
+             "perturbations": [{"name": "mixed_same", "severities": [1]}, {"name": "mixed_rand", "severities": [1]}]}
+    return Scorecard(task="classification", model={"spec": name}, seed=0, data_config={}, environment={},
+                     dataset={"path": "synthetic", "fingerprint": "f" * 64, "num_samples": len(right)},
+                     suite=suite, results=rows, records_path=str(path))
+
+
+def test_compare_tests_the_background_gap_of_both_runs(tmp_path):
+    """A model that reads the background (right on mixed_same, near chance on mixed_rand) against one that
+    reads the object: compare reports each run's bg_gap and the paired change, which no gate reads."""
+    from visionstress.report.compare_html import render_compare_html
+    from visionstress.report.compare_view import comparison_markdown
+
+    rng = np.random.default_rng(3)
+    n = 200
+    clean = rng.random(n) < 0.9
+    background_reader = {("clean", 0): clean, ("mixed_same", 1): clean & (rng.random(n) < 0.95),
+                         ("mixed_rand", 1): rng.random(n) < 0.3}
+    object_reader = {("clean", 0): clean, ("mixed_same", 1): clean & (rng.random(n) < 0.9),
+                     ("mixed_rand", 1): clean & (rng.random(n) < 0.85)}
+    reference = _classification_card(tmp_path, "background_reader", background_reader)
+    candidate = _classification_card(tmp_path, "object_reader", object_reader)
+    comparison = vs.compare(reference, candidate, bootstrap=300)
+    gap = comparison.cell("top1", "bg_gap")
+    expected_old = background_reader[("mixed_same", 1)].mean() - background_reader[("mixed_rand", 1)].mean()
+    expected_new = object_reader[("mixed_same", 1)].mean() - object_reader[("mixed_rand", 1)].mean()
+    assert gap.old == pytest.approx(expected_old) and gap.new == pytest.approx(expected_new)
+    assert gap.test == "paired_bootstrap" and gap.significant and gap.ci_delta[1] < 0 < expected_old - expected_new
+    assert gap.ci_delta[0] <= gap.delta <= gap.ci_delta[1]
+    assert all("bg_gap" not in v.cell.key for g in comparison.gates for v in g.cells)  # descriptive: never gated
+    assert comparison.to_json()["probes"][0]["perturbation"] == "bg_gap"
+    assert "## Background reliance" in comparison_markdown(comparison) and "Background reliance" in \
+        render_compare_html(comparison)
+    row = next(r for r in display_rows(comparison) if r.kind == "probe")
+    assert row.name == "bg_gap" and row.tone == "better"  # the candidate leans less on the background
+    reverse = next(r for r in display_rows(vs.compare(candidate, reference, bootstrap=300)) if r.kind == "probe")
+    assert reverse.tone == "worse"
+    same = vs.compare(reference, _classification_card(tmp_path, "again", background_reader), bootstrap=100)
+    assert same.cell("top1", "bg_gap").delta == 0 and same.cell("top1", "bg_gap").p_value == 1.0

@@ -44,6 +44,10 @@ from .gates import Gate, GateResult, check_gates, default_gates, evaluate_gate, 
 from .skew import SkewDiff, compare_skew
 from .statistics import bootstrap_mde, bootstrap_test, holm, mcnemar_mde, mcnemar_test
 
+BACKGROUND_GAP = "bg_gap"
+GAP_PASSES = ("mixed_same", "mixed_rand")
+"""`bg_gap` = main metric under the first minus under the second (Xiao et al. 2020's BG-Gap)."""
+
 
 class IncomparableError(ValueError):
     """Two scorecards whose cells do not measure the same thing; the message names every difference."""
@@ -108,6 +112,8 @@ class Comparison:
     ahead; `changed` maps perturbations whose implementation differs to why; `notes` say why some cells
     could not be tested; `images` is the number of paired images (None without records). `skew` sets the
     two scorecards' preprocessing-skew sections side by side when both have one (descriptive, no gate).
+    `probes` holds the background gap of both runs with its paired test, when both ran the mixed
+    backgrounds (descriptive, no gate).
     """
 
     reference: Scorecard
@@ -125,6 +131,7 @@ class Comparison:
     changed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skew: SkewDiff | None = None
+    probes: list[CellComparison] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -132,7 +139,7 @@ class Comparison:
 
     def cell(self, metric: str, perturbation: str = CLEAN, severity: int = 0) -> CellComparison:
         """One cell, e.g. `comparison.cell("top1")` (clean) or `comparison.cell("top1", "fog", 3)`."""
-        for c in self.cells + self.summaries:
+        for c in self.cells + self.summaries + self.probes:
             if c.metric == metric and c.perturbation == perturbation and c.severity == severity:
                 return c
         raise KeyError(f"no compared cell {metric}@{perturbation}/{severity}")
@@ -156,6 +163,7 @@ class Comparison:
                       for g in self.gates],
             "summaries": [asdict(c) for c in self.summaries],
             "cells": [asdict(c) for c in self.cells],
+            "probes": [asdict(c) for c in self.probes],
             "skew": None if self.skew is None else self.skew.to_json(),
         })
 
@@ -294,6 +302,7 @@ def _compare_pair(ref: Scorecard, ref_source: str, cand: Scorecard, cand_source:
              for old, new in [(_float(ref_rows[(p, s)]["metrics"][m]), _float(cand_rows[(p, s)]["metrics"][m]))]]
     families = {p: ref_rows[(p, s)].get("family", p) for p, s in shared if p != CLEAN}
     summaries = _summary_cells(cells, main, families, changed)
+    probes = _probe_cells(cells, main, changed)
     check_gates(gates, ref.task, cells, summaries)
 
     notes = [f"{name}: {why}; its cells are left out of the gates" for name, why in changed.items()]
@@ -301,8 +310,8 @@ def _compare_pair(ref: Scorecard, ref_source: str, cand: Scorecard, cand_source:
     images = None
     if paired is not None:
         images = paired.num_images
-        _test(paired, cells, summaries, main, families, alpha, bootstrap, seed, notes)
-    for group in _groups(cells) + [summaries]:
+        _test(paired, cells, summaries, probes, main, families, alpha, bootstrap, seed, notes)
+    for group in _groups(cells) + [summaries, probes]:
         _holm_group(group, alpha)
     results = [evaluate_gate(g, cells, summaries, alpha, allow_inconclusive, images) for g in gates]
     notes += [f"gate {g.spec} is inconclusive and passes only because inconclusive gates are allowed: {g.message}"
@@ -313,7 +322,7 @@ def _compare_pair(ref: Scorecard, ref_source: str, cand: Scorecard, cand_source:
     return Comparison(reference=ref, candidate=cand, cells=cells, summaries=summaries, gates=results,
                       reference_source=ref_source, candidate_source=cand_source, alpha=alpha, bootstrap=bootstrap,
                       allow_inconclusive=allow_inconclusive, images=images, differences=differences,
-                      changed=changed, notes=notes, skew=skew)
+                      changed=changed, notes=notes, skew=skew, probes=probes)
 
 
 def _float(value: Any) -> float:
@@ -337,6 +346,18 @@ def _summary_cells(cells: list[CellComparison], main: str, families: dict[str, s
         out.append(CellComparison(name, 0, main, float(old[name]), float(new[name]), float(new[name] - old[name]),
                                   changed=why))
     return out
+
+
+def _probe_cells(cells: list[CellComparison], main: str, changed: dict[str, str]) -> list[CellComparison]:
+    """The background gap (`bg_gap`: the main metric under `mixed_same` minus under `mixed_rand`) of both
+    runs, when both passes are shared: did the candidate lean less on backgrounds? Descriptive (no gate
+    reads it: a larger gap is worse whatever the metric's direction)."""
+    table = {c.perturbation: (c.old, c.new) for c in cells if c.metric == main and c.perturbation in GAP_PASSES}
+    if len(table) < len(GAP_PASSES):
+        return []
+    old, new = (table[GAP_PASSES[0]][run] - table[GAP_PASSES[1]][run] for run in (0, 1))
+    why = "; ".join(f"{p}: {changed[p]}" for p in GAP_PASSES if p in changed) or None
+    return [CellComparison(BACKGROUND_GAP, 0, main, float(old), float(new), float(new - old), changed=why)]
 
 
 def _summary_values(perturbed: dict[tuple[str, int], Any], clean: Any, families: dict[str, str]) -> dict[str, Any]:
@@ -485,9 +506,10 @@ def _read(card: Scorecard, role: str, columns: tuple[str, ...], notes: list[str]
 
 # --- paired tests ------------------------------------------------------------------------------------
 
-def _test(paired: _Paired, cells: list[CellComparison], summaries: list[CellComparison], main: str,
-          families: dict[str, str], alpha: float, bootstrap: int, seed: int, notes: list[str]) -> None:
-    """Fill the test, p-value, interval and MDE of every testable cell and summary."""
+def _test(paired: _Paired, cells: list[CellComparison], summaries: list[CellComparison],
+          probes: list[CellComparison], main: str, families: dict[str, str], alpha: float, bootstrap: int, seed: int,
+          notes: list[str]) -> None:
+    """Fill the test, p-value, interval and MDE of every testable cell, summary and probe."""
     by_key = {(c.perturbation, c.severity, c.metric): c for c in cells}
     for key in paired.ref:
         outcomes = paired.records.outcomes(paired.ref[key]), paired.records.outcomes(paired.cand[key])
@@ -512,6 +534,11 @@ def _test(paired: _Paired, cells: list[CellComparison], summaries: list[CellComp
     perturbed = {(c.perturbation, c.severity) for c in cells if c.metric == main and c.perturbation != CLEAN}
     clean = resampled.get((CLEAN, 0), {}).get(main)
     available = {k: resampled[k][main] for k in sorted(perturbed) if main in resampled.get(k, {})}
+    gap = {p: v for (p, _), v in available.items() if p in GAP_PASSES}
+    for cell in probes:  # bg_gap: one paired bootstrap of (same - rand) in both runs, on the same weights
+        if len(gap) == len(GAP_PASSES):
+            (same_old, same_new), (rand_old, rand_new) = (gap[p] for p in GAP_PASSES)
+            _bootstrap_cell(cell, (same_new - rand_new) - (same_old - rand_old), alpha, paired.num_images)
     if not summaries:
         return
     if clean is None or len(available) < len(perturbed):  # a summary over some of its cells is another number

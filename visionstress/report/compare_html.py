@@ -14,7 +14,8 @@ import jinja2
 
 from visionstress.comparison import Comparison, ComparisonSet, threshold_text
 
-from .compare_view import display_rows, gate_mde, method_line, model_label, outcome_word, skew_caption, skew_rows
+from .compare_view import (PROBE, PROBE_CAPTION, display_rows, gate_mde, method_line, model_label, outcome_word,
+                           skew_caption, skew_rows)
 
 TEMPLATE = "compare.html.j2"
 
@@ -42,7 +43,8 @@ def render_compare_html(result: Comparison | ComparisonSet) -> str:
             "dataset": c.reference.dataset.get("path"), "images": c.images or c.reference.dataset.get("num_samples"),
             "suite": c.reference.suite.get("name"), "seed": c.reference.seed,
             "summaries": [r for r in shown if r.kind == "summary"],
-            "notable": [r for r in shown if r.kind != "summary"],
+            "probes": [r for r in shown if r.kind == PROBE], "probe_caption": PROBE_CAPTION,
+            "notable": [r for r in shown if r.kind == "cell"],
             "others": [r for r in display_rows(c, all_cells=True) if (r.kind, r.name, r.metric) not in listed],
             "skew": skew_rows(c), "skew_metric": None if c.skew is None else c.skew.metric,
             "skew_caption": skew_caption(c),

@@ -18,6 +18,10 @@ from visionstress.metrics import find_metric, format_delta, format_value
 from visionstress.scorecard import Scorecard
 
 _MARK = {"fail": "✗", "inconclusive": "?"}
+PROBE = "probe"
+PROBE_CAPTION = ("bg_gap: the metric under mixed_same (the object on another image of its class's background) "
+                 "minus under mixed_rand (on a random image's background), Xiao et al. 2020; a larger gap leans "
+                 "more on the background. Paired bootstrap over the shared images; descriptive, no gate reads it.")
 
 
 @dataclass
@@ -55,8 +59,9 @@ def model_label(card: Scorecard) -> str:
 
 
 def display_rows(comparison: Comparison, all_cells: bool = False) -> list[DisplayRow]:
-    """Summaries, then cells: the clean ones and those that changed significantly, are gated with a
-    non-passing outcome or whose perturbation changed (every cell with `all_cells`)."""
+    """Summaries, the background gap (kind "probe"), then cells: the clean ones and those that changed
+    significantly, are gated with a non-passing outcome or whose perturbation changed (every cell with
+    `all_cells`)."""
     task = comparison.reference.task
     marks: dict[int, list[str]] = {}
     for gate in comparison.gates:
@@ -64,24 +69,26 @@ def display_rows(comparison: Comparison, all_cells: bool = False) -> list[Displa
             if verdict.outcome in _MARK:
                 marks.setdefault(id(verdict.cell), []).append(f"{_MARK[verdict.outcome]} {gate.spec}")
     rows = []
-    for kind, cells in ((SUMMARY, comparison.summaries), ("cell", comparison.cells)):
+    for kind, cells in ((SUMMARY, comparison.summaries), (PROBE, comparison.probes), ("cell", comparison.cells)):
         for c in cells:
-            notable = kind == SUMMARY or c.perturbation == CLEAN or c.significant or id(c) in marks or c.changed
+            notable = kind != "cell" or c.perturbation == CLEAN or c.significant or id(c) in marks or c.changed
             if not (all_cells or notable):
                 continue
             tone = ""
             info = find_metric(c.metric, task)
             if c.significant and math.isfinite(c.delta) and c.delta != 0 and info is not None:
-                tone = "worse" if info.worse(c.delta) else "better"
+                # a larger background gap is more reliance on the background, whatever the metric's direction
+                tone = ("worse" if c.delta > 0 else "better") if kind == PROBE else \
+                    ("worse" if info.worse(c.delta) else "better")
             ratio = c.perturbation == "rPC"  # a ratio of the main metric, not the metric itself
             value = (lambda v: "–" if not math.isfinite(v) else f"{v:.3f}") if ratio else \
                 (lambda v: format_value(v, c.metric, task))
             delta = (lambda v: "–" if v is None or not math.isfinite(v) else f"{v:+.3f}") if ratio else \
                 (lambda v: format_delta(v, c.metric, task))
             ci = "–" if c.ci_delta is None else f"{delta(c.ci_delta[0])} … {delta(c.ci_delta[1])}"
-            name = c.perturbation if kind == SUMMARY or c.perturbation == CLEAN else f"{c.perturbation}@{c.severity}"
+            name = c.perturbation if kind != "cell" or c.perturbation == CLEAN else f"{c.perturbation}@{c.severity}"
             rows.append(DisplayRow(
-                kind=kind, name=name, perturbation=c.perturbation, severity="" if kind == SUMMARY else str(c.severity),
+                kind=kind, name=name, perturbation=c.perturbation, severity="" if kind != "cell" else str(c.severity),
                 metric=c.metric, old=value(c.old), new=value(c.new), delta=delta(c.delta), ci=ci, p=format_p(c.p_value),
                 p_adjusted=format_p(c.p_adjusted), mde="–" if c.mde is None else delta(c.mde).lstrip("+"),
                 test=c.test, significant="untested" if c.significant is None else ("✓" if c.significant else ""),
@@ -199,7 +206,11 @@ def _markdown(comparison: Comparison, all_cells: bool) -> str:
     if summary_rows:
         lines += ["", "## Summaries", "", header[0].format("summary"), header[1]]
         lines += [_md_row(r) for r in summary_rows]
-    cell_rows = [r for r in rows if r.kind != SUMMARY]
+    probe_rows = [r for r in rows if r.kind == PROBE]
+    if probe_rows:
+        lines += ["", "## Background reliance", "", PROBE_CAPTION, "", header[0].format("probe"), header[1]]
+        lines += [_md_row(r) for r in probe_rows]
+    cell_rows = [r for r in rows if r.kind == "cell"]
     hidden = len(comparison.cells) - len(cell_rows)
     title = "All cells" if all_cells else "Clean, and the cells that changed significantly or did not pass a gate"
     lines += ["", f"## {title}", "", header[0].format("cell"), header[1]]
