@@ -432,28 +432,30 @@ def test_segmentation_branch_bootstraps_with_the_evaluator_function(tmp_path):
 
 # --- the background gap, compared ----------------------------------------------------------------------
 
-def _classification_card(tmp_path: Path, name: str, correct: dict[tuple[str, int], np.ndarray]) -> Scorecard:
-    """A classification scorecard with its records, from who is right per pass (4 classes, label 0)."""
+def _classification_card(tmp_path: Path, name: str, predictions: dict[tuple[str, int], np.ndarray],
+                         labels: np.ndarray | None = None, **fields) -> Scorecard:
+    """A classification scorecard with its records, from the predictions per pass (label 0 unless given)."""
     frames, rows = [], []
-    for (perturbation, severity), right in correct.items():
-        n = len(right)
-        prediction = np.where(right, 0, 1)
+    for (perturbation, severity), prediction in predictions.items():
+        n = len(prediction)
+        label = np.zeros(n, dtype=np.int64) if labels is None else labels
+        right = prediction == label
+        family = "clean" if perturbation == "clean" else "background"
         frames.append(pd.DataFrame({
             "sample_id": np.arange(n), "path": [f"{i}.png" for i in range(n)], "perturbation": perturbation,
-            "family": "clean" if perturbation == "clean" else "background", "severity": np.int8(severity),
-            "label": 0, "prediction": prediction, "confidence": 0.9, "correct": right,
-            "top5": [[int(p), 2, 3, 4, 5] for p in prediction], "nll": np.where(right, 0.1, 2.3),
+            "family": family, "severity": np.int8(severity), "label": label, "prediction": prediction,
+            "confidence": 0.9, "correct": right, "top5": [[int(p), 7, 8, 9, 10] for p in prediction],
+            "nll": np.where(right, 0.1, 2.3),
             "flipped": pd.array([None] * n if perturbation == "clean" else ~right, dtype="boolean")}))
-        rows.append({"perturbation": perturbation, "severity": severity, "ci": {},
-                     "family": "clean" if perturbation == "clean" else "background",
+        rows.append({"perturbation": perturbation, "severity": severity, "ci": {}, "family": family,
                      "metrics": {"top1": float(right.mean())}})
     path = tmp_path / f"{name}.parquet"
     pq.write_table(pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False), path)
-    suite = {"name": "backgrounds", "seed": 0,
-             "perturbations": [{"name": "mixed_same", "severities": [1]}, {"name": "mixed_rand", "severities": [1]}]}
+    suite = {"name": "probes", "seed": 0,
+             "perturbations": [{"name": p, "severities": [s]} for p, s in predictions if p != "clean"]}
     return Scorecard(task="classification", model={"spec": name}, seed=0, data_config={}, environment={},
-                     dataset={"path": "synthetic", "fingerprint": "f" * 64, "num_samples": len(right)},
-                     suite=suite, results=rows, records_path=str(path))
+                     dataset={"path": "synthetic", "fingerprint": "f" * 64, "num_samples": n},
+                     suite=suite, results=rows, records_path=str(path), **fields)
 
 
 def test_compare_tests_the_background_gap_of_both_runs(tmp_path):
@@ -469,12 +471,14 @@ def test_compare_tests_the_background_gap_of_both_runs(tmp_path):
                          ("mixed_rand", 1): rng.random(n) < 0.3}
     object_reader = {("clean", 0): clean, ("mixed_same", 1): clean & (rng.random(n) < 0.9),
                      ("mixed_rand", 1): clean & (rng.random(n) < 0.85)}
+    background_reader, object_reader = ({k: np.where(v, 0, 1) for k, v in right.items()}  # label 0
+                                        for right in (background_reader, object_reader))
     reference = _classification_card(tmp_path, "background_reader", background_reader)
     candidate = _classification_card(tmp_path, "object_reader", object_reader)
     comparison = vs.compare(reference, candidate, bootstrap=300)
     gap = comparison.cell("top1", "bg_gap")
-    expected_old = background_reader[("mixed_same", 1)].mean() - background_reader[("mixed_rand", 1)].mean()
-    expected_new = object_reader[("mixed_same", 1)].mean() - object_reader[("mixed_rand", 1)].mean()
+    expected_old, expected_new = ((run[("mixed_same", 1)] == 0).mean() - (run[("mixed_rand", 1)] == 0).mean()
+                                  for run in (background_reader, object_reader))
     assert gap.old == pytest.approx(expected_old) and gap.new == pytest.approx(expected_new)
     assert gap.test == "paired_bootstrap" and gap.significant and gap.ci_delta[1] < 0 < expected_old - expected_new
     assert gap.ci_delta[0] <= gap.delta <= gap.ci_delta[1]
@@ -488,3 +492,31 @@ def test_compare_tests_the_background_gap_of_both_runs(tmp_path):
     assert reverse.tone == "worse"
     same = vs.compare(reference, _classification_card(tmp_path, "again", background_reader), bootstrap=100)
     assert same.cell("top1", "bg_gap").delta == 0 and same.cell("top1", "bg_gap").p_value == 1.0
+
+
+def test_compare_tests_the_shape_bias_of_both_runs(tmp_path):
+    """On the cue-conflict pass, a model that decides by shape (the image's own class) against one that
+    decides by texture (the class of the texture donor, recomputed from the prepared bank as the cue
+    summary does): shape bias 1 -> 0, significant, from the same paired resamples as every other cell."""
+    from visionstress.evaluators.reliance import texture_classes
+
+    rng = np.random.default_rng(5)
+    n = 90
+    labels = rng.integers(0, 3, n)
+    members = {"sample_ids": list(range(0, n, 2)), "classes": [int(labels[i]) for i in range(0, n, 2)]}
+    texture = texture_classes(0, 1, np.arange(n), labels, members)
+    assert (texture != labels).all()  # every image is a cue conflict: the donor is of another class
+    prepared = {"texture_fill": {"texture_members": members}}
+
+    def card(name, prediction, bias):
+        return _classification_card(tmp_path, name, {("clean", 0): labels, ("texture_fill", 1): prediction},
+                                    labels=labels, prepared=prepared, summaries={"cue": {"shape_bias": bias}})
+
+    shape_model, texture_model = card("shape", labels, 1.0), card("texture", texture, 0.0)
+    comparison = vs.compare(shape_model, texture_model, bootstrap=200)
+    bias = comparison.cell("shape_bias", "texture_fill", 1)
+    assert (bias.old, bias.new, bias.delta) == (1.0, 0.0, -1.0)
+    assert bias.test == "paired_bootstrap" and bias.significant and bias.ci_delta == (-1.0, -1.0)
+    assert next(r for r in display_rows(comparison) if r.kind == "probe" and r.name == "texture_fill").tone == "worse"
+    same = vs.compare(shape_model, card("shape_again", labels, 1.0), bootstrap=100)
+    assert same.cell("shape_bias", "texture_fill", 1).p_value == 1.0

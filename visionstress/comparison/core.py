@@ -47,6 +47,8 @@ from .statistics import bootstrap_mde, bootstrap_test, holm, mcnemar_mde, mcnema
 BACKGROUND_GAP = "bg_gap"
 GAP_PASSES = ("mixed_same", "mixed_rand")
 """`bg_gap` = main metric under the first minus under the second (Xiao et al. 2020's BG-Gap)."""
+CUE_CONFLICT, SHAPE_BIAS = "texture_fill", "shape_bias"
+"""The cue-conflict pass and its summary: shape decisions / (shape + texture decisions), Geirhos et al. 2019."""
 
 
 class IncomparableError(ValueError):
@@ -302,7 +304,7 @@ def _compare_pair(ref: Scorecard, ref_source: str, cand: Scorecard, cand_source:
              for old, new in [(_float(ref_rows[(p, s)]["metrics"][m]), _float(cand_rows[(p, s)]["metrics"][m]))]]
     families = {p: ref_rows[(p, s)].get("family", p) for p, s in shared if p != CLEAN}
     summaries = _summary_cells(cells, main, families, changed)
-    probes = _probe_cells(cells, main, changed)
+    probes = _probe_cells(ref, cand, cells, main, changed)
     check_gates(gates, ref.task, cells, summaries)
 
     notes = [f"{name}: {why}; its cells are left out of the gates" for name, why in changed.items()]
@@ -311,6 +313,7 @@ def _compare_pair(ref: Scorecard, ref_source: str, cand: Scorecard, cand_source:
     if paired is not None:
         images = paired.num_images
         _test(paired, cells, summaries, probes, main, families, alpha, bootstrap, seed, notes)
+        _test_shape_bias(paired, ref, cand, probes, alpha, bootstrap, seed)
     for group in _groups(cells) + [summaries, probes]:
         _holm_group(group, alpha)
     results = [evaluate_gate(g, cells, summaries, alpha, allow_inconclusive, images) for g in gates]
@@ -348,16 +351,58 @@ def _summary_cells(cells: list[CellComparison], main: str, families: dict[str, s
     return out
 
 
-def _probe_cells(cells: list[CellComparison], main: str, changed: dict[str, str]) -> list[CellComparison]:
-    """The background gap (`bg_gap`: the main metric under `mixed_same` minus under `mixed_rand`) of both
-    runs, when both passes are shared: did the candidate lean less on backgrounds? Descriptive (no gate
-    reads it: a larger gap is worse whatever the metric's direction)."""
+def _probe_cells(ref: Scorecard, cand: Scorecard, cells: list[CellComparison], main: str,
+                 changed: dict[str, str]) -> list[CellComparison]:
+    """The reliance probes of both runs, where both ran them. Descriptive: no gate reads them.
+
+    - `bg_gap` (the main metric under `mixed_same` minus under `mixed_rand`): did the candidate lean less
+      on backgrounds? A larger gap is worse whatever the metric's direction.
+    - `shape_bias` on the cue-conflict pass (`texture_fill`, classification), from the scorecards'
+      cue summaries: did the candidate decide more by shape?"""
+    probes = []
     table = {c.perturbation: (c.old, c.new) for c in cells if c.metric == main and c.perturbation in GAP_PASSES}
-    if len(table) < len(GAP_PASSES):
-        return []
-    old, new = (table[GAP_PASSES[0]][run] - table[GAP_PASSES[1]][run] for run in (0, 1))
-    why = "; ".join(f"{p}: {changed[p]}" for p in GAP_PASSES if p in changed) or None
-    return [CellComparison(BACKGROUND_GAP, 0, main, float(old), float(new), float(new - old), changed=why)]
+    if len(table) == len(GAP_PASSES):
+        old, new = (table[GAP_PASSES[0]][run] - table[GAP_PASSES[1]][run] for run in (0, 1))
+        why = "; ".join(f"{p}: {changed[p]}" for p in GAP_PASSES if p in changed) or None
+        probes.append(CellComparison(BACKGROUND_GAP, 0, main, float(old), float(new), float(new - old), changed=why))
+    severities = {c.severity for c in cells if c.perturbation == CUE_CONFLICT}
+    bias = [((card.summaries or {}).get("cue") or {}).get(SHAPE_BIAS) for card in (ref, cand)]
+    if len(severities) == 1 and None not in bias:
+        old, new = float(bias[0]), float(bias[1])
+        probes.append(CellComparison(CUE_CONFLICT, severities.pop(), SHAPE_BIAS, old, new, new - old,
+                                     changed=changed.get(CUE_CONFLICT)))
+    return probes
+
+
+def _test_shape_bias(paired: _Paired, ref: Scorecard, cand: Scorecard, probes: list[CellComparison], alpha: float,
+                     bootstrap: int, seed: int) -> None:
+    """The paired bootstrap of the shape bias: both runs' shape and texture decisions on the cue-conflict
+    images (each image's texture class recomputed from its run's prepared texture bank, as the cue summary
+    computes it) under the same image weights."""
+    from visionstress.evaluators.bootstrap import resample_weights
+    from visionstress.evaluators.reliance import shape_bias, texture_classes
+
+    for cell in probes:
+        key = (CUE_CONFLICT, cell.severity)
+        if cell.metric != SHAPE_BIAS or key not in paired.ref or bootstrap == 0:
+            continue
+        decisions = []
+        for card, frame in ((ref, paired.ref[key]), (cand, paired.cand[key])):
+            members = ((card.prepared or {}).get(CUE_CONFLICT) or {}).get("texture_members")
+            if not members or not {"label", "prediction"} <= set(frame.columns):
+                return
+            ids, labels = frame["sample_id"].to_numpy(), frame["label"].to_numpy()
+            texture = texture_classes(card.seed, cell.severity, ids, labels, members)
+            by_shape, by_texture = shape_bias(frame["prediction"].to_numpy(), labels, texture)
+            decisions.append((by_shape.astype(np.float64), (by_shape | by_texture).astype(np.float64)))
+        values: list[list[np.ndarray]] = [[], []]
+        for weights in resample_weights(paired.num_images, bootstrap, seed):
+            w = weights[:, paired.positions[key]]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                for run, (by_shape, decided) in enumerate(decisions):
+                    values[run].append((w @ by_shape) / (w @ decided))
+        old, new = (np.concatenate(v) for v in values)
+        _bootstrap_cell(cell, new - old, alpha, paired.num_images)
 
 
 def _summary_values(perturbed: dict[tuple[str, int], Any], clean: Any, families: dict[str, str]) -> dict[str, Any]:

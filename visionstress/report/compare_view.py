@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionstress.cells import CLEAN, SUMMARY
-from visionstress.comparison import Comparison, ComparisonSet, GateResult, format_p, threshold_text
+from visionstress.comparison import BACKGROUND_GAP, Comparison, ComparisonSet, GateResult, format_p, threshold_text
 from visionstress.metrics import find_metric, format_delta, format_value
 from visionstress.scorecard import Scorecard
 
@@ -21,7 +21,9 @@ _MARK = {"fail": "✗", "inconclusive": "?"}
 PROBE = "probe"
 PROBE_CAPTION = ("bg_gap: the metric under mixed_same (the object on another image of its class's background) "
                  "minus under mixed_rand (on a random image's background), Xiao et al. 2020; a larger gap leans "
-                 "more on the background. Paired bootstrap over the shared images; descriptive, no gate reads it.")
+                 "more on the background. texture_fill shape_bias: shape decisions / (shape + texture decisions) "
+                 "on cue-conflict images, Geirhos et al. 2019. Paired bootstrap over the shared images; "
+                 "descriptive, no gate reads them.")
 
 
 @dataclass
@@ -78,7 +80,7 @@ def display_rows(comparison: Comparison, all_cells: bool = False) -> list[Displa
             info = find_metric(c.metric, task)
             if c.significant and math.isfinite(c.delta) and c.delta != 0 and info is not None:
                 # a larger background gap is more reliance on the background, whatever the metric's direction
-                tone = ("worse" if c.delta > 0 else "better") if kind == PROBE else \
+                tone = ("worse" if c.delta > 0 else "better") if c.perturbation == BACKGROUND_GAP else \
                     ("worse" if info.worse(c.delta) else "better")
             ratio = c.perturbation == "rPC"  # a ratio of the main metric, not the metric itself
             value = (lambda v: "–" if not math.isfinite(v) else f"{v:.3f}") if ratio else \
