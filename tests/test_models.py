@@ -253,6 +253,8 @@ def test_factory_spec_with_and_without_weights(factory_module, tmp_path):
 def test_factory_errors(factory_module):
     with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
         load_model(f"{factory_module}:nope")
+    with pytest.raises(ModelLoadError, match=r"has no attribute 'biuld' \(did you mean build\?\)"):
+        load_model(f"{factory_module}:biuld")
     with pytest.raises(ModelLoadError, match="returned int, expected a torch.nn.Module"):
         load_model(f"{factory_module}:not_a_module")
     with pytest.raises(ModelLoadError, match="takes no num_classes"):

@@ -411,7 +411,8 @@ def import_attribute(spec: str, name: str, error: type[Exception]) -> tuple[Any,
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise error(f"{name}: {module_name} has no attribute {attr!r}")
+            public = [n for n in dir(target) if not n.startswith("_")]
+            raise error(f"{name}: {module_name} has no attribute {attr!r}{_did_you_mean(part, public)}")
         target = getattr(target, part)
     if not callable(target):
         raise error(f"{name}: {attr} is not callable")
