@@ -7,6 +7,10 @@ are plain functions that can be used on their own. Each task has one statistics 
 rows of image weights, used for the rows, their intervals and compare's paired tests alike.
 """
 
+if __name__ != "visionstress.evaluators":  # the folder of the installed package, imported from a checkout's root
+    raise ImportError(f"import visionstress.evaluators, not {__name__}: under a second name its registry and its "
+                      "cached numba kernels would be a second, diverging copy")
+
 from .bootstrap import bootstrap_ci
 from .calibration import (brier_score, expected_calibration_error, negative_log_likelihood, per_sample_brier,
                           per_sample_nll, reliability_bins)

@@ -4,6 +4,10 @@
     out = get_perturbation("motion_blur")(batch, severity=3, seed=0)
 """
 
+if __name__ != "visionstress.perturbations":  # the folder of the installed package, imported from a checkout's root
+    raise ImportError(f"import visionstress.perturbations, not {__name__}: under a second name its registry and its "
+                      "cached numba kernels would be a second, diverging copy")
+
 from .registry import (
     ALL_TARGETS,
     KINDS,

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,13 @@ def test_a_kernel_without_a_writable_cache_folder_still_compiles(monkeypatch):
     monkeypatch.setattr(_numba, "njit", njit)
     double = _numba.kernel(parallel=True)(lambda x: 2 * x)
     assert double(3) == 6 and calls == [{"cache": True, "parallel": True}, {"parallel": True}]
+
+
+@pytest.mark.parametrize("package", ["perturbations", "evaluators"])
+def test_the_package_folders_refuse_a_second_name(package):
+    """From a checkout's root `perturbations/` is importable as a top-level package too; a kernel compiled
+    there would be cached under that name and fail to load where the name does not resolve."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", f"import {package}"], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and f"import visionstress.{package}, not {package}" in done.stderr
