@@ -190,3 +190,13 @@ def test_a_flag_the_task_does_not_use_is_refused_before_any_work(brightness_task
     assert result.exit_code == 2
     assert "--canvas does not apply to --task brightness (it is for detection)" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_hook_that_cannot_be_imported_is_a_run_error_naming_the_flag():
+    from visionstress.tasks.base import RunError, import_callable
+
+    with pytest.raises(RunError, match=r"--postprocess os:nope: os has no attribute 'nope' \(did you mean"):
+        import_callable("os:nope", "--postprocess")
+    with pytest.raises(RunError, match="--postprocess os: expected package.module:function"):
+        import_callable("os", "--postprocess")
+    assert import_callable("os.path:join", "--postprocess") is __import__("os").path.join

@@ -188,18 +188,9 @@ def skipped_entries(skipped: Sequence[SkippedFile], root: Path) -> list[dict[str
 
 
 def import_callable(spec: str | Callable[..., Any] | None, flag: str) -> Callable[..., Any] | None:
-    """A hook given as a callable or as "package.module:function"."""
+    """A hook given as a callable or as "package.module:function" (`models.loading.import_attribute`)."""
     if spec is None or callable(spec):
         return spec
-    import importlib
+    from visionstress.models.loading import import_attribute
 
-    module_name, _, attr = str(spec).partition(":")
-    if not attr:
-        raise RunError(f"{flag} {spec!r}: expected package.module:function")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RunError(f"{flag} {spec!r}: cannot import it ({exc})") from None
-    if not callable(fn):
-        raise RunError(f"{flag} {spec!r}: not a function")
-    return fn
+    return import_attribute(str(spec), f"{flag} {spec}", RunError)[1]
