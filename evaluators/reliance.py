@@ -13,15 +13,13 @@ Computed after the loop from the per-image records (visionstress.family_summarie
 
 Intervals are paired percentile bootstraps over images: every variant was run on the same images, so one
 resample of the images is applied to both sides of a difference. The metric under a resample comes from
-`_weighted_metric`, the one place to switch to the shared per-task statistics functions.
-
-The metric is the task's main one, except for segmentation, where it is the mIoU over the object
-(non-background) classes: the background classes are what the perturbations replace.
+`_weighted_metric`. What differs by task comes from the task module (visionstress.tasks): the metric
+(`Task.reliance_metric`: the main one; for segmentation the mIoU over the object classes, since the
+background classes are what the perturbations replace), its weighted form and the chance level.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -69,34 +67,18 @@ def _on(rows: pd.DataFrame, ids: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _foreground_classes(context: SummaryContext) -> np.ndarray:
-    from visionstress.foreground import parse_background_classes
+def _task(context: SummaryContext) -> Any:
+    from visionstress.tasks import get_task
 
-    background = parse_background_classes(context.options.get("background_classes") or "0")
-    return np.array([c for c in range(len(context.class_names)) if c not in background], dtype=np.int64)
+    return get_task(context.task)
 
 
 def _weighted_metric(context: SummaryContext, columns: Mapping[str, np.ndarray]) -> WeightedMetric | None:
-    """The summary metric of one pass under image weights, or None where this task cannot resample it.
-
-    Classification: top-1 accuracy; segmentation: the object classes' mIoU from the per-image pixel counts;
-    detection: the task's statistics function (AP from the recorded COCO matches) when the run has one.
-    """
-    if context.task == "classification":
-        correct = np.asarray(columns["correct"], dtype=np.float64)
-        return lambda w: (w @ correct) / w.sum(1)
-    if context.task == "segmentation":
-        classes = _foreground_classes(context)
-        inter, gt, pred = (np.asarray(columns[k], dtype=np.float64)[:, classes]
-                           for k in ("intersection", "gt_pixels", "pred_pixels"))
-
-        def miou(w: np.ndarray) -> np.ndarray:  # classes absent from both sides of a resample do not count
-            i = w @ inter
-            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no object pixels: NaN
-                return np.nanmean(i / (w @ gt + w @ pred - i), axis=1)
-
-        return miou
+    """The summary metric of one pass under image weights, or None where this task cannot resample it:
+    the task's own (`Task.weighted_reliance_metric`), else its statistics function's main metric."""
+    own = _task(context).weighted_reliance_metric(columns, context.options, context.class_names)
+    if own is not None:
+        return own
     if context.statistics is not None:
         stat = context.statistics(columns)
         return lambda w: np.asarray(stat(w)[context.main_metric], dtype=np.float64)
@@ -104,7 +86,7 @@ def _weighted_metric(context: SummaryContext, columns: Mapping[str, np.ndarray])
 
 
 def _metric_name(context: SummaryContext) -> str:
-    return "object_mIoU" if context.task == "segmentation" else context.main_metric
+    return _task(context).reliance_metric(context.options)
 
 
 def _row_metric(context: SummaryContext, perturbation: str, severity: int | None, metric: str | None = None) -> float:
@@ -201,19 +183,19 @@ def background_summary(context: SummaryContext) -> dict[str, Any]:
     if CLEAN in passes.rows:
         out["clean"] = passes.value(CLEAN)
     _with_interval(out, "bg_gap", *passes.difference("mixed_same", "mixed_rand"))
-    if context.task == "classification" and context.class_names:
-        out["chance"] = 1.0 / len(context.class_names)
+    chance = _task(context).chance(context.class_names)
+    if chance is not None:
+        out["chance"] = chance
         for name in ("only_bg_t", "no_fg"):
             if name in out:
                 out[f"{name}_above_chance"] = out[name] - out["chance"]
-    if context.task == "detection":
-        added = _background_false_positives(context, present)
-        if added:
-            out["background_false_positives"] = added
-        per_image = {name: _row_metric(context, name, _severity(context, name), "fp_per_image")
-                     for name in [CLEAN, *present]}
-        if any(np.isfinite(v) for v in per_image.values()):
-            out["fp_per_image"] = per_image
+    added = _background_false_positives(context, present)  # from error-type breakdowns (detection)
+    if added:
+        out["background_false_positives"] = added
+    per_image = {name: _row_metric(context, name, _severity(context, name), "fp_per_image")
+                 for name in [CLEAN, *present]}
+    if any(np.isfinite(v) for v in per_image.values()):
+        out["fp_per_image"] = per_image
     prepared = _bank_facts(context)
     if prepared:
         out.update(prepared)
@@ -290,16 +272,15 @@ def cue_summary(context: SummaryContext) -> dict[str, Any]:
         grid = dict(zip(range(1, 6), PATCH_SHUFFLE_GRID))
         out["patch_shuffle"] = {f"k={grid[int(s)]}": _Passes(context, [("patch_shuffle", int(s))]).value("patch_shuffle")
                                 for s in sorted(shuffled["severity"].unique())}
-    if context.task == "classification":
-        out.update(_shape_bias(context))
+    out.update(_shape_bias(context))
     return out
 
 
 def _shape_bias(context: SummaryContext) -> dict[str, Any]:
     rows = _pass(context.records, "texture_fill")
     members = (context.prepared or {}).get("texture_fill", {}).get("texture_members")
-    if rows is None or not members:
-        return {}
+    if rows is None or not members or not {"label", "prediction"} <= set(rows.columns):
+        return {}  # a shape decision needs one label and one prediction per image (classification)
     ids = rows["sample_id"].to_numpy()
     labels = rows["label"].to_numpy()
     texture = texture_classes(context.seed, int(rows["severity"].iloc[0]), ids, labels, members)

@@ -151,6 +151,21 @@ class Task:
         (visionstress.skew.run_skew); tasks without a skew matrix raise."""
         raise RunError(f"--skew: task {self.name} has no preprocessing-skew matrix")
 
+    def reliance_metric(self, options: Mapping[str, Any]) -> str:
+        """The metric the background and cue summaries report (evaluators.reliance): the main one."""
+        return self.main_metric
+
+    def weighted_reliance_metric(self, columns: Mapping[str, Any], options: Mapping[str, Any],
+                                 class_names: Sequence[str]) -> Callable[[Any], Any] | None:
+        """`reliance_metric` of one pass's columns as a function of image weights `[r, n]` -> `[r]`; None:
+        take it from `statistics`."""
+        return None
+
+    def chance(self, class_names: Sequence[str]) -> float | None:
+        """The main metric of a model that guesses (what a background-only score is compared with); None
+        where there is no such single number."""
+        return None
+
     def check_labels(self, clean_records: Sequence[Mapping[str, Any]], run: TaskRun) -> str | None:
         """After the first clean batches: a message when the model's label numbering looks like it differs
         from the dataset's (visionstress.label_check), which stops the run; None when all is well."""

@@ -149,6 +149,17 @@ class ClassificationTask(Task):
 
         return classification_statistics(columns)
 
+    def weighted_reliance_metric(self, columns: Mapping[str, Any], options: Mapping[str, Any],
+                                 class_names: Sequence[str]):
+        """top-1 straight from the records' `correct` column (the reliance summaries resample many passes)."""
+        import numpy as np
+
+        correct = np.asarray(columns["correct"], dtype=np.float64)
+        return lambda w: (w @ correct) / w.sum(1)
+
+    def chance(self, class_names: Sequence[str]) -> float | None:
+        return 1.0 / len(class_names) if class_names else None
+
     def compare_columns(self) -> list[str]:
         return ["label", "prediction", "confidence", "correct", "top5", "nll", "flipped"]
 

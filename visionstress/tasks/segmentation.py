@@ -108,6 +108,32 @@ class SegmentationTask(Task):
 
         return segmentation_statistics(columns)
 
+    def reliance_metric(self, options: Mapping[str, Any]) -> str:
+        """The mIoU over the object (non-background) classes: the background classes are what the
+        background perturbations replace."""
+        return "object_mIoU"
+
+    def weighted_reliance_metric(self, columns: Mapping[str, Any], options: Mapping[str, Any],
+                                 class_names: Sequence[str]):
+        import warnings
+
+        import numpy as np
+
+        from visionstress.foreground import parse_background_classes
+
+        background = parse_background_classes(options.get("background_classes") or "0")
+        classes = np.array([c for c in range(len(class_names)) if c not in background], dtype=np.int64)
+        inter, gt, pred = (np.asarray(columns[k], dtype=np.float64)[:, classes]
+                           for k in ("intersection", "gt_pixels", "pred_pixels"))
+
+        def object_miou(w: np.ndarray) -> np.ndarray:  # classes absent from both sides of a resample do not count
+            i = w @ inter
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no object pixels: NaN
+                return np.nanmean(i / (w @ gt + w @ pred - i), axis=1)
+
+        return object_miou
+
     def compare_columns(self) -> list[str]:
         return ["intersection", "gt_pixels", "pred_pixels"]
 
