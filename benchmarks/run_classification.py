@@ -36,6 +36,18 @@ def synthetic_folder(root: Path, images: int, classes: int, size: int) -> Path:
     return root
 
 
+def demo_or_synthetic(model: str | None, weights: str | None, root: Path, images: int, classes: int,
+                      size: int) -> tuple[str, str | None, Path]:
+    """(model spec, weights, data folder): the bundled demo when `model` is None, else `model` on a
+    synthetic folder written under `root`."""
+    from visionstress.demo import demo_arguments
+
+    if model is None:
+        demo = demo_arguments()
+        return demo["model"], demo["weights"], Path(demo["data"])
+    return model, weights, synthetic_folder(root / "data", images, classes, size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model spec (default: the bundled demo classifier)")
@@ -52,19 +64,14 @@ def main() -> None:
 
     import visionstress as vs
     from visionstress.datasets import ClassificationImages, load_classification_samples
-    from visionstress.demo import demo_arguments
     from visionstress.engine import suite_passes
     from visionstress.models import ClassifierAdapter, load_model, resolve_data_config
     from visionstress.suite import load_suite
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model is None:
-            demo = demo_arguments()
-            spec, weights, data = demo["model"], demo["weights"], Path(demo["data"])
-        else:
-            spec, weights = args.model, args.weights
-            data = synthetic_folder(Path(tmp) / "data", args.images, args.classes, args.image_size)
+        spec, weights, data = demo_or_synthetic(args.model, args.weights, Path(tmp), args.images, args.classes,
+                                                args.image_size)
         loaded = load_model(spec, weights=weights)
         config, _ = resolve_data_config(loaded.data_config, None, {})
         samples, _ = load_classification_samples(data)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _timing import model_only
-from run_classification import synthetic_folder
+from run_classification import demo_or_synthetic
 
 
 def main() -> None:
@@ -37,18 +37,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from visionstress.datasets import load_classification_samples
-    from visionstress.demo import demo_arguments
     from visionstress.models import load_model, resolve_data_config
     from visionstress.skew import cell_input, run_skew
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model is None:
-            demo = demo_arguments()
-            spec, weights, data = demo["model"], demo["weights"], Path(demo["data"])
-        else:
-            spec, weights = args.model, args.weights
-            data = synthetic_folder(Path(tmp) / "data", args.images, 1000, args.image_size)
+        spec, weights, data = demo_or_synthetic(args.model, args.weights, Path(tmp), args.images, 1000,
+                                                args.image_size)
         loaded = load_model(spec, weights=weights)
         config, _ = resolve_data_config(loaded.data_config, None, {})
         samples, names = load_classification_samples(data)
