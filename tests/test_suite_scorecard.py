@@ -417,3 +417,18 @@ def test_single_level_perturbations_in_suites(tmp_path, single_level):
         with pytest.raises(SuiteError) as info:
             load_suite(path)
         assert str(info.value).startswith(f"{path}: {key}: ") and problem in str(info.value), str(info.value)
+
+
+def test_worst_perturbations_list_only_losses_and_mark_the_ones_inside_noise(tmp_path):
+    unchanged = [_row("clean", "clean", 0, 0.8)] + [_row("fog", "weather", s, 0.8) for s in (1, 3, 5)]
+    _card(results=unchanged).save(tmp_path / "same")
+    worst = (tmp_path / "same" / "summary.md").read_text().split("## Worst perturbations")[1]
+    assert "No perturbed cell scored worse than clean on top1." in worst and "| fog |" not in worst
+    mixed = [_row("clean", "clean", 0, 0.8), _row("fog", "weather", 1, 0.77), _row("fog", "weather", 3, 0.5),
+             _row("fog", "weather", 5, 0.85)]
+    _card(results=mixed).save(tmp_path / "mixed")
+    worst = (tmp_path / "mixed" / "summary.md").read_text().split("## Worst perturbations")[1]
+    assert "| fog | 3 | 50.0% | +30.0 pp | 45.0% – 55.0% |" in worst
+    assert "| fog | 1 | 77.0% | +3.0 pp | 72.0% – 82.0% (clean inside) |" in worst
+    assert "| fog | 5 |" not in worst  # better than clean: not a loss
+    assert "1 of these drops leave clean inside the cell's 95% interval" in worst
