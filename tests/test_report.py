@@ -329,3 +329,12 @@ def test_screenshot_script_reports_a_missing_file(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot_report.py"),
                              str(tmp_path / "none.html"), str(tmp_path / "x.png")], capture_output=True, text=True)
     assert result.returncode == 2 and "none.html" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_worst_cells_table_lists_only_cells_that_lost_against_clean(tmp_path):
+    card = _card("detection", "AP", 0.5, {}, ["a"], results=_rows("AP", 0.5, drop=0.0))
+    assert "Worst perturbation × severity cells" not in render_report(card, tmp_path)  # nothing lost
+    card.results[3]["metrics"]["AP"] = 0.4
+    html = render_report(card, tmp_path)
+    worst = html.split("Worst perturbation × severity cells")[1].split("</table>")[0]
+    assert worst.count("<tr>") == 2 and "-10.0 pp" in worst  # the header and the one cell that lost

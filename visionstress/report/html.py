@@ -112,11 +112,18 @@ class _Passes:
     clean: float
     clean_ci: Sequence[float] | None
     cells: list[tuple[str, str, int, float]] = field(default_factory=list)  # perturbation, family, severity, value
+    higher_is_better: bool = True
 
     @property
     def ranked(self) -> list[tuple[str, str, int, float]]:
-        """Defined cells, worst first (ties by name and severity, as summary.md)."""
-        return sorted((c for c in self.cells if math.isfinite(c[3])), key=lambda c: (c[3], c[0], c[2]))
+        """Defined cells, worst first in the metric's direction (ties by name and severity, as summary.md)."""
+        sign = 1.0 if self.higher_is_better else -1.0
+        return sorted((c for c in self.cells if math.isfinite(c[3])), key=lambda c: (sign * c[3], c[0], c[2]))
+
+    def losses(self) -> list[tuple[str, str, int, float]]:
+        """The ranked cells that scored worse than clean."""
+        sign = 1.0 if self.higher_is_better else -1.0
+        return [c for c in self.ranked if sign * (self.clean - c[3]) > 0]
 
     def key_order(self) -> list[str]:
         """Result keys, clean first, then from the worst cell up."""
@@ -264,7 +271,10 @@ def _passes(card: Scorecard, metric: str) -> _Passes:
     clean_row = next((r for r in card.results if r["perturbation"] == CLEAN), None)
     clean = _number(clean_row["metrics"].get(metric)) if clean_row else math.nan
     ci = (clean_row.get("ci") or {}).get(metric) if clean_row else None
-    passes = _Passes(metric, clean, ci)
+    from visionstress.metrics import find_metric
+
+    info = find_metric(metric, card.task)
+    passes = _Passes(metric, clean, ci, higher_is_better=info is None or info.higher_is_better)
     for row in card.results:
         if row["perturbation"] != CLEAN:
             passes.cells.append((row["perturbation"], row["family"], int(row["severity"]),
@@ -343,13 +353,14 @@ def _facts(card: Scorecard) -> list[tuple[str, str]]:
 
 
 def _worst_table(passes: _Passes) -> Table | None:
-    worst = passes.ranked[:_WORST_SHOWN]
+    worst = passes.losses()[:_WORST_SHOWN]
     if not worst:
         return None
     metric = passes.metric
     return Table(["perturbation", "family", "severity", metric, "change from clean"],
                  [[p, f, str(s), _fmt(v, metric), _fmt_change(v - passes.clean, metric)] for p, f, s, v in worst],
-                 first_numeric=2)
+                 first_numeric=2, caption="Only cells that scored worse than clean; each cell's 95% interval is in "
+                 "the scorecard and summary.md (a drop inside it is not told from noise).")
 
 
 def _heatmap(passes: _Passes, card: Scorecard | None = None) -> Heatmap | None:
