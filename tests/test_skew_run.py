@@ -270,3 +270,18 @@ def test_run_with_skew_adds_the_section_to_the_scorecard_and_report(tmp_path):
     assert rows[0]["metrics"]["top1"] == pytest.approx(card.metric("top1"))  # the reference is the clean pass
     assert vs.Scorecard.load(tmp_path).skew["rows"][1]["cell"] == "channel_order=bgr"
     assert "channel_order=bgr" in (tmp_path / "report.html").read_text()
+
+
+def test_the_summary_says_how_many_images_must_change_before_a_cell_can_be_significant():
+    from visionstress.skew.outputs import detectable_line
+    from visionstress.skew.run import _detectable
+
+    rows = [{"cell": "reference", "p_value": None}] + [{"cell": f"c{i}", "p_value": 0.5} for i in range(3)]
+    found = _detectable(rows, 0.05, "exact McNemar on per-image top-1", 12)
+    # 2 / 2**6 = 0.031 is not below 0.05 / 3; 2 / 2**7 = 0.016 is
+    assert found == {"images_changed": 7, "images": 12, "change": 7 / 12, "cells": 3}
+    assert "at least 7 of the 12 images change one way (58.3 pp or more" in detectable_line(found)
+    few = _detectable(rows, 0.05, "exact McNemar on per-image top-1", 5)
+    assert few["change"] is None and "On 5 images no cell can be significant" in detectable_line(few)
+    assert _detectable(rows, 0.05, "paired bootstrap over images of the AP difference", 12) is None
+    assert detectable_line(None) is None

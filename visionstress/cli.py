@@ -349,7 +349,7 @@ def _canvas_option(text: str) -> tuple[int, int]:
 
 
 def _print_skew(result) -> None:
-    from visionstress.skew.outputs import fmt, fmt_delta, fmt_interval, fmt_p
+    from visionstress.skew.outputs import detectable_line, fmt, fmt_delta, fmt_interval, fmt_p
 
     metric, rows = result.metric, result.rows
     reference = rows[0]
@@ -368,6 +368,9 @@ def _print_skew(result) -> None:
                       fmt_interval(row["delta_ci"].get(metric), True), fmt(row["agreement"]), fmt_p(row["p_adjusted"]),
                       Text("yes" if row["significant"] else "", style=style))
     console.print(table)
+    detectable = detectable_line(result.section()["summary"]["detectable"])
+    if detectable:
+        console.print(detectable, highlight=False, soft_wrap=True)
     for note in result.notes:
         err_console.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
     if result.parity is not None:

@@ -334,7 +334,8 @@ def _worst_lines(perturbed: Any, clean: float, metric: str, task: str) -> list[s
     lines = ["", "## Worst perturbations", ""]
     if ranked.empty:
         return lines + [f"No perturbed cell scored worse than clean on {metric}."]
-    lines += [f"| perturbation | severity | {metric} | drop from clean | 95% CI of the cell |", "|---|---:|---:|---:|---|"]
+    lines += [f"| perturbation | severity | {metric} | drop from clean | 95% CI of the cell |",
+              "|---|---:|---:|---:|---|"]
     noise = 0
     for row in ranked.head(_WORST_SHOWN).itertuples(index=False):
         value = float(getattr(row, metric))

@@ -103,6 +103,19 @@ def fmt_p(value: Any) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def detectable_line(detectable: dict[str, Any] | None) -> str | None:
+    """What the number of images allows, in one sentence (None when the test gives no such count)."""
+    if not detectable:
+        return None
+    k, n, cells = detectable["images_changed"], detectable["images"], detectable["cells"]
+    if detectable["change"] is None:
+        return (f"On {n} images no cell can be significant (Holm over {cells} cells needs at least {k} images "
+                "changing one way): the deltas show a direction, not evidence.")
+    return (f"A cell is significant only if at least {k} of the {n} images change one way "
+            f"({fmt_delta(detectable['change']).lstrip('+')} or more, Holm over {cells} cells); smaller changes "
+            "cannot be told from noise on this set.")
+
+
 def skew_markdown(data: dict[str, Any]) -> str:
     """The human summary of a skew scorecard."""
     skew = data["skew"]
@@ -117,6 +130,9 @@ def skew_markdown(data: dict[str, Any]) -> str:
     lines.append(f"- **{len(significant)} of {len(rows) - 1} cells change {metric} significantly** "
                  f"({skew['test']}, alpha {skew['alpha']})" + (": " + ", ".join(f"`{c}`" for c in significant)
                                                                   if significant else ""))
+    line = detectable_line(skew["summary"].get("detectable"))
+    if line:
+        lines.append(f"- {line}")
     parity = skew.get("parity")
     if parity:
         lines.append(f"- **Serving parity {'PASS' if parity['passed'] else 'FAIL'}**: `{parity['serving']}` agrees on "

@@ -67,7 +67,8 @@ class SkewResult:
         return {"task": self.task, "metric": self.metric, "alpha": self.alpha,
                 "test": f"{self.test}, Holm-adjusted over the cells", "interval": self.interval,
                 "reference": self.reference.to_dict(), "images": len(self.paths), "rows": self.rows,
-                "summary": _summary(self.rows, self.metric, self.alpha), "notes": self.notes,
+                "summary": _summary(self.rows, self.metric, self.alpha, self.test, len(self.paths)),
+                "notes": self.notes,
                 "parity": None if self.parity is None else self.parity.to_dict(), "timing": self.timing}
 
 
@@ -92,8 +93,8 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     knobs (None: the task's catalogue with the named combinations; "none": only parity); `cells`
     replaces that with explicit cells (`knob=value[,...]` strings or `Cell`s). `serving` is a function
     path -> model input `[C, H, W]` (or "package.module:function"); `serving_model` an exported model
-    (a path such as model.onnx, or a LoadedModel) compared with `loaded` (classification). Everything is checked before the first image
-    is read: cells, the model on every fixed input size, the serving path on the first image.
+    (a path such as model.onnx, or a LoadedModel) compared with `loaded` (classification). Everything is
+    checked before the first image is read: cells, the model on every fixed input size, the serving path on the first image.
     """
     settings = {"num_classes": len(class_names), "ignore_index": ignore_index} if task == "segmentation" else {}
     settings |= task_settings or {}
@@ -695,8 +696,9 @@ def _rows(task: SkewTask, cells: list[tuple[Cell | None, Recipe]], accumulators:
     return rows, records
 
 
-def _summary(rows: list[dict[str, Any]], metric: str, alpha: float) -> dict[str, Any]:
-    """The knobs ranked by their worst cell's delta, and the cells whose change is significant."""
+def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, images: int) -> dict[str, Any]:
+    """The knobs ranked by their worst cell's delta, the cells whose change is significant, and (exact
+    McNemar) how many images must change one way before any cell can be significant here."""
     worst: dict[str, dict[str, Any]] = {}
     for row in rows[1:]:
         group = row["group"]
@@ -708,4 +710,19 @@ def _summary(rows: list[dict[str, Any]], metric: str, alpha: float) -> dict[str,
         "knobs": [{"knob": group, "worst_cell": row["cell"], "label": row["label"], "delta": row["delta"][metric],
                    "p_adjusted": row["p_adjusted"], "significant": row["significant"]} for group, row in ranked],
         "significant": [r["cell"] for r in significant],
+        "detectable": _detectable(rows, alpha, test, images),
     }
+
+
+def _detectable(rows: list[dict[str, Any]], alpha: float, test: str, images: int) -> dict[str, Any] | None:
+    """The fewest images that must flip one way for a cell to be significant: the exact McNemar p-value of
+    k one-way discordant images is 2 / 2**k, and Holm's first threshold is alpha / cells. None for the
+    bootstrap tests (their smallest p depends on the spread, not only on the count)."""
+    cells = sum(1 for r in rows[1:] if r["p_value"] is not None)
+    if not test.startswith("exact McNemar") or cells == 0:
+        return None
+    k = 1
+    while 2.0 * 0.5 ** k >= alpha / cells:
+        k += 1
+    return {"images_changed": k, "images": images, "change": k / images if k <= images else None,
+            "cells": cells}
