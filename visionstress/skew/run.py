@@ -94,7 +94,8 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     replaces that with explicit cells (`knob=value[,...]` strings or `Cell`s). `serving` is a function
     path -> model input `[C, H, W]` (or "package.module:function"); `serving_model` an exported model
     (a path such as model.onnx, or a LoadedModel) compared with `loaded` (classification). Everything is
-    checked before the first image is read: cells, the model on every fixed input size, the serving path on the first image.
+    checked before the first image is read: cells, the model on every fixed input size, the serving path
+    on the first image.
     """
     settings = {"num_classes": len(class_names), "ignore_index": ignore_index} if task == "segmentation" else {}
     settings |= task_settings or {}
