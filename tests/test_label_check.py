@@ -132,3 +132,19 @@ def test_a_bad_model_is_not_mistaken_for_a_numbering_problem():
     images = [{"gt_boxes": boxes, "gt_labels": [int(g)], "pred_boxes": boxes, "pred_labels": [int(p)], "pred_scores": [0.9]}
               for g, p in zip(labels % 3 + 1, rng.integers(1, 4, 200))]
     assert detection_mismatch(images, [1, 2, 3], "identity") is None  # random labels on the right boxes
+
+
+@pytest.mark.parametrize("task, factory", [("classification", "shifted_classifier"),
+                                           ("detection", "zero_based_detector")])
+def test_resuming_a_run_the_label_check_stopped_checks_again(tmp_path, suite, task, factory):
+    """Small batches commit before the check decides: `--resume` must not skip it and finish the run with
+    every label wrong (the check reads the committed clean records too)."""
+    demo = demo_arguments(task)
+    extra = DEMO_PREPROCESSING if task == "classification" else {}
+    options = dict(task=task, suite=str(suite), workers=0, bootstrap=0, out=tmp_path / "run", batch_size=8,
+                   **extra)
+    with pytest.raises(vs.RunError, match="labels look mismatched"):
+        vs.run(f"test_label_check:{factory}", demo["data"], **options)
+    assert list((tmp_path / "run" / "records.parts").glob("*.parquet")), "no batch was committed before the check"
+    with pytest.raises(vs.RunError, match="labels look mismatched"):
+        vs.run(f"test_label_check:{factory}", demo["data"], resume=True, **options)

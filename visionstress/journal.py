@@ -136,6 +136,14 @@ class Journal:
             for head in sorted(chunks):
                 absorb(int(head.split(".", 1)[1]), chunks[head])
 
+    def records(self, parts: Sequence[PartInfo], pass_index: int) -> Iterator[dict[str, list[Any]]]:
+        """The records of one pass in each of `parts` that has it, column by column, in canonical order
+        (a resumed run re-checks its label numbering on the clean records it already committed)."""
+        for part in parts:
+            if pass_index in part.passes:
+                table = pq.ParquetFile(part.path).read_row_group(part.passes.index(pass_index))
+                yield table.to_pydict()
+
     def merge(self, target: Path, parts: Sequence[PartInfo]) -> int:
         """Write `records.parquet` from `parts`: pass by pass in suite order, rows by sample id. Returns rows."""
         files = [(part, pq.ParquetFile(part.path)) for part in parts]

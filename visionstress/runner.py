@@ -169,8 +169,11 @@ class _Run:
             timing.score += time.perf_counter() - t0
 
         current: dict[int, int] = {}  # sample id -> first sample id of its planned batch
-        checking: list[Any] = [] if opts.skip_label_check or done_parts else [None]
+        checking: list[Any] = [] if opts.skip_label_check else [None]
         self._label_check_images = min(LABEL_CHECK_IMAGES, sum(len(batch) for batch in mine))
+        for records in journal.records(done_parts, 0) if checking else ():
+            if checking:  # a run the check stopped must not pass it by being resumed
+                self._check_labels(checking, records, setup)
 
         def batches() -> Iterator[tuple[int, list[Any], list[Any]]]:
             loaded = load_planned(setup.dataset.images, [b for _, b in todo], opts.workers,
