@@ -94,6 +94,21 @@ def test_mask_problems_name_the_file(tmp_path):
         ClassificationImages(samples, config, masks=tmp_path / "nowhere")
 
 
+def test_an_unreadable_image_needs_no_mask(tmp_path):
+    """A corrupt file is skipped and listed like in any run; demanding a mask for it would stop the run."""
+    images, masks = _classification(tmp_path)
+    (images / "thing" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    samples, _ = load_classification_samples(images)
+    batch, skipped = next(iterate_batches(ClassificationImages(samples, DataConfig(input_size=(24, 24), resize=28),
+                                                               masks=masks), 4))
+    assert batch.foreground.shape == (2, 24, 24)
+    assert [Path(s.path).name for s in skipped] == ["broken.jpg"]
+    (images / "thing" / "img9.jpg").write_bytes((images / "thing" / "img0.jpg").read_bytes())
+    samples, _ = load_classification_samples(images)
+    with pytest.raises(DatasetError, match=r"1 image\(s\) have no mask.*img9.jpg"):  # a readable one still does
+        ClassificationImages(samples, DataConfig(input_size=(24, 24), resize=28), masks=masks)
+
+
 def test_transparent_cutouts_use_their_alpha(tmp_path):
     rgba = np.zeros((6, 8, 4), np.uint8)
     rgba[..., :3] = 200  # colour everywhere: only alpha says where the object is

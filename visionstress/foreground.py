@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,14 @@ class ForegroundError(ValueError):
 
 # --- classification: a folder of masks ----------------------------------------------------------------
 
-def pair_masks(image_paths: Sequence[str | Path], masks: str | Path) -> list[Path]:
+def pair_masks(image_paths: Sequence[str | Path], masks: str | Path,
+               unreadable: Callable[[Path], bool] | None = None) -> list[Path | None]:
     """The mask file of each image: `masks/<class folder>/<stem>.<ext>` or `masks/<stem>.<ext>`.
 
     A stem shared by several masks is resolved by the image's parent folder name (ImageFolder class
     folders); images without a mask, or with an ambiguous one, are an error listing them, raised before
-    any work starts.
+    any work starts, except an image without a mask that `unreadable(path)` says the run will skip
+    anyway (a corrupt file): its mask is None.
     """
     root = Path(masks)
     if not root.is_dir():
@@ -59,7 +61,9 @@ def pair_masks(image_paths: Sequence[str | Path], masks: str | Path) -> list[Pat
         candidates = by_stem.get(image.stem, [])
         if len(candidates) > 1:
             candidates = [c for c in candidates if c.parent.name == image.parent.name] or candidates
-        if not candidates:
+        if not candidates and unreadable is not None and unreadable(image):
+            paired.append(None)
+        elif not candidates:
             missing.append(str(image))
         elif len(candidates) > 1:
             ambiguous.append(f"{image} ({', '.join(str(c) for c in candidates[:3])})")

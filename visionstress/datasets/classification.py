@@ -218,7 +218,9 @@ class ClassificationImages(Dataset):
         self.max_pixels = max_pixels
         self._interpolation = InterpolationMode(data_config.interpolation)
         try:
-            self.mask_paths = None if masks is None else pair_masks([s.path for s in self.samples], masks)
+            self.mask_paths = None if masks is None else pair_masks(
+                [s.path for s in self.samples], masks,
+                unreadable=lambda path: isinstance(read_image_or_skip(path, max_pixels), SkippedFile))
         except ForegroundError as exc:
             raise DatasetError(str(exc)) from None
 
