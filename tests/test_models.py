@@ -370,6 +370,39 @@ def test_onnx_export_predicts_like_the_torch_model(demo_onnx):
         assert torch.equal(onnx_logits.argmax(1), torch_logits.argmax(1))
 
 
+def test_onnx_export_with_a_fixed_batch_runs_in_pieces_of_it(demo_onnx, tmp_path):
+    """torch.onnx.export without dynamic axes (its default) fixes the batch at the example's size: batches are
+    fed in pieces of that size (the last one padded), with the logits of the dynamic export. A fixed image
+    size that differs from the data config's is named before onnxruntime's own message."""
+    demo = pytest.importorskip("visionstress.models.demo")
+    torch_model, _ = demo_onnx
+    fixed = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch_model.module, (torch.rand(2, 3, 64, 64),), str(fixed), input_names=["pixels"],
+                          output_names=["logits"])
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    onnx_logits = ClassifierAdapter(load_model(str(fixed)), demo.DEMO_DATA_CONFIG).predict(images).logits
+    torch.testing.assert_close(onnx_logits, ClassifierAdapter(torch_model, demo.DEMO_DATA_CONFIG).predict(images).logits,
+                               atol=1e-5, rtol=1e-5)
+    config = DataConfig((32, 32), None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(ModelOutputError, match=r"fixed\.onnx: .*takes images of 64x64 .*input_size is 32x32"):
+        ClassifierAdapter(load_model(str(fixed)), config).predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_pt2_exported_with_a_static_batch_runs_any_batch(tmp_path):
+    net = tiny_net()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(net, (torch.randn(2, 3, 16, 16),)), str(path))
+    config = DataConfig((16, 16), None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    adapter = ClassifierAdapter(load_model(str(path), trust_model=True), config)
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = net(normalised(images, config))
+    torch.testing.assert_close(adapter.predict(images).logits, expected)
+    assert adapter.forward(images.float() / 255).shape == (3, 5)  # the differentiable path (patch fitting) too
+
+
 def test_onnx_model_through_a_run(demo_onnx, tmp_path):
     """`vs.run` with the exported file scores the demo images exactly as with the torch model."""
     import visionstress as vs

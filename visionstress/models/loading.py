@@ -20,11 +20,12 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -575,7 +576,11 @@ def _load_file(spec: str, path: Path, trust: bool, num_classes: int | None, task
         try:
             if kind == "torch.export":
                 # torch.export modules keep the train/eval mode they were exported in; .eval() is unsupported.
-                module: nn.Module = torch.export.load(str(path)).module()
+                program = torch.export.load(str(path))
+                module: nn.Module = program.module()
+                size = _static_batch(program)
+                if size is not None:
+                    module = _FixedBatch(module, size)
             else:
                 module = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # any corruption surfaces as a variety of torch errors
@@ -666,20 +671,71 @@ def _load_onnx(spec: str, path: Path, num_classes: int | None, task: str) -> Loa
     width = {"classification": shape[-1], "segmentation": shape[1] if len(shape) == 4 else None}.get(task)
     if num_classes is None and isinstance(width, int):
         num_classes = width
-    return LoadedModel(_OnnxModel(session, inputs[0].name), spec, str(path), sha, "onnx", None, num_classes)
+    return LoadedModel(_OnnxModel(session, inputs[0].name, inputs[0].shape, path.name), spec, str(path), sha, "onnx",
+                       None, num_classes)
 
 
 class _OnnxModel:
-    """An onnxruntime session as a tensor -> tensor callable; runs on CPU numpy, returns on the input's device."""
+    """An onnxruntime session as a tensor -> tensor callable; runs on CPU numpy, returns on the input's device.
 
-    def __init__(self, session: Any, input_name: str) -> None:
+    torch.onnx.export fixes every axis it is not told is dynamic, the batch included, so a graph whose
+    batch axis is a number is fed in pieces of that size; a fixed image size is checked with a message
+    that says which size the graph takes."""
+
+    def __init__(self, session: Any, input_name: str, shape: Sequence[Any] = (), name: str = "model") -> None:
         self.session = session
         self.input_name = input_name
+        self.shape = [d if isinstance(d, int) else None for d in shape]
+        self.name = name
 
     def __call__(self, images: Tensor) -> Tensor:
+        fixed = self.shape[-2:] if len(self.shape) == images.ndim == 4 else []
+        if all(fixed) and fixed and list(images.shape[-2:]) != fixed:
+            raise ValueError(f"{self.name}: the ONNX graph takes images of {fixed[0]}x{fixed[1]} only (its input "
+                             f"{self.input_name!r} is {self.shape}); the data config's input_size is "
+                             f"{images.shape[-2]}x{images.shape[-1]}: pass --input-size (and --resize)")
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        logits = self.session.run(None, {self.input_name: array})[0]
+        batch = self.shape[0] if self.shape else None
+        if batch is None:
+            logits = self.session.run(None, {self.input_name: array})[0]
+        else:
+            logits = _in_pieces(lambda piece: self.session.run(None, {self.input_name: piece})[0], array, batch)
         return torch.from_numpy(logits).to(images.device)
+
+
+def _in_pieces(fn: Callable[[Any], Any], batch: Any, size: int) -> Any:
+    """`fn` of a model with a fixed batch `size` over any batch: pieces of `size`, the last one padded by
+    repeating its last image, outputs concatenated and trimmed. Works for numpy arrays and tensors."""
+    n = len(batch)
+    outputs = []
+    for start in range(0, n, size):
+        piece = batch[start:start + size]
+        short = size - len(piece)
+        if short:
+            filler = piece[-1:].repeat(short, 0) if isinstance(piece, np.ndarray) else piece[-1:].expand(short, *piece.shape[1:])
+            piece = np.concatenate([piece, filler]) if isinstance(piece, np.ndarray) else torch.cat([piece, filler])
+        outputs.append(fn(piece)[:size - short])
+    return np.concatenate(outputs) if isinstance(outputs[0], np.ndarray) else torch.cat(outputs)
+
+
+class _FixedBatch(nn.Module):
+    """A torch.export program whose batch axis was exported static, callable with any batch (see `_in_pieces`)."""
+
+    def __init__(self, module: nn.Module, size: int) -> None:
+        super().__init__()
+        self.module = module
+        self.size = size
+
+    def forward(self, images: Tensor) -> Tensor:
+        return _in_pieces(self.module, images, self.size)
+
+
+def _static_batch(program: Any) -> int | None:
+    """The batch size a torch.export program was exported with when its one image input's batch is not dynamic."""
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    value = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    shape = getattr(value, "shape", None)
+    return shape[0] if shape is not None and len(shape) == 4 and isinstance(shape[0], int) else None
 
 
 def _sha256(path: Path) -> str:
