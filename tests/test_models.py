@@ -205,6 +205,26 @@ def test_pickled_module_refused_naming_unsafe_globals(tmp_path):
     assert loaded.format == "pickle" and isinstance(loaded.module, nn.Sequential)
 
 
+def test_trusted_pickle_finds_its_class_in_the_current_directory(tmp_path, monkeypatch):
+    """As for a factory (`mymodels:build`), a whole pickled module whose class lives in a local file loads
+    when run from that folder; elsewhere the message says the class's module must be importable."""
+    (tmp_path / "local_nets.py").write_text("from torch import nn\n\nclass Net(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import local_nets
+
+    torch.save(local_nets.Net(3, 2), tmp_path / "net.pt")
+    monkeypatch.delitem(sys.modules, "local_nets")
+    sys.path.remove(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        assert type(load_model("net.pt", trust_model=True).module).__name__ == "Net"
+    monkeypatch.delitem(sys.modules, "local_nets")
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.warns(UserWarning), pytest.raises(ModelLoadError, match=r"net\.pt: could not be unpickled: its "
+                                                  r"class's module 'local_nets' is not importable"):
+        load_model(str(tmp_path / "net.pt"), trust_model=True)
+
+
 def test_weights_with_a_model_file_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="--weights applies to an architecture"):
         load_model(str(tmp_path / "m.pt2"), weights="w.pth")

@@ -9,6 +9,7 @@ hashed so the scorecard can say exactly which model produced it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -20,7 +21,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,12 +394,9 @@ def import_attribute(spec: str, name: str, error: type[Exception]) -> tuple[Any,
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise error(f"{name}: expected package.module:function")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
+        with _cwd_importable():
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise error(f"{name}: cannot import {module_name!r}; install the package or add its folder to "
@@ -406,9 +404,6 @@ def import_attribute(spec: str, name: str, error: type[Exception]) -> tuple[Any,
         raise error(f"{name}: importing {module_name} failed: {exc}") from exc
     except Exception as exc:  # the user's module raised while importing
         raise error(f"{name}: importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if added:
-            sys.path.remove(cwd)
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -554,6 +549,21 @@ def _apply_state_dict(module: nn.Module, state: dict[str, Tensor], spec: str, pa
     raise ModelLoadError(message)
 
 
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The current directory on sys.path for the duration, as with `python -m` or uvicorn: a factory, a
+    serving function or a pickled model's class in a local file is found from the console script too."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
 # --- model files ---------------------------------------------------------------------------------
 
 
@@ -635,8 +645,13 @@ def _torch_load(path: Path, trust: bool) -> Any:
             ) from None
         warnings.warn(f"{path}: unpickling with weights_only=False because trust_model=True ({listed})", stacklevel=3)
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as full_exc:  # e.g. the module's class is not importable here
+            with _cwd_importable():
+                return torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as full_exc:
+            raise ModelLoadError(f"{path}: could not be unpickled: its class's module {full_exc.name!r} is not "
+                                 "importable; run from the folder that holds it, install its package or add its "
+                                 "folder to PYTHONPATH") from full_exc
+        except Exception as full_exc:  # e.g. the pickled class no longer exists in its module
             raise ModelLoadError(f"{path}: could not be unpickled ({_first_line(full_exc)})") from full_exc
     except Exception as exc:  # torch reports corruption as RuntimeError, KeyError, EOFError, ...
         raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
