@@ -554,6 +554,23 @@ def test_adapter_rejects_bad_outputs():
         ClassifierAdapter(nn.Conv2d(3, 3, 7), config).predict(images)
 
 
+def test_adapter_takes_probabilities_for_what_they_are():
+    config = DataConfig((4, 4), None)
+    images = torch.rand(3, 3, 4, 4)
+    probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    adapter = ClassifierAdapter(lambda x: probabilities[:len(x)], config)
+    torch.testing.assert_close(adapter.predict(images).logits.softmax(1), probabilities)
+    assert adapter.outputs == "probabilities"
+    logits = ClassifierAdapter(lambda x: probabilities[:len(x)] * 3 - 1, config)
+    torch.testing.assert_close(logits.predict(images).logits, probabilities * 3 - 1)
+    assert logits.outputs == "logits"
+    changing = iter([probabilities, probabilities * 3 - 1])
+    adapter = ClassifierAdapter(lambda x: next(changing), config)
+    adapter.predict(images)
+    with pytest.raises(ModelOutputError, match="rows summing to 1.*then a batch that is not"):
+        adapter.predict(images)
+
+
 def test_adapter_input_checks_and_lazy_num_classes():
     config = DataConfig((4, 4), None)
     recorder = Recorder(num_classes=6)

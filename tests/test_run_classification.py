@@ -115,6 +115,32 @@ def test_exported_archive_runs_only_when_trusted(tmp_path):
     assert card.model["format"]
 
 
+class _Softmaxed(_Tiny):
+    def forward(self, x):
+        return super().forward(x).softmax(dim=1)
+
+
+def test_a_model_that_outputs_probabilities_gets_the_calibration_of_its_logits(tmp_path):
+    """Deployed models often end in a softmax; taking its output for logits would apply softmax twice and
+    report a flattened confidence: every calibration number wrong. Probabilities are recognised and scored
+    as such, and the scorecard says which the model returned."""
+    data = _image_folder(tmp_path / "data", per_class=4)
+    cards = {}
+    for name, model in (("logits", _Tiny()), ("probabilities", _Softmaxed())):
+        torch.manual_seed(0)
+        model.load_state_dict(_Tiny().state_dict())
+        archive = tmp_path / f"{name}.pt2"
+        torch.export.save(torch.export.export(model.eval(), (torch.rand(2, 3, 32, 32),),
+                                              dynamic_shapes=({0: torch.export.Dim("batch")},)), archive)
+        cards[name] = vs.run(str(archive), data, suite=str(_tiny_suite(tmp_path)), trust_model=True, workers=0,
+                             input_size=32, resize=32, out=tmp_path / name, device="cpu", batch_size=5,
+                             bootstrap=0, skip_label_check=True)
+        assert cards[name].data_config["outputs"] == name
+    for a, b in zip(cards["logits"].results, cards["probabilities"].results, strict=True):
+        for metric in ("top1", "ece", "nll", "brier"):
+            assert b["metrics"][metric] == pytest.approx(a["metrics"][metric], abs=1e-5), (a["perturbation"], metric)
+
+
 def test_output_width_mismatch_is_refused_before_work(tmp_path):
     from torchvision.models import resnet18
 

@@ -123,6 +123,9 @@ class ClassifierAdapter(_LogitsAdapter):
             )
         return self._pixels(images)
 
+    outputs: str | None = None
+    """"logits" or "probabilities", decided on the first batch the model returns (see `_as_logits`)."""
+
     def _check(self, out: object, batch: int) -> Tensor:
         logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
         if not isinstance(logits, Tensor):
@@ -133,7 +136,23 @@ class ClassifierAdapter(_LogitsAdapter):
             )
         logits = logits.to(torch.float32)
         self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image")
-        return logits
+        return self._as_logits(logits)
+
+    def _as_logits(self, out: Tensor) -> Tensor:
+        """Logits as they are; a model that ends in a softmax (deployed models often do) as log-probabilities,
+        whose softmax is the model's own output. Read as logits, its probabilities would be softmaxed again,
+        flattening every confidence and so every calibration metric. The first batch decides, since a batch
+        of logits rows that are each a distribution does not happen by chance; a later batch that disagrees
+        is an error rather than a silent mix."""
+        tolerance = 2e-2 if self.amp else 1e-3
+        distributions = bool(out.shape[1] > 1 and out.min() >= 0 and out.max() <= 1
+                             and ((out.sum(dim=1) - 1).abs() <= tolerance).all())
+        if self.outputs is None:
+            self.outputs = "probabilities" if distributions else "logits"
+        elif self.outputs == "probabilities" and not distributions:
+            raise ModelOutputError(f"{self.spec}: the model returned probabilities (rows summing to 1) on its first "
+                                   "batch, then a batch that is not; return logits, or probabilities always")
+        return out.clamp_min(torch.finfo(out.dtype).tiny).log() if self.outputs == "probabilities" else out
 
     def forward(self, images: Tensor) -> Tensor:
         """The logits of `predict` with autograd on: `[B, K]` float32 through the same normalisation and

@@ -142,6 +142,7 @@ class ClassificationTask(Task):
                                relative_paths([s.display_path for s in samples], root), info, list(class_list), root),
             model=loaded, adapter=adapter, evaluator=evaluator, gallery=ClassificationGallery(class_list),
             data_config={**config.to_dict(), "source": source},
+            extra={"outputs": lambda: adapter.outputs},
         )
 
     def statistics(self, columns: Mapping[str, Any]):
