@@ -192,6 +192,16 @@ def test_cli_run_bad_inputs_get_clear_errors(tmp_path):
     assert result.exit_code == 2 and "error" in result.output
 
 
+def test_cli_run_names_a_device_it_cannot_use(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--model", "torchvision:resnet18", "--data", str(data), "--device", "gpu"])
+    assert result.exit_code == 2 and "--device gpu: not a torch device" in result.output
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, ["run", "--model", "torchvision:resnet18", "--data", str(data), "--device", "cuda"])
+        assert result.exit_code == 2 and "--device cuda: CUDA is not available" in result.output, result.output
+
+
 def nan_after_two_calls():
     """A factory whose model turns to NaN on its third forward pass (a diverged checkpoint)."""
 

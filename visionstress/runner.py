@@ -99,7 +99,7 @@ class _Run:
         device = self.opts.device or default_device()
         if self.world.size > 1 and str(device) == "cuda":
             device = f"cuda:{self.world.local_rank}"
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.out_dir = _out_dir(self.opts.out, name, str(self.opts.model), Path(self.opts.data))
 
     def execute(self):
@@ -416,6 +416,25 @@ def _stop_on_interrupt():
         yield stopped
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _device(text: Any) -> Any:
+    """The torch device `--device` names, refused before any work when this machine does not have it."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise RunError(f"--device {text}: not a torch device ({str(exc).splitlines()[0]}); e.g. cpu, cuda, "
+                       f"cuda:1") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError(f"--device {text}: CUDA is not available on this machine (no GPU, or a CPU-only build "
+                           f"of torch); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RunError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def _report_name(model: str, data: Path) -> str:
