@@ -156,6 +156,19 @@ def test_state_dict_as_model_asks_for_architecture(resnet18_10):
             load_model(str(root / name))
 
 
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18", "visionstress.models.demo:tiny_classifier"])
+def test_a_model_without_weights_is_the_same_model_every_time(spec):
+    """Random weights (a smoke test, a factory that initialises itself) are drawn from a fixed seed: a resumed
+    run, each torchrun rank and a rerun score the same model. The caller's random state is left alone."""
+    first = load_model(spec, num_classes=3 if ":resnet" in spec else None)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    second = load_model(spec, num_classes=3 if ":resnet" in spec else None)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (name, a), b in zip(first.module.state_dict().items(), second.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 # --- files that execute code ----------------------------------------------------------------------
 
 

@@ -97,7 +97,15 @@ def load_model(
     """
     if task not in TASKS:
         raise ModelLoadError(f"{spec}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    spec = spec.strip()
+    # Weights that are not loaded from a file (random init, a factory initialising itself) come from a fixed
+    # seed, so a resumed run, every torchrun rank and a rerun score one and the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _load(spec.strip(), weights, trust_model, num_classes, task, dataset_classes)
+
+
+def _load(spec: str, weights: str | None, trust_model: bool, num_classes: int | None, task: str,
+          dataset_classes: int | None) -> LoadedModel:
     if spec.startswith("torchvision:"):
         if task != "classification":
             return _load_torchvision_dense(spec, task, weights, trust_model, num_classes, dataset_classes)
