@@ -162,6 +162,47 @@ def test_a_finished_run_is_never_overwritten_silently(tmp_path, suite):
         vs.run(suite=str(suite), limit=4, bootstrap=0, workers=0, out=file)
 
 
+NETS = """import os
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 6)
+        nn.init.constant_(self.head.weight, float(os.environ.get("NET_SCALE", "1")))
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def build():
+    return Net()
+"""
+
+
+def test_a_factory_model_that_changed_is_not_resumed(tmp_path, suite, monkeypatch):
+    """A factory without weights has no file bytes to compare: its parameters and its source file stand for
+    them, so a resume does not mix records of two different models."""
+    from visionstress.demo import demo_arguments
+
+    (tmp_path / "resume_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = dict(suite=str(suite), limit=4, bootstrap=0, workers=0, out=tmp_path / "run", skip_label_check=True,
+                   input_size=64, resize=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    vs.run("resume_nets:build", demo_arguments()["data"], **options)
+    vs.run("resume_nets:build", demo_arguments()["data"], resume=True, **options)  # the same model resumes
+    monkeypatch.setenv("NET_SCALE", "2")
+    with pytest.raises(ValueError, match=r"cannot resume: .*model_state"):
+        vs.run("resume_nets:build", demo_arguments()["data"], resume=True, **options)
+    monkeypatch.delenv("NET_SCALE")
+    (tmp_path / "resume_nets.py").write_text(NETS.replace("x.mean(dim=(2, 3))", "x.amax(dim=(2, 3)) * 1.0"))
+    monkeypatch.delitem(sys.modules, "resume_nets")
+    with pytest.raises(ValueError, match=r"cannot resume: .*model_state"):
+        vs.run("resume_nets:build", demo_arguments()["data"], resume=True, **options)
+
+
 def test_ctrl_c_stops_after_the_batch_and_says_how_to_resume(tmp_path, suite, reference):
     out = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, "-m", "visionstress", "run", "--suite", str(suite), *ARGS, "--out",

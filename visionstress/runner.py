@@ -498,9 +498,14 @@ def _prepare_out_dir(out_dir: Path, opts: Any, world: Any) -> None:
 
 def _manifest(task: Any, opts: Any, setup: Any, suite: Any, passes: Any) -> dict[str, Any]:
     """What must match for a resume: the model's bytes, the images, the suite, the seed, the batching."""
-    return {"task": task.name, "model": str(opts.model), "model_sha256": setup.model.sha256,
-            "dataset_fingerprint": setup.dataset.info.get("fingerprint"), "suite": suite.to_dict(),
-            "seed": opts.seed, "batch_size": opts.batch_size, "limit": opts.limit}
+    manifest = {"task": task.name, "model": str(opts.model), "model_sha256": setup.model.sha256,
+                "dataset_fingerprint": setup.dataset.info.get("fingerprint"), "suite": suite.to_dict(),
+                "seed": opts.seed, "batch_size": opts.batch_size, "limit": opts.limit}
+    if setup.model.sha256 is None:  # no file to hash: a factory or a random init
+        from visionstress.models.loading import model_state_digest
+
+        manifest["model_state"] = model_state_digest(setup.model)
+    return manifest
 
 
 def _check_manifest(out_dir: Path, manifest: dict[str, Any], opts: Any, world: Any) -> None:
@@ -508,7 +513,7 @@ def _check_manifest(out_dir: Path, manifest: dict[str, Any], opts: Any, world: A
     if opts.resume and path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         differences = [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in manifest.items()
-                       if saved.get(key) != value and key != "suite"]
+                       if saved.get(key) != value and key != "suite" and (key in saved or key != "model_state")]
         if saved.get("suite") != manifest["suite"]:
             differences.append("suite: its perturbations, severities or seed differ")
         if differences:

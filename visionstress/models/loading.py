@@ -126,6 +126,23 @@ def _load(spec: str, weights: str | None, trust_model: bool, num_classes: int | 
     raise ModelLoadError(f"{spec!r}: not a model spec; expected {_SPEC_FORMS}")
 
 
+def model_state_digest(loaded: LoadedModel) -> str | None:
+    """sha256 of what makes a model without a weights file what it is: its parameters and buffers, and for a
+    factory the source file of its module (a changed forward). None for models that are not nn.Modules."""
+    if not isinstance(loaded.module, nn.Module):
+        return None
+    digest = hashlib.sha256()
+    for name, value in loaded.module.state_dict().items():
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    module = sys.modules.get(loaded.spec.partition(":")[0]) if _FACTORY.match(loaded.spec) else None
+    source = getattr(module, "__file__", None)
+    if source and Path(source).is_file():
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
+
+
 # --- architectures -------------------------------------------------------------------------------
 
 
