@@ -187,6 +187,32 @@ def test_read_class_names_errors(tmp_path: Path):
         read_class_names(empty)
 
 
+def test_class_names_in_the_files_imagenet_ships(tmp_path: Path):
+    """The ImageNet class lists people have: LOC_synset_mapping.txt ('n01440764 tench, Tinca tinca') and
+    imagenet_class_index.json ({"0": ["n01440764", "tench"]}) give the WordNet ids ImageNet's folders are
+    named by; a JSON list gives its strings. Anything else in a JSON file is refused, naming the entry."""
+    synsets = tmp_path / "LOC_synset_mapping.txt"
+    synsets.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    assert read_class_names(synsets) == ["n01440764", "n01443537"]
+    index = tmp_path / "imagenet_class_index.json"
+    index.write_text(json.dumps({"1": ["n01443537", "goldfish"], "0": ["n01440764", "tench"]}))
+    assert read_class_names(index) == ["n01440764", "n01443537"]
+    listed = tmp_path / "classes.json"
+    listed.write_text(json.dumps(["cat", "dog"]))
+    assert read_class_names(listed) == ["cat", "dog"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("n01440764\ngreat white shark\n")  # not every line a synset mapping: names as written
+    assert read_class_names(plain) == ["n01440764", "great white shark"]
+    gap = tmp_path / "gap.json"
+    gap.write_text(json.dumps({"0": "a", "2": "c"}))
+    with pytest.raises(DatasetError, match=r"gap\.json: .*indices 0\.\.1.*missing 1"):
+        read_class_names(gap)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"0": {"name": "a"}}))
+    with pytest.raises(DatasetError, match=r"bad\.json: entry '0'"):
+        read_class_names(bad)
+
+
 def test_empty_and_missing_datasets(tmp_path: Path):
     (tmp_path / "ds" / "cat").mkdir(parents=True)
     (tmp_path / "ds" / "cat" / "readme.txt").write_text("no images")

@@ -97,21 +97,33 @@ class SkipsUnreadable(Dataset):
         return item
 
 
+_SYNSET_LINE = re.compile(r"^(n\d{8})\s+\S")
+"""A line of ImageNet's LOC_synset_mapping.txt: a WordNet id, then its words."""
+
+
 def read_class_names(path: str | Path) -> list[str]:
     """Class names in model index order, one per line (line *i* is output *i*).
 
     Blank lines inside the list are rejected because they would silently shift every later index;
     trailing blank lines are ignored. Duplicate names are allowed (the ImageNet list has two
-    "crane"s) and only become an error if a dataset refers to one by name.
+    "crane"s) and only become an error if a dataset refers to one by name. The lists ImageNet users
+    have work as they are: LOC_synset_mapping.txt (every line a WordNet id and its words) and
+    imagenet_class_index.json (`{"0": ["n01440764", "tench"], ...}`) give the WordNet ids, which name
+    ImageNet's folders; a `.json` file may also be a list of names or `{"index": "name"}`.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: class-names file not found")
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read class names ({exc})") from exc
-    names = [line.strip() for line in lines]
+    if path.suffix.lower() == ".json":
+        return _json_class_names(path, text)
+    names = [line.strip() for line in text.splitlines()]
+    synsets = [_SYNSET_LINE.match(name) for name in names if name]
+    if synsets and all(synsets):
+        names = [m.group(1) if m else "" for m in map(_SYNSET_LINE.match, names)]
     while names and not names[-1]:
         names.pop()
     if not names:
@@ -119,6 +131,39 @@ def read_class_names(path: str | Path) -> list[str]:
     for lineno, name in enumerate(names, start=1):
         if not name:
             raise DatasetError(f"{path}:{lineno}: blank line in the class list would shift every later class index")
+    return names
+
+
+def _json_class_names(path: Path, text: str) -> list[str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        keys = {}
+        for key in data:
+            if not re.fullmatch(r"\d+", str(key)):
+                raise DatasetError(f"{path}: key {key!r} is not a class index; expected {{\"0\": name, ...}}")
+            keys[int(key)] = key
+        missing = sorted(set(range(len(keys))) - set(keys))
+        if missing:
+            raise DatasetError(f"{path}: keys must be the indices 0..{len(keys) - 1}, one per class; missing "
+                               f"{', '.join(map(str, missing[:5]))}")
+        data = [data[keys[i]] for i in range(len(keys))]
+        labels = list(map(str, range(len(data))))
+    elif isinstance(data, list):
+        labels = list(map(str, range(len(data))))
+    else:
+        raise DatasetError(f"{path}: expected a list of class names or {{\"0\": name, ...}}, got {type(data).__name__}")
+    names = []
+    for label, entry in zip(labels, data):
+        if isinstance(entry, list) and entry and isinstance(entry[0], str):
+            entry = entry[0]  # imagenet_class_index.json: [WordNet id, words]
+        if not isinstance(entry, str) or not entry.strip():
+            raise DatasetError(f"{path}: entry {label!r} is not a class name ({entry!r})")
+        names.append(entry.strip())
+    if not names:
+        raise DatasetError(f"{path}: class-names file is empty")
     return names
 
 

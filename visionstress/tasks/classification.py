@@ -38,8 +38,9 @@ def _check_triple(value: Any) -> None:
 
 register_options(
     Option("task", str, NAME, "What the model does: classification, detection or segmentation.", group="run"),
-    Option("class_names", Path, None, "One class name per line, in model index order (classification), or the "
-           "mask values' names (segmentation).", tasks=frozenset({NAME, "segmentation"}), group="data"),
+    Option("class_names", Path, None, "One class name per line, in model index order (classification; ImageNet's "
+           "LOC_synset_mapping.txt or imagenet_class_index.json give the WordNet ids), or the mask values' names "
+           "(segmentation).", tasks=frozenset({NAME, "segmentation"}), group="data"),
     Option("data_config", Path, None, "YAML/JSON preprocessing: input_size, resize, interpolation, mean, std, "
            "channel_order.", tasks=_PREPROCESSED, group="model"),
     Option("input_size", int, None, "Model input side in pixels.", tasks=_ONLY, minimum=1, group="model"),
