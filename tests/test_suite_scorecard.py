@@ -215,6 +215,21 @@ def test_markdown_summary_has_headline_numbers(tmp_path):
     assert "data/val/c0/broken.png" in text and "cannot identify image file" in text
 
 
+def test_mce_on_a_subset_of_imagenet_classes_says_the_normalisation_does_not_fit(tmp_path):
+    """AlexNet's published errors are over all 1000 classes: on a few of them (an ImageFolder of three
+    synsets scored with --class-names) the mCE is not the benchmark number, and the summary says so."""
+    names = [f"n{i:08d}" for i in range(1000)]
+    per_class = {name: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 40} for name in names[:3]}
+    dataset = {"path": "val", "fingerprint": "cd" * 32, "num_samples": 120, "num_classes": 1000, "class_names": names,
+               "skipped": []}
+    summaries = {"mce": 0.7, "mce_baseline": "AlexNet (Hendrycks & Dietterich, 2019)"}
+    _card(dataset=dataset, summaries=summaries, breakdowns={"per_class": {"clean@0": per_class}}).save(tmp_path)
+    assert "caveat: the images cover 3 of the model's 1000 classes" in (tmp_path / "summary.md").read_text()
+    per_class = {name: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for name in names}
+    _card(dataset=dataset, summaries=summaries, breakdowns={"per_class": {"clean@0": per_class}}).save(tmp_path / "all")
+    assert "classes" not in (tmp_path / "all" / "summary.md").read_text().split("caveat", 1)[-1].split("\n")[0]
+
+
 def _saved(tmp_path) -> tuple[Path, dict]:
     path = _card().save(tmp_path)
     return path, json.loads(path.read_text())

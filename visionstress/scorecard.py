@@ -435,6 +435,11 @@ def _mce_lines(card: Scorecard) -> list[str]:
     if images < MCE_MIN_IMAGES:
         lines.append(f"- caveat: {images} images are too few for mCE to mean much (its normalisation was measured "
                      f"on 50,000 ImageNet images; expect several points of noise below {MCE_MIN_IMAGES} images)")
+    covered = _classes_with_images(card)
+    classes = card.dataset.get("num_classes")
+    if "AlexNet" in str(base) and covered is not None and isinstance(classes, int) and covered < classes:
+        lines.append(f"- caveat: the images cover {covered} of the model's {classes} classes; AlexNet's errors "
+                     f"were measured over all of them, so this mCE is not comparable with published ones")
     errors = summaries.get("corruption_errors") or {}
     if errors:
         lines += ["", "| corruption | CE |", "|---|---:|"]
@@ -442,6 +447,14 @@ def _mce_lines(card: Scorecard) -> list[str]:
                   if isinstance(value, (int, float)) and math.isfinite(value)]
         lines.append("")
     return lines
+
+
+def _classes_with_images(card: Scorecard) -> int | None:
+    """How many classes have clean images (per-class support), or None when the scorecard does not say."""
+    per_class = (card.breakdowns.get("per_class") or {}).get(f"{CLEAN}@0")
+    if not isinstance(per_class, dict):
+        return None
+    return sum(1 for row in per_class.values() if isinstance(row, dict) and (row.get("support") or 0) > 0)
 
 
 def _scalar_summaries(summaries: dict[str, Any]) -> list[tuple[str, float]]:
