@@ -141,6 +141,29 @@ def test_a_model_that_outputs_probabilities_gets_the_calibration_of_its_logits(t
             assert b["metrics"][metric] == pytest.approx(a["metrics"][metric], abs=1e-5), (a["perturbation"], metric)
 
 
+def test_a_limit_that_cuts_off_whole_classes_says_so(tmp_path):
+    """--limit keeps the first images, and an ImageFolder lists them class by class: a quick look at 4 of 12
+    images sees two of three classes, which the scorecard and summary say rather than let pass as the set."""
+    data = _image_folder(tmp_path / "data", per_class=4)
+    common = dict(suite=str(_tiny_suite(tmp_path)), workers=0, input_size=32, resize=32, device="cpu", bootstrap=0,
+                  skip_label_check=True)
+    card = vs.run("torchvision:resnet18", data, weights=_r18_3(tmp_path), limit=6, out=tmp_path / "cut", **common)
+    assert card.dataset["warnings"] == ["--limit 6 kept the first 6 of 12 images, which cover 2 of the "
+                                        "dataset's 3 classes (class0, class1)"]
+    assert "--limit 6 kept the first 6" in (tmp_path / "cut" / "summary.md").read_text()
+    card = vs.run("torchvision:resnet18", data, weights=_r18_3(tmp_path), limit=12, out=tmp_path / "all", **common)
+    assert not card.dataset.get("warnings")
+
+
+def _r18_3(tmp_path: Path) -> Path:
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18_3.pth"
+    if not weights.exists():
+        torch.save(resnet18(num_classes=3).state_dict(), weights)
+    return weights
+
+
 def test_output_width_mismatch_is_refused_before_work(tmp_path):
     from torchvision.models import resnet18
 

@@ -110,8 +110,14 @@ class ClassificationTask(Task):
         data = Path(options.data)
         names = read_class_names(options.class_names) if options.class_names is not None else None
         samples, class_list = load_classification_samples(data, names, allow_outside_paths=options.allow_outside_paths)
+        warnings = []
         if options.limit is not None:
-            samples = samples[:options.limit]
+            everything, samples = samples, samples[:options.limit]
+            present, kept = sorted({s.label for s in everything}), sorted({s.label for s in samples})
+            if len(kept) < len(present):
+                shown = ", ".join(class_list[i] for i in kept[:5]) + (", ..." if len(kept) > 5 else "")
+                warnings.append(f"--limit {options.limit} kept the first {len(samples)} of {len(everything)} images, "
+                                f"which cover {len(kept)} of the dataset's {len(present)} classes ({shown})")
         loaded = load_model(options.model, weights=_str(options.weights), trust_model=options.trust_model,
                             num_classes=options.num_classes)
         config, source = data_config(loaded.data_config, options)
@@ -134,6 +140,8 @@ class ClassificationTask(Task):
         root = data if data.is_dir() else data.parent
         info = {"path": data.name, "fingerprint": dataset_fingerprint(samples, data), "num_listed": len(samples),
                 "num_classes": len(class_list), "class_names": list(class_list)}
+        if warnings:
+            info["warnings"] = warnings
         evaluator = ClassificationEvaluator(len(class_list), class_list, bootstrap=options.bootstrap,
                                             seed=options.seed)
         return TaskRun(
