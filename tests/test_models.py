@@ -135,6 +135,22 @@ def test_training_checkpoint_wrappers_are_unwrapped(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("prefix", ["model.", "_orig_mod.", "module._orig_mod.", "net."])
+def test_a_state_dict_saved_from_a_wrapper_loads_when_its_prefix_is_all_that_differs(resnet18_10, tmp_path, prefix):
+    """Lightning saves `model.`-prefixed keys, torch.compile `_orig_mod.`, DataParallel `module.`: a prefix shared
+    by every key is dropped, but only when what is left fits the architecture exactly."""
+    model, _, images = resnet18_10
+    path = tmp_path / "wrapped.ckpt"
+    torch.save({"state_dict": {prefix + k: v for k, v in model.state_dict().items()}, "epoch": 1}, path)
+    loaded = load_model("torchvision:resnet18", weights=str(path), num_classes=10)
+    for (name, a), b in zip(loaded.module.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    partial = {prefix + k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    torch.save(partial, path)
+    with pytest.raises(ModelLoadError, match=r"missing keys \(fc.weight, fc.bias\)"):
+        load_model("torchvision:resnet18", weights=str(path), num_classes=10)
+
+
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(ModelLoadError, match=r"nope\.pth: weights file not found"):
         load_model("torchvision:resnet18", weights=str(tmp_path / "nope.pth"))

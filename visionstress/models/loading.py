@@ -535,6 +535,19 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     return state
 
 
+def _without_wrapper_prefix(state: dict[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`state` without the first name component every key shares (Lightning's `model.`, torch.compile's
+    `_orig_mod.`, a user's `net.`), repeatedly, while that makes more of its keys the module's own; the
+    strict check that follows still refuses anything that does not fit."""
+    best = state
+    while best and all("." in k for k in best) and len({k.split(".", 1)[0] for k in best}) == 1:
+        stripped = {k.split(".", 1)[1]: v for k, v in best.items()}
+        if sum(k in own for k in stripped) <= sum(k in own for k in best):
+            break
+        best = stripped
+    return best
+
+
 def _all_tensors(d: Mapping[Any, Any]) -> bool:
     return all(isinstance(v, Tensor) for v in d.values())
 
@@ -551,6 +564,7 @@ def _apply_state_dict(module: nn.Module, state: dict[str, Tensor], spec: str, pa
     BatchNorm's `num_batches_tracked` counters are allowed to be absent: they do not affect eval.
     """
     own = module.state_dict()
+    state = _without_wrapper_prefix(state, own)
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
