@@ -373,6 +373,7 @@ def _finish_architecture(
         width = num_classes if num_classes is not None else default_classes
         return LoadedModel(module.eval(), spec, None, None, "random-init", data_config, width)
     state_dict, fmt, sha = _read_state_dict(Path(weights).expanduser(), trust)
+    state_dict = _without_wrapper_prefix(state_dict, module.state_dict())
     head = _head_width_if_only_head_differs(module, state_dict) if num_classes is None else None
     if head is not None:
         module, num_classes = build(head), head
