@@ -171,8 +171,9 @@ class _Run:
         current: dict[int, int] = {}  # sample id -> first sample id of its planned batch
         checking: list[Any] = [] if opts.skip_label_check else [None]
         self._label_check_images = min(LABEL_CHECK_IMAGES, sum(len(batch) for batch in mine))
+        # A resumed run checks the clean records it already has: a run the check stopped must not pass by resuming.
         for records in journal.records(done_parts, 0) if checking else ():
-            if checking:  # a run the check stopped must not pass it by being resumed
+            if checking:  # emptied once the check has decided
                 self._check_labels(checking, records, setup)
 
         def batches() -> Iterator[tuple[int, list[Any], list[Any]]]:
