@@ -102,6 +102,16 @@ class AlbumentationsPerturbation(Perturbation):
                 return pipeline
         raise ValueError(f"perturbation {self.name!r}: {level!r} is not one of its severity transforms")
 
+    def _run(self, pipeline: Any, data: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+        """The pipeline on one image; albumentations' own failures (a transform that needs a bigger image)
+        become an error naming the perturbation and the image size."""
+        try:
+            return pipeline(**data)
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"perturbation {self.name!r}: albumentations "
+                             f"{type(pipeline.transforms[0]).__name__} failed on a {size[0]}x{size[1]} image "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+
     def apply(self, batch: Batch, params: dict[str, Tensor], level: Any) -> Batch:
         pipeline = self._pipeline(level)
         images = batch.images
@@ -116,7 +126,7 @@ class AlbumentationsPerturbation(Perturbation):
             data: dict[str, Any] = {"image": np.ascontiguousarray(pixels[i])}
             if self.kind != "geometric":
                 pipeline.set_random_seed(int(seeds[i]))
-                out_images.append(_image_back(pipeline(**data)["image"], (h, w), self.name))
+                out_images.append(_image_back(self._run(pipeline, data, (h, w))["image"], (h, w), self.name))
                 continue
             if semantic is not None:
                 # uint8 when it fits; otherwise float32, exact for class indices below 2**24.
@@ -135,7 +145,7 @@ class AlbumentationsPerturbation(Perturbation):
                 # area from outside the image, the semantic mask gets the ignore index (as apply_warp does).
                 data["masks"] = [*data.get("masks", []), np.ones((h, w), dtype=np.uint8)]
             pipeline.set_random_seed(int(seeds[i]))
-            result = pipeline(**data)
+            result = self._run(pipeline, data, (h, w))
             out_images.append(_image_back(result["image"], (h, w), self.name))
             if semantic is not None:  # geometric only: photometric ones `continue` above
                 *instance, valid = result["masks"]

@@ -87,3 +87,15 @@ def test_show_corrupt_image_and_bad_annotations_name_the_file(tmp_path):
     result = runner.invoke(app, ["show", str(DEMO / "scene.png"), "-p", "rotation", "-a", str(bad),
                                  "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "bad.json" in result.output and "annotation 9" in result.output
+
+
+def test_show_on_an_image_too_small_for_a_perturbation_names_both(tmp_path):
+    """albumentations' RandomRain needs two rows for a streak: a 1x1 image is a clear error, not a traceback."""
+    tiny = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (200, 40, 40)).save(tiny)
+    result = runner.invoke(app, ["show", str(tiny), "-p", "rain", "-s", "5", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2, result.output
+    assert "perturbation 'rain'" in result.output and "1x1 image" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["show", str(tiny), "-p", "brightness,rotation", "-o", str(tmp_path / "y.png")])
+    assert result.exit_code == 0, result.output

@@ -157,8 +157,11 @@ def show_command(
     if not ready:
         _fail("no perturbation left to draw: " + "; ".join(f"{n} {why}" for n, why in refused.items()))
     ready = [fitted.get(p.name, p) for p in ready]  # the adversarial ones draw the report's fitted patches
-    sheet = contact_sheet(pixels, ready, levels, boxes=boxes, category_names=categories, seed=seed, device=device,
-                          foreground=foreground)
+    try:
+        sheet = contact_sheet(pixels, ready, levels, boxes=boxes, category_names=categories, seed=seed,
+                              device=device, foreground=foreground)
+    except ValueError as exc:  # a perturbation that cannot apply to this image says which and why
+        _fail(f"{image}: {exc}")
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     console.print(f"wrote {output} ({len(ready)} perturbations x severities {','.join(map(str, levels))})")
