@@ -77,6 +77,24 @@ def test_image_folder_without_class_folders_says_so(tmp_path: Path):
         load_classification_samples(tmp_path)
 
 
+def test_image_folder_one_level_too_high_names_the_folder_to_give(tmp_path: Path):
+    for name in ("cat", "dog", "fox"):
+        _png(tmp_path / "val" / name / "a.png")
+    with pytest.raises(DatasetError, match=r"one class folder 'val'.*3 sub-folders \(cat, dog, fox\).*--data .*val"):
+        load_classification_samples(tmp_path)
+    samples, names = load_classification_samples(tmp_path / "val")
+    assert names == ["cat", "dog", "fox"]
+    assert load_classification_samples(tmp_path, class_names=["val"])[1] == ["val"]  # a named one-class subset
+
+
+def test_one_class_folder_with_images_of_its_own_is_one_class(tmp_path: Path):
+    _png(tmp_path / "stop_sign" / "a.png")
+    _png(tmp_path / "stop_sign" / "day" / "b.png")
+    _png(tmp_path / "stop_sign" / "night" / "c.png")
+    samples, names = load_classification_samples(tmp_path)
+    assert names == ["stop_sign"] and len(samples) == 3
+
+
 def test_csv_list_relative_paths_and_index_labels(tmp_path: Path):
     _png(tmp_path / "imgs" / "a.png")
     _png(tmp_path / "imgs" / "b.png")

@@ -329,6 +329,7 @@ def _image_folder(root: Path, class_names: list[str] | None) -> tuple[list[Sampl
         )
     folder_names = [p.name for p in folders]
     if class_names is None:
+        _refuse_one_level_too_high(root, folders)
         names = folder_names
         index_of = {name: i for i, name in enumerate(names)}
     else:
@@ -346,6 +347,23 @@ def _image_folder(root: Path, class_names: list[str] | None) -> tuple[list[Sampl
         )
         samples.extend(Sample(path=str(p), label=label) for p in files)
     return samples, names
+
+
+def _refuse_one_level_too_high(root: Path, folders: list[Path]) -> None:
+    """A single class folder whose images all sit in sub-folders is the ImageFolder one level down
+    (`--data data` holding `data/val/<class>/...`): read as one class, it would fail later on the model's
+    output width, far from the cause."""
+    if len(folders) != 1:
+        return
+    inner = folders[0]
+    if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in inner.iterdir()):
+        return
+    classes = sorted(p.name for p in inner.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.rglob("*")))
+    if len(classes) >= 2:
+        shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+        raise DatasetError(f"{root}: one class folder {inner.name!r}, whose images are in {len(classes)} sub-folders "
+                           f"({shown}); if those are the classes, give --data {inner}")
 
 
 def _csv_rows(path: Path) -> list[tuple[str, str | int, str]]:
