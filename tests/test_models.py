@@ -433,8 +433,8 @@ def test_onnx_export_with_a_fixed_batch_runs_in_pieces_of_it(demo_onnx, tmp_path
                           output_names=["logits"])
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
     onnx_logits = ClassifierAdapter(load_model(str(fixed)), demo.DEMO_DATA_CONFIG).predict(images).logits
-    torch.testing.assert_close(onnx_logits, ClassifierAdapter(torch_model, demo.DEMO_DATA_CONFIG).predict(images).logits,
-                               atol=1e-5, rtol=1e-5)
+    torch_logits = ClassifierAdapter(torch_model, demo.DEMO_DATA_CONFIG).predict(images).logits
+    torch.testing.assert_close(onnx_logits, torch_logits, atol=1e-5, rtol=1e-5)
     config = DataConfig((32, 32), None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     with pytest.raises(ModelOutputError, match=r"fixed\.onnx: .*takes images of 64x64 .*input_size is 32x32"):
         ClassifierAdapter(load_model(str(fixed)), config).predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
@@ -582,6 +582,22 @@ def test_adapter_rejects_bad_outputs():
         ClassifierAdapter(LoadedModel(Recorder(), "m", None, None, "python", None, 10), config).predict(images)
     with pytest.raises(ModelOutputError, match=r"Conv2d: the model failed on a batch of shape \[3, 3, 4, 4\]"):
         ClassifierAdapter(nn.Conv2d(3, 3, 7), config).predict(images)
+
+
+def test_a_grey_scale_model_is_told_how_to_take_rgb():
+    config = DataConfig((8, 8), None)
+    grey = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ModelOutputError, match=r"takes 1-channel images and visionstress feeds RGB.*"
+                                               r"x\.mean\(dim=1, keepdim=True\) in front") as caught:
+        ClassifierAdapter(grey, config).predict(torch.rand(2, 3, 8, 8))
+    assert "input_size" not in str(caught.value)  # the size is not the problem
+    wrapped = nn.Sequential(Grey(), grey)  # what the message says to do
+    assert ClassifierAdapter(wrapped, config).predict(torch.rand(2, 3, 8, 8)).logits.shape == (2, 2)
+
+
+class Grey(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=1, keepdim=True)
 
 
 def test_adapter_takes_probabilities_for_what_they_are():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -462,7 +463,20 @@ def _call(fn: Callable[[Any], Any], arg: Any, spec: str, amp: bool, device: torc
             raise
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ModelOutputError(f"{spec}: {failure} ({type(exc).__name__}: {message}){hint}") from exc
+            raise ModelOutputError(f"{spec}: {failure} ({type(exc).__name__}: {message})"
+                                   f"{_channels_hint(message) or hint}") from exc
+
+
+def _channels_hint(message: str) -> str:
+    """For a model whose first layer takes other than 3 channels (a grey-scale model), what to do: the
+    input size is not the problem, so the usual hint would mislead."""
+    match = re.search(r"to have (\d+) channels, but got 3 channels", message)
+    if match is None or match[1] == "3":
+        return ""
+    wanted = int(match[1])
+    convert = "x.mean(dim=1, keepdim=True)" if wanted == 1 else f"a [B, 3, H, W] -> [B, {wanted}, H, W] mapping"
+    return (f"; the model takes {wanted}-channel images and visionstress feeds RGB ([B, 3, H, W]): load it through a "
+            f"factory that puts {convert} in front of it")
 
 
 def _check_finite(values: Tensor, spec: str, amp: bool, what: str) -> None:
