@@ -85,8 +85,6 @@ class _Run:
     """One call of `run`: the steps of the module docstring, in order."""
 
     def __init__(self, task: Any, opts: Any, name: str | None) -> None:
-        import torch
-
         from visionstress.distributed import World
         from visionstress.engine import default_device, suite_passes
         from visionstress.suite import load_suite
