@@ -21,6 +21,7 @@ from test_evaluators_segmentation import _feed as _feed_segmentation
 
 import visionstress.evaluators.coco_matching as coco_matching
 from visionstress.comparison import bootstrap_test, images_needed, mcnemar_mde, mcnemar_test
+from visionstress.comparison.statistics import exchange_p_value
 from visionstress.evaluators import (ClassificationEvaluator, DetectionEvaluator, SegmentationEvaluator,
                                      classification_statistics, coco_metrics_from_matches, detection_statistics,
                                      segmentation_metrics_from_counts, segmentation_statistics)
@@ -199,6 +200,41 @@ def test_bootstrap_interval_excludes_zero_exactly_when_p_is_below_alpha():
             low, high = result.interval
             assert (low > 0 or high < 0) == (result.p_value < alpha), (trial, alpha)
             assert low <= np.median(deltas) <= high or result.p_value < alpha
+
+
+def test_exchange_p_value_is_the_randomisation_p_where_the_bootstrap_is_overconfident():
+    rng = np.random.default_rng(3)
+    change = np.zeros(20)
+    change[:5] = -1.0  # five images of twenty change, all the same way: by chance with probability 2/32
+    flips = np.where(rng.random((4000, 20)) < 0.5, -1.0, 1.0)
+    assert exchange_p_value(change.mean(), (flips * change).mean(axis=1)) == pytest.approx(2 / 32, abs=0.012)
+    resampled = change[rng.integers(0, 20, (4000, 20))].mean(axis=1)
+    assert bootstrap_test(resampled, 0.05).p_value < 0.005  # why compare reports the larger of the two
+    # nothing differs: p = 1; a change no exchange reaches: the normal tail, far below the floor 1 / (R + 1)
+    assert exchange_p_value(0.0, np.zeros(100)) == 1.0
+    large = np.concatenate([np.full(15, -1.0), np.zeros(5)])
+    tail = exchange_p_value(large.mean(), (flips[:1000] * large).mean(axis=1))
+    assert 0 < tail < 1 / 1001
+    assert exchange_p_value(float("nan"), np.zeros(3)) is None
+
+
+def test_the_reported_p_keeps_two_equally_good_models_apart_at_most_alpha_of_the_time():
+    """Two classifiers of equal accuracy with independent errors, 20 images, the mean over five passes: the
+    bootstrap alone calls them different in about 10% of trials at alpha = 5%; the p compare reports
+    (the larger of the bootstrap's and the exchange test's) at most 5%."""
+    rng = np.random.default_rng(11)
+    bootstrap_only = reported = 0
+    trials = 300
+    for _ in range(trials):
+        a, b = rng.random((2, 20, 5)) < 0.97
+        change = (b.astype(np.float64) - a).mean(axis=1)
+        boot = bootstrap_test(change[rng.integers(0, 20, (500, 20))].mean(axis=1), 0.05).p_value
+        flips = np.where(rng.random((500, 20)) < 0.5, -1.0, 1.0)
+        swap = exchange_p_value(change.mean(), (flips * change).mean(axis=1))
+        bootstrap_only += boot < 0.05
+        reported += max(boot, swap) < 0.05
+    assert bootstrap_only / trials > 0.07
+    assert reported / trials <= 0.05
 
 
 def test_mcnemar_mde_has_eighty_percent_power():

@@ -12,7 +12,9 @@ every cell on the paired per-image records (`statistics`), and judges the gates 
   shared images and applied to both runs and every cell, so the resampled differences keep the
   pairing and the summaries (resampled cell by cell with the same weights) are paired too. A cell
   scored on a subset of the images (an adversarial patch on held-out images) uses the weights of its
-  images.
+  images. The same function, on both runs' records of a cell as one table, gives the exchange test
+  that checks the bootstrap's p-value on few images (`statistics.exchange_p_value`): each image's two
+  records swapped between the runs at random, the same swaps in every cell.
 - Each metric's cells form one family for the "significant" column (Holm-adjusted p < alpha), the
   summaries another; a gate adjusts over the cells it covers only.
 - Scorecards of different datasets, tasks, suites or seeds are refused with the differences named;
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from visionstress.scorecard import Scorecard
 
 from .gates import Gate, GateResult, check_gates, default_gates, evaluate_gate, main_metric, parse_gate
 from .skew import SkewDiff, compare_skew
-from .statistics import bootstrap_mde, bootstrap_test, holm, mcnemar_mde, mcnemar_test
+from .statistics import bootstrap_mde, bootstrap_test, exchange_p_value, holm, mcnemar_mde, mcnemar_test
 
 BACKGROUND_GAP = "bg_gap"
 GAP_PASSES = ("mixed_same", "mixed_rand")
@@ -402,7 +404,16 @@ def _test_shape_bias(paired: _Paired, ref: Scorecard, cand: Scorecard, probes: l
                 for run, (by_shape, decided) in enumerate(decisions):
                     values[run].append((w @ by_shape) / (w @ decided))
         old, new = (np.concatenate(v) for v in values)
-        _bootstrap_cell(cell, new - old, alpha, paired.num_images)
+        (ref_shape, ref_decided), (cand_shape, cand_decided) = decisions
+        swaps = []
+        for flips in _exchange_flips(paired.num_images, exchanges(bootstrap), seed):
+            swapped = flips[:, paired.positions[key]]
+            kept = 1.0 - swapped
+            with np.errstate(invalid="ignore", divide="ignore"):
+                as_cand = (swapped @ ref_shape + kept @ cand_shape) / (swapped @ ref_decided + kept @ cand_decided)
+                as_ref = (kept @ ref_shape + swapped @ cand_shape) / (kept @ ref_decided + swapped @ cand_decided)
+            swaps.append(as_cand - as_ref)
+        _bootstrap_cell(cell, new - old, alpha, paired.num_images, np.concatenate(swaps))
 
 
 def _summary_values(perturbed: dict[tuple[str, int], Any], clean: Any, families: dict[str, str]) -> dict[str, Any]:
@@ -572,26 +583,43 @@ def _test(paired: _Paired, cells: list[CellComparison], summaries: list[CellComp
     wanted = {key: {m for (p, s, m), c in by_key.items() if (p, s) == key and c.test == "none"
                     and _test_kind(m, paired) == "bootstrap"} | {main} for key in paired.ref}
     resampled = _resample(paired, wanted, bootstrap, seed)
+    exchanged = _exchange(paired, wanted, exchanges(bootstrap), seed)
     for (p, s, metric), cell in by_key.items():
         values = resampled.get((p, s), {}).get(metric)
         if values is not None and cell.test == "none" and metric in wanted[(p, s)]:
-            _bootstrap_cell(cell, values[1] - values[0], alpha, paired.num_images)
+            swaps = exchanged[(p, s)][metric]
+            _bootstrap_cell(cell, values[1] - values[0], alpha, paired.num_images, swaps[1] - swaps[0])
     perturbed = {(c.perturbation, c.severity) for c in cells if c.metric == main and c.perturbation != CLEAN}
-    clean = resampled.get((CLEAN, 0), {}).get(main)
-    available = {k: resampled[k][main] for k in sorted(perturbed) if main in resampled.get(k, {})}
-    gap = {p: v for (p, _), v in available.items() if p in GAP_PASSES}
-    for cell in probes:  # bg_gap: one paired bootstrap of (same - rand) in both runs, on the same weights
-        if len(gap) == len(GAP_PASSES):
-            (same_old, same_new), (rand_old, rand_new) = (gap[p] for p in GAP_PASSES)
-            _bootstrap_cell(cell, (same_new - rand_new) - (same_old - rand_old), alpha, paired.num_images)
+    # the main metric of every cell: resampled (the same weights in every cell), and exchanged (the same exchanges)
+    clean, available = _main_cells(resampled, perturbed, main)
+    clean_swaps, available_swaps = _main_cells(exchanged, perturbed, main)
+    gap = [{p: v for (p, _), v in cells_.items() if p in GAP_PASSES} for cells_ in (available, available_swaps)]
+    for cell in probes:  # bg_gap: (same - rand) in both runs
+        if len(gap[0]) == len(GAP_PASSES):
+            _bootstrap_cell(cell, _gap_change(gap[0]), alpha, paired.num_images, _gap_change(gap[1]))
     if not summaries:
         return
     if clean is None or len(available) < len(perturbed):  # a summary over some of its cells is another number
         notes.append("summaries untested: some of their cells could not be resampled")
         return
-    old, new = (_summary_values({k: v[run] for k, v in available.items()}, clean[run], families) for run in (0, 1))
+    boot, swaps = ([_summary_values({k: v[run] for k, v in cells_.items()}, clean_[run], families) for run in (0, 1)]
+                   for cells_, clean_ in ((available, clean), (available_swaps, clean_swaps)))
     for cell in summaries:
-        _bootstrap_cell(cell, new[cell.perturbation] - old[cell.perturbation], alpha, paired.num_images)
+        name = cell.perturbation
+        _bootstrap_cell(cell, boot[1][name] - boot[0][name], alpha, paired.num_images, swaps[1][name] - swaps[0][name])
+
+
+def _main_cells(draws: dict[tuple[str, int], dict[str, Any]], perturbed: set[tuple[str, int]],
+                main: str) -> tuple[Any, dict]:
+    """(the clean pass's main metric, {perturbed cell: its main metric}) of resampled or exchanged draws."""
+    return (draws.get((CLEAN, 0), {}).get(main),
+            {k: draws[k][main] for k in sorted(perturbed) if main in draws.get(k, {})})
+
+
+def _gap_change(gap: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The change of (main metric on mixed_same - on mixed_rand) between the runs, per draw."""
+    (same_old, same_new), (rand_old, rand_new) = (gap[p] for p in GAP_PASSES)
+    return (same_new - rand_new) - (same_old - rand_old)
 
 
 def _test_kind(metric: str, paired: _Paired) -> str:
@@ -600,12 +628,17 @@ def _test_kind(metric: str, paired: _Paired) -> str:
     return "none" if info is None else info.test
 
 
-def _bootstrap_cell(cell: CellComparison, deltas: np.ndarray, alpha: float, images: int) -> None:
+def _bootstrap_cell(cell: CellComparison, deltas: np.ndarray, alpha: float, images: int,
+                    exchanged: np.ndarray) -> None:
+    """The cell's interval and MDE from its bootstrap differences; its p-value the larger of the bootstrap's
+    and the exchange test's (`exchanged[0]` the observed difference, the rest under random exchanges)."""
     result = bootstrap_test(deltas, alpha)
     if result is None:
         return
     finite = deltas[np.isfinite(deltas)]
-    cell.test, cell.p_value, cell.ci_delta = "paired_bootstrap", result.p_value, result.interval
+    swap = exchange_p_value(float(exchanged[0]), exchanged[1:])
+    p_value = result.p_value if swap is None else max(result.p_value, swap)
+    cell.test, cell.p_value, cell.ci_delta = "paired_bootstrap", p_value, result.interval
     cell.images = images
     cell.standard_error = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
     cell.mde = cell.mde_at(alpha)
@@ -630,6 +663,50 @@ def _resample(paired: _Paired, wanted: dict[tuple[str, int], set[str]], resample
         out[key] = {m: (np.concatenate([c[0][m] for c in chunks]), np.concatenate([c[1][m] for c in chunks]))
                     for m in metrics}
     return out
+
+
+def _exchange(paired: _Paired, wanted: dict[tuple[str, int], set[str]], exchanges: int,
+              seed: int) -> dict[tuple[str, int], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """`{cell: {metric: (reference [1 + E], candidate [1 + E])}}`: both runs' metrics with each shared
+    image's two records exchanged between the runs at random (`exchange_p_value`). Row 0 exchanges none
+    (the runs as they are); every cell sees the same exchanges, so summaries over cells exchange alike.
+    A cell's records of both runs are one table of 2n images, weighted 0 or 1 for each pseudo-run."""
+    n = paired.num_images
+    both = {key: paired.records.statistics(pd.concat([paired.ref[key], paired.cand[key]], ignore_index=True))
+            for key in paired.ref}
+    parts: dict[tuple[str, int], list[tuple[Any, Any]]] = {key: [] for key in both}
+    for flips in _exchange_flips(n, exchanges, seed):
+        for key, stats in both.items():
+            swapped = flips[:, paired.positions[key]]
+            kept = 1.0 - swapped
+            parts[key].append((stats(np.hstack([kept, swapped])), stats(np.hstack([swapped, kept]))))
+    out = {}
+    for key, chunks in parts.items():
+        metrics = [m for m in wanted[key] if m in chunks[0][0]]
+        out[key] = {m: (np.concatenate([c[0][m] for c in chunks]), np.concatenate([c[1][m] for c in chunks]))
+                    for m in metrics}
+    return out
+
+
+def exchanges(resamples: int) -> int:
+    """How many random exchanges test a cell, beside its `resamples` bootstrap resamples: half as many, since
+    each costs two evaluations of both runs' records (the p-value they give only needs to be right near
+    alpha, and the normal tail takes over where few exchanges reach the observed change)."""
+    return max(1, resamples // 2)
+
+
+def _exchange_flips(n: int, exchanges: int, seed: int) -> Iterator[np.ndarray]:
+    """Which of the `n` shared images have their two records exchanged: `[r, n]` 0/1 chunks of 1 + `exchanges`
+    rows in all, the first row exchanging none; a random stream of its own, beside the bootstrap's."""
+    from visionstress.evaluators.bootstrap import MAX_CHUNK_ELEMENTS
+
+    rng = np.random.default_rng([int(seed), 0x5A1B])
+    rows = max(1, MAX_CHUNK_ELEMENTS // (2 * n))
+    for start in range(0, exchanges + 1, rows):
+        flips = (rng.random((min(rows, exchanges + 1 - start), n)) < 0.5).astype(np.float64)
+        if start == 0:
+            flips[0] = 0.0
+        yield flips
 
 
 # --- plain data --------------------------------------------------------------------------------------
