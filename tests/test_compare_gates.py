@@ -263,3 +263,18 @@ def test_gates_refuse_what_the_comparison_lacks(twelve):
         parse_gate("nll:+1pp")
     with pytest.raises(ValueError, match="gates must be a list"):
         vs.compare(reference, candidate, gates="top1:-1pp")
+
+
+def test_a_change_in_the_seventh_digit_is_never_significant(tmp_path):
+    """A model against its own ONNX export: every image's NLL a little lower, the same way on every image.
+    That is rounding, not a change, however small its p would be; a real change of NLL still is one."""
+    labels = np.arange(40) % CLASSES
+    right = np.arange(40) % 4 != 0
+    passes = {("clean", 0): _predictions(labels, right, 0.8)}
+    exported = {("clean", 0): _predictions(labels, right, 0.8 + 1e-7)}
+    worse = {("clean", 0): _predictions(labels, right, 0.7)}
+    reference = _card(tmp_path / "model", passes, labels)
+    rounding = vs.compare(reference, _card(tmp_path / "export", exported, labels), bootstrap=200).cell("nll")
+    assert 0 < abs(rounding.delta) < 1e-6 and rounding.p_value == 1.0 and not rounding.significant
+    real = vs.compare(reference, _card(tmp_path / "worse", worse, labels), bootstrap=200).cell("nll")
+    assert real.delta > 0.1 and real.p_value < 0.01 and real.significant
