@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import visionstress as vs
+from visionstress.comparison import IncomparableError
 from visionstress.demo import demo_arguments
 
 LIMIT = 48
@@ -64,3 +65,38 @@ def test_the_same_dense_model_twice_changes_nothing(runs):
     cells = [c for c in comparison.cells if c.metric == metric]
     assert len(cells) == 4  # clean and the suite's three cells
     assert all(c.delta == 0 and not c.significant for c in cells)
+
+
+def _edited_copy(card: Path, out: Path, edit) -> Path:
+    """A copy of a run's folder whose scorecard JSON `edit` changed in place."""
+    import json
+    import shutil
+
+    shutil.copytree(card.parent, out)
+    data = json.loads((out / "scorecard.json").read_text())
+    edit(data)
+    (out / "scorecard.json").write_text(json.dumps(data))
+    return out / "scorecard.json"
+
+
+def test_runs_whose_targets_or_thresholds_differ_are_refused(runs, tmp_path):
+    """Boxes moved as enclosing boxes instead of inscribed ellipses are other ground truth under every
+    geometric perturbation, and another --score-threshold redefines miss_rate: a model cannot be blamed
+    for either."""
+    task, cards = runs
+    if task != "detection":
+        pytest.skip("box moving and score thresholds are detection options")
+
+    def enclosing(data):
+        for item in data["suite"]["perturbations"]:
+            if "box_method" in item:
+                item["box_method"] = "enclosing"
+        data["data_config"]["box_warp"] = "enclosing"
+
+    def threshold(data):
+        data["data_config"]["score_threshold"] = 0.3
+
+    with pytest.raises(IncomparableError, match="rotation moves boxes as ellipse vs enclosing"):
+        vs.compare(cards["reference"], _edited_copy(cards["same"], tmp_path / "enclosing", enclosing))
+    with pytest.raises(IncomparableError, match="score threshold 0.5 vs 0.3"):
+        vs.compare(cards["reference"], _edited_copy(cards["same"], tmp_path / "threshold", threshold))

@@ -235,6 +235,9 @@ def _differences(ref: Scorecard, cand: Scorecard) -> list[str]:
     out += _suite_differences(ref.suite, cand.suite)
     if int(ref.seed) != int(cand.seed):
         out.append(f"seed {ref.seed} vs {cand.seed}")
+    a, b = (card.data_config.get("score_threshold") for card in (ref, cand))
+    if a is not None and b is not None and float(a) != float(b):  # miss_rate and fp_per_image are defined by it
+        out.append(f"score threshold {a} vs {b}")
     return out
 
 
@@ -256,6 +259,9 @@ def _suite_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         table_a, table_b = items_a[name].get("table"), items_b[name].get("table")
         if table_a != table_b:
             out.append(f"suite: {name} table {table_a or 'built-in'} vs {table_b or 'built-in'}")
+        boxes_a, boxes_b = items_a[name].get("box_method"), items_b[name].get("box_method")
+        if boxes_a and boxes_b and boxes_a != boxes_b:  # other ground-truth boxes under this warp
+            out.append(f"suite: {name} moves boxes as {boxes_a} vs {boxes_b} (--box-warp)")
     return out
 
 
