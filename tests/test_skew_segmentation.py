@@ -88,3 +88,16 @@ def test_paired_bootstrap_of_a_ratio_of_sums():
     assert down.deltas["mIoU"] == pytest.approx(expected)
     assert down.delta_intervals["mIoU"][1] < 0 and down.p_value == pytest.approx(2 / 301)
     assert paired_bootstrap(reference, worse, metrics, ("mIoU",), bootstrap=0, seed=0).p_value is None
+
+
+def test_a_factory_without_num_classes_is_skewed_as_it_is_run(tmp_path, monkeypatch):
+    """`def build(): ...` works for `visionstress run --task segmentation`, so it must for skew too: the
+    dataset's class count is not forced on a factory that takes none."""
+    (tmp_path / "plain_segmenter.py").write_text(
+        "from visionstress.models.demo import tiny_segmenter\n\n\ndef build():\n    return tiny_segmenter()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    demo = vs.demo.demo_arguments("segmentation")
+    result = skew(model="plain_segmenter:build", weights=demo["weights"], data=demo["data"], task="segmentation",
+                  masks=demo["masks"], class_names=demo["class_names"], limit=2, workers=0, bootstrap=0,
+                  knobs="channel_order", out=tmp_path / "skew", device="cpu")
+    assert result.row("reference")["metrics"]["mIoU"] > 0

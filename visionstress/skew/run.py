@@ -324,7 +324,7 @@ def _load_segmentation(model: str, data: Path, weights: Any, trust_model: bool, 
         dataset.samples = dataset.samples[:limit]
     names = list(dataset.class_names)
     loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
-                        num_classes=num_classes or len(names), task="segmentation")
+                        num_classes=num_classes, task="segmentation", dataset_classes=len(names))
     config, source = resolve_data_config(loaded.data_config, None if data_config is None else str(data_config),
                                          overrides)
     samples = [_Masked(str(Path(dataset.images_root) / s.image_path), str(Path(dataset.masks_root) / s.mask_path))
