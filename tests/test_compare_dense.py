@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import visionstress as vs
-from visionstress.comparison import IncomparableError
+from visionstress.comparison import CompareWarning, IncomparableError
 from visionstress.demo import demo_arguments
 
 LIMIT = 48
@@ -100,3 +100,18 @@ def test_runs_whose_targets_or_thresholds_differ_are_refused(runs, tmp_path):
         vs.compare(cards["reference"], _edited_copy(cards["same"], tmp_path / "enclosing", enclosing))
     with pytest.raises(IncomparableError, match="score threshold 0.5 vs 0.3"):
         vs.compare(cards["reference"], _edited_copy(cards["same"], tmp_path / "threshold", threshold))
+
+
+def test_a_gate_on_a_metric_undefined_in_the_runs_does_not_pass(runs):
+    """COCO's APl is undefined (NaN) on images with no large object, as every AP is on a set with no
+    annotated object: a gate on it has nothing to judge and must not read as 'within the threshold'."""
+    task, cards = runs
+    if task != "detection":
+        pytest.skip("size-bin APs are detection metrics")
+    gate = vs.compare(cards["reference"], cards["same"], gates=["APl@clean:-1pp"], bootstrap=0).gates[0]
+    assert gate.outcome == "inconclusive" and not gate.passed
+    assert "APl is undefined in both runs" in gate.message
+    with pytest.warns(CompareWarning, match="passes only because inconclusive gates are allowed"):
+        allowed = vs.compare(cards["reference"], cards["same"], gates=["APl@clean:-1pp"], bootstrap=0,
+                             allow_inconclusive=True)
+    assert allowed.passed
