@@ -354,6 +354,7 @@ def _load_detection(model: str, data: Path, weights: Any, trust_model: bool, num
     dataset = load_coco_dataset(data, images)
     if limit is not None:
         dataset.samples = dataset.samples[:limit]
+    dataset.require_objects()
     loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
                         num_classes=num_classes, task="detection")
     config, source = loaded.data_config, "the model" if loaded.data_config is not None else \

@@ -154,6 +154,7 @@ class DetectionTask(Task):
                                     allow_outside_paths=options.allow_outside_paths)
         if options.limit is not None:
             dataset.samples = dataset.samples[:options.limit]
+        dataset.require_objects()
         loaded = load_model(options.model, weights=None if options.weights is None else str(options.weights),
                             trust_model=options.trust_model, num_classes=options.num_classes, task=NAME)
         mapping, mapping_source = resolve_label_map(options.label_map, dataset.categories, loaded.categories), \
