@@ -275,7 +275,10 @@ def coco_fingerprint(dataset: Any) -> str:
 
 class DetectionGallery(GalleryScorer):
     """A failure is a drop of the image's score-weighted F1 from its clean pass: a detection that vanishes
-    (0.9 -> nothing) is worse than one that dips just under the threshold (0.51 -> 0.49)."""
+    (0.9 -> nothing) is worse than one that dips just under the threshold (0.51 -> 0.49). An image whose
+    objects all left the frame (zoom, rotation) has nothing to find, and any low-score detection would
+    make its score-weighted F1 0: there only the F1 at the score threshold counts (a confident false
+    detection)."""
 
     def __init__(self, names: Mapping[int, str], threshold: float) -> None:
         super().__init__()
@@ -284,6 +287,7 @@ class DetectionGallery(GalleryScorer):
 
     def offer(self, gallery: Any, key: Any, batch: Any, predictions: Any, records: Mapping[str, Any],
               paths: Sequence[str]) -> None:
+        import numpy as np
         import torch
 
         positions, clean_batch, clean_predictions, clean_records = self.clean_of(batch)
@@ -294,8 +298,10 @@ class DetectionGallery(GalleryScorer):
             return (f"F1@0.5 {clean_f1[i]:.2f} → {now_f1[i]:.2f}, score-weighted {clean_soft[i]:.2f} → "
                     f"{now_soft[i]:.2f} ({records['fn'][i]} missed, {records['fp'][i]} false)")
 
+        emptied = (np.asarray(records["num_gt"]) == 0) & (np.asarray(clean_records["num_gt"])[positions] > 0)
+        drop = np.where(emptied, clean_f1 - now_f1, clean_soft - now_soft)
         gallery.offer(perturbation=key.perturbation, severity=key.severity, sample_ids=batch.sample_ids, paths=paths,
-                      scores=torch.from_numpy(clean_soft - now_soft), clean_images=clean_batch.images[positions],
+                      scores=torch.from_numpy(drop), clean_images=clean_batch.images[positions],
                       perturbed_images=batch.images, captions=caption,
                       clean_overlays=self._overlays(clean_batch, clean_predictions, positions),
                       perturbed_overlays=self._overlays(batch, predictions, list(range(len(batch)))))
