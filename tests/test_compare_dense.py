@@ -115,3 +115,23 @@ def test_a_gate_on_a_metric_undefined_in_the_runs_does_not_pass(runs):
         allowed = vs.compare(cards["reference"], cards["same"], gates=["APl@clean:-1pp"], bootstrap=0,
                              allow_inconclusive=True)
     assert allowed.passed
+
+
+def test_runs_whose_background_swaps_were_prepared_otherwise_are_refused(runs, tmp_path):
+    """--mask-dilation and --background-classes change what a background swap pastes and removes (pixels
+    and targets), so the same model scores differently: not a model change."""
+    task, cards = runs
+    if task != "segmentation":
+        pytest.skip("one task is enough: the prepared settings are task-independent")
+
+    def prepared(dilation, classes):
+        def edit(data):
+            data["prepared"] = {"rotation": {"mask_dilation": dilation, "settings": {"background_classes": classes}}}
+        return edit
+
+    reference = _edited_copy(cards["reference"], tmp_path / "reference", prepared(0, [0]))
+    with pytest.raises(IncomparableError, match=r"rotation mask dilation 0 vs 3 \(--mask-dilation\)"):
+        vs.compare(reference, _edited_copy(cards["same"], tmp_path / "dilated", prepared(3, [0])))
+    with pytest.raises(IncomparableError, match=r"rotation background classes \[0\] vs \[0, 3\]"):
+        vs.compare(reference, _edited_copy(cards["same"], tmp_path / "classes", prepared(0, [0, 3])))
+    assert vs.compare(reference, _edited_copy(cards["same"], tmp_path / "same", prepared(0, [0])), bootstrap=0)
