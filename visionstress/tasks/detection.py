@@ -230,7 +230,11 @@ class DetectionTask(Task):
 
         images = [{name: record[name][i] for name in ("gt_boxes", "gt_labels", "pred_boxes", "pred_labels", "pred_scores")}
                   for record in clean_records for i in range(len(record["gt_boxes"]))]
-        return detection_mismatch(images, run.dataset.info["category_ids"], run.data_config["label_map_source"])
+        source = run.data_config["label_map_source"]
+        mismatch = detection_mismatch(images, run.dataset.info["category_ids"], source)
+        if mismatch is not None:
+            return mismatch
+        return _unmapped_mismatch(run.adapter, sum(len(image["pred_labels"]) for image in images), source)
 
     def breakdowns(self, results: Any, run: TaskRun, keep: set[str]) -> dict[str, Any]:
         worst = worst_key(results.rows, "AP")
@@ -238,6 +242,24 @@ class DetectionTask(Task):
         return {"per_class_ap": results.per_class_ap, "size": results.size,
                 "error_types": {k: v for k, v in results.error_types.items() if k in kept},
                 "occlusion": results.occlusion}
+
+
+def _unmapped_mismatch(adapter: Any, mapped: int, mapping_source: str) -> str | None:
+    """The adapter drops detections whose label no dataset category takes, so the on-object check never
+    sees them: when (nearly) every detection so far was dropped under an assumed identity map, the
+    numbering is wrong, not the model. A model that shares some classes with the dataset keeps enough
+    mapped detections to pass; a map by name or given by the user is left alone (a model evaluated on a
+    few of its classes drops most of its detections by design)."""
+    from visionstress.label_check import MIN_EVIDENCE
+
+    dropped = getattr(adapter, "unmapped", 0)
+    if not mapping_source.startswith("identity") or dropped < MIN_EVIDENCE or mapped > 0.1 * dropped:
+        return None
+    shown = ", ".join(str(label) for label in sorted(adapter.unmapped_labels))
+    return (f"labels look mismatched: {dropped} detections so far carry labels no dataset "
+            f"category takes (labels {shown}) and only {mapped} carry one that does (label map: {mapping_source}); "
+            "the model's label numbering differs from the dataset's category ids: pass --label-map (coco80 for "
+            "contiguous COCO indices 0..79, or a file {model_label: category_id}) (--skip-label-check runs anyway)")
 
 
 def _unmapped_warning(adapter: Any, mapping_source: str) -> list[str]:
