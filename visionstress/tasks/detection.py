@@ -246,18 +246,18 @@ class DetectionTask(Task):
 
 def _unmapped_mismatch(adapter: Any, mapped: int, mapping_source: str) -> str | None:
     """The adapter drops detections whose label no dataset category takes, so the on-object check never
-    sees them: when (nearly) every detection so far was dropped under an assumed identity map, the
-    numbering is wrong, not the model. A model that shares some classes with the dataset keeps enough
-    mapped detections to pass; a map by name or given by the user is left alone (a model evaluated on a
-    few of its classes drops most of its detections by design)."""
+    sees them: when every detection so far was dropped under an assumed identity map, the numbering is
+    wrong, not the model. A model that shares a class with the dataset keeps a mapped detection and passes
+    (a model scored on a few of its classes drops most detections by design); a map by name or given by
+    the user is left alone."""
     from visionstress.label_check import MIN_EVIDENCE
 
     dropped = getattr(adapter, "unmapped", 0)
-    if not mapping_source.startswith("identity") or dropped < MIN_EVIDENCE or mapped > 0.1 * dropped:
+    if not mapping_source.startswith("identity") or dropped < MIN_EVIDENCE or mapped > 0:
         return None
     shown = ", ".join(str(label) for label in sorted(adapter.unmapped_labels))
     return (f"labels look mismatched: {dropped} detections so far carry labels no dataset "
-            f"category takes (labels {shown}) and only {mapped} carry one that does (label map: {mapping_source}); "
+            f"category takes (labels {shown}) and none carries one that does (label map: {mapping_source}); "
             "the model's label numbering differs from the dataset's category ids: pass --label-map (coco80 for "
             "contiguous COCO indices 0..79, or a file {model_label: category_id}) (--skip-label-check runs anyway)")
 
