@@ -105,10 +105,17 @@ def relative_mce(model_errors: ErrorTable, model_clean_error: float, baseline_er
 
 def mean_performance_under_corruption(accuracies: ErrorTable) -> float:
     """mPC: the mean over corruptions of the mean accuracy over severities (each corruption weighs the same,
-    however many severities it was run at)."""
+    however many severities it was run at). Undefined (NaN) values are left out, as compare's summaries
+    leave them out: detection's no_fg removes every object, so its AP is NaN and says nothing of the model.
+    NaN when nothing is defined."""
     if not accuracies:
         raise ValueError("mean_performance_under_corruption: no corruption results")
-    return float(np.mean([np.mean(list(_by_severity(v).values())) for v in accuracies.values()]))
+    return _defined_mean([_defined_mean(list(_by_severity(v).values())) for v in accuracies.values()])
+
+
+def _defined_mean(values: Sequence[float]) -> float:
+    defined = [float(v) for v in values if np.isfinite(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def relative_performance(mpc: float, clean_accuracy: float) -> float:
@@ -144,8 +151,8 @@ def robustness_summary(rows: Iterable[Any], families: Mapping[str, str], metric:
         return None if value is None or clean_acc <= 0 else value / clean_acc
 
     per_perturbation = {
-        name: {"family": families[name], "mean": float(np.mean(list(acc.values()))),
-               "rpc": relative(float(np.mean(list(acc.values())))),
+        name: {"family": families[name], "mean": _defined_mean(list(acc.values())),
+               "rpc": relative(_defined_mean(list(acc.values()))),
                "by_severity": {str(s): acc[s] for s in sorted(acc)}}
         for name, acc in accuracy.items()
     }
@@ -154,7 +161,8 @@ def robustness_summary(rows: Iterable[Any], families: Mapping[str, str], metric:
         names = [n for n in accuracy if families[n] == family]
         mean = mean_performance_under_corruption({n: accuracy[n] for n in names})
         per_family[family] = {"mpc": mean, "rpc": relative(mean), "perturbations": names}
-    cells = sorted(((acc[s], name, s) for name, acc in accuracy.items() for s in acc), key=lambda c: (c[0], c[1], c[2]))
+    cells = sorted(((acc[s], name, s) for name, acc in accuracy.items() for s in acc if np.isfinite(acc[s])),
+                   key=lambda c: (c[0], c[1], c[2]))
     mean_acc = mean_performance_under_corruption(accuracy) if accuracy else None
     summary: dict[str, Any] = {
         "metric": metric,

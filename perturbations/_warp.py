@@ -128,7 +128,7 @@ def _move_boxes(targets: ObjectTargets, warp: Warp, index: int, size: tuple[int,
     boxes = targets.boxes
     masks = targets.masks
     if masks is not None:
-        flat = masks.reshape(masks.shape[0], -1)
+        flat = masks.flatten(1)  # [N, H*W], also for N = 0 (an image without objects)
         masks = (flat.gather(1, flat_index[index].expand(flat.shape[0], -1)) & inside[index]).reshape(-1, h, w)
     # `stretch`: how much each object's area grows or shrinks before clipping, whatever the box method:
     # the exact factor for a projective warp (area of the moved box's quadrilateral over the box's), the

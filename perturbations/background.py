@@ -101,6 +101,24 @@ def image_classes(batch: Batch) -> Tensor:
     return out
 
 
+def with_void_outline(region: Tensor, masks: Tensor | None, ignore_index: int) -> Tensor:
+    """`region` (bool `[B, H, W]`) plus the ignore-index pixels connected to it. VOC-style masks draw the
+    ignore index along every object's outline; an object removed without that band leaves its outline,
+    which inpainting grows back into a ghost of the object while the targets say background."""
+    if masks is None:
+        return region
+    void = masks.to(region.device) == ignore_index
+    if not void.any():
+        return region
+    touching = dilate(region, 1)
+    out = region.clone()
+    for i in range(region.shape[0]):
+        for pixels, *_ in _components(void[i]):
+            if (pixels & touching[i]).any():
+                out[i] |= pixels
+    return out
+
+
 def fill_label(background_classes: Sequence[int], ignore_index: int) -> int:
     """The semantic label of synthetic background: the background class if there is one, else the ignore
     index (with several background classes, which one a grey or inpainted patch is cannot be known)."""
@@ -308,6 +326,7 @@ def collect_bank(batches: Iterable[Batch], *, seed: int = 0, num_classes: int = 
         pixels = batch.images if batch.images.dtype == torch.uint8 else (batch.images * 255).round().clamp(0, 255).to(torch.uint8)
         with_labels = with_labels or batch.masks is not None
         fill = fill_label(background_classes, batch.ignore_index)
+        removed = with_void_outline(batch.foreground, batch.masks, batch.ignore_index)
         for i, sample_id in enumerate(batch.sample_ids.tolist()):
             foreground = batch.foreground[i]
             if not foreground.any():
@@ -316,7 +335,7 @@ def collect_bank(batches: Iterable[Batch], *, seed: int = 0, num_classes: int = 
             key = (hashes[i], sample_id)
             image = pixels[i, :3]
 
-            def background(i: int = i, image: Tensor = image, foreground: Tensor = foreground) -> Any:
+            def background(i: int = i, image: Tensor = image, foreground: Tensor = removed[i]) -> Any:
                 size = _bank_size(*image.shape[-2:])
                 small = _resize(image, size).round().clamp(0, 255).to(torch.uint8)
                 mask = _resize(foreground[None].float(), size)[0] > 0
@@ -441,8 +460,10 @@ class ForegroundPerturbation(Perturbation):
 
     def __init__(self, kernel: Callable[[ForegroundPerturbation, Batch, Params, Any], Batch], *,
                  name: str, family: str, severities: Sequence[Any], description: str,
-                 targets: frozenset[str] = ALL_TARGETS, policy: str | None = None, uses_bank: bool = False) -> None:
-        super().__init__(name=name, family=family, severities=severities, description=description, targets=targets)
+                 targets: frozenset[str] = ALL_TARGETS, policy: str | None = None, uses_bank: bool = False,
+                 version: int = 1) -> None:
+        super().__init__(name=name, family=family, severities=severities, description=description, targets=targets,
+                         version=version)
         self.kernel = kernel
         self.policy = policy
         self.uses_bank = uses_bank
@@ -530,7 +551,7 @@ def _only_fg(p: ForegroundPerturbation, batch: Batch, params: Params, level: flo
 
 
 def _no_fg(p: ForegroundPerturbation, batch: Batch, params: Params, level: float) -> Batch:
-    region = dilate(batch.foreground, p.mask_dilation)
+    region = with_void_outline(dilate(batch.foreground, p.mask_dilation), batch.masks, batch.ignore_index)
     pixels = (batch.images.cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     holes = region.cpu().numpy()
     filled = np.stack([_inpaint(pixels[i], holes[i], float(level)) for i in range(len(batch))])
@@ -605,7 +626,8 @@ def _reflect(index: Tensor, n: int) -> Tensor:
 def _only_bg_t(p: ForegroundPerturbation, batch: Batch, params: Params, level: Any) -> Batch:
     """The objects' bounding boxes, not their masks, are filled (as the reference's Only-BG-T): a filled mask
     would still show the object's outline."""
-    region = object_boxes(dilate(batch.foreground, p.mask_dilation))
+    region = object_boxes(with_void_outline(dilate(batch.foreground, p.mask_dilation), batch.masks,
+                                            batch.ignore_index))
     return batch.replace(images=tile_fill(batch.images, region), **_removed_targets(p, batch, region))
 
 
@@ -635,15 +657,18 @@ def _register(kernel: Callable, name: str, level: Any, description: str, **kwarg
 _register(_only_fg, "only_fg", GREY, "Only the object: the background replaced by constant grey (Xiao et al. "
           "2020's Only-FG). One level.")
 _register(_no_fg, "no_fg", INPAINT_RADIUS, "No object: its pixels filled by OpenCV inpainting (radius in pixels); "
-          "objects leave the targets. One level.")
+          "objects leave the targets. One level.",
+          version=2)  # 2: a void (ignore-index) outline connected to the object leaves with it
 _register(_only_bg_t, "only_bg_t", "tiled background", "Only background: the object's bounding box filled with tiles "
-          "of the image's own background (Xiao et al.'s Only-BG-T); objects leave the targets. One level.")
+          "of the image's own background (Xiao et al.'s Only-BG-T); objects leave the targets. One level.",
+          version=2)  # 2: the box covers the void outline connected to the object
 _register(_mixed, "mixed_same", "same class", "The object pasted onto the background of another image of the same "
-          "class (donor objects inpainted out). One level.", policy="same", uses_bank=True)
+          "class (donor objects inpainted out). One level.", policy="same", uses_bank=True,
+          version=2)  # 2: donors' void outlines are inpainted with their objects
 _register(_mixed, "mixed_rand", "random class", "The object pasted onto the background of a random image. One level.",
-          policy="rand", uses_bank=True)
+          policy="rand", uses_bank=True, version=2)
 _register(_mixed, "mixed_next", "next class", "The object pasted onto the background of an image of the next class. "
-          "One level.", policy="next", uses_bank=True)
+          "One level.", policy="next", uses_bank=True, version=2)
 
 BACKGROUND_VARIANTS = ("only_fg", "no_fg", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 

@@ -576,3 +576,29 @@ def test_the_backgrounds_suite_runs_on_the_demo_through_visionstress_run(tmp_pat
     assert summary["bg_gap"] == pytest.approx(rows["mixed_same"]["metrics"]["top1"] - rows["mixed_rand"]["metrics"]["top1"])
     assert card.dataset["foreground"]["source"] == "mask files in val_masks/"
     assert card.breakdowns["probe_examples"] and (tmp_path / "report.html").read_text().count('id="probes"') == 1
+
+
+def test_a_void_outline_leaves_with_the_object_it_outlines():
+    """VOC-style masks draw the ignore index along every object's outline. Removing the object without that
+    band would leave its outline to be inpainted back into a ghost of it, labelled background: the removal
+    variants and the donor backgrounds take the void connected to an object with it."""
+    b, h, w = 2, 24, 30
+    masks = torch.zeros(b, h, w, dtype=torch.long)
+    masks[:, 5:17, 6:18] = 255  # the void band...
+    masks[:, 8:14, 9:15] = 1  # ... around the object
+    masks[:, 0:2, 25:29] = 255  # void that touches no object
+    images = torch.full((b, 3, h, w), 0.5)
+    images[:, 0, 5:17, 6:18] = 1.0  # the object's colour reaches into its outline, as real edges do
+    images[:, 1:, 5:17, 6:18] = 0.0
+    fg = masks == 1
+    batch = vs.Batch(images, sample_ids=torch.arange(b), masks=masks, foreground=fg)
+    band = (masks == 255) & ~fg
+    band[:, 0:2] = False
+    for name in ("no_fg", "only_bg_t"):
+        out = get_perturbation(name)(batch, severity=1, seed=0)
+        assert (out.images[:, 0][band] < 0.75).all(), name  # no red ghost left where the outline was
+        assert (out.masks[band] == 0).all() and (out.masks[fg] == 0).all(), name
+        assert (out.masks[:, 0:2, 25:29] == 255).all(), name  # unrelated void stays void
+    bank = collect_bank([batch], seed=0, num_classes=2)
+    assert (bank.backgrounds[0][0].float()[band[0]] < 0.75 * 255).all()
+    assert (bank.labels[0][band[0]] == 0).all()

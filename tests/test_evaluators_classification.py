@@ -273,6 +273,24 @@ def test_robustness_summary_from_rows():
         robustness_summary(rows, {"fog": "weather"})
 
 
+
+def test_robustness_summary_leaves_out_cells_whose_metric_is_undefined():
+    """Detection's no_fg removes every object, so its AP is undefined (NaN): mPC is the mean over the
+    perturbations that have a value, as compare's summaries compute it, not NaN for the whole run."""
+    rows = [{"perturbation": "clean", "severity": 0, "metrics": {"AP": 0.8}}]
+    table = {("no_fg", 1): math.nan, ("mixed_rand", 1): 0.6, ("rotation", 1): 0.4, ("rotation", 3): math.nan}
+    rows += [{"perturbation": p, "severity": s, "metrics": {"AP": v}} for (p, s), v in table.items()]
+    families = {"no_fg": "background", "mixed_rand": "background", "rotation": "rotation"}
+    summary = robustness_summary(rows, families, "AP")
+    assert summary["mpc"] == pytest.approx((0.6 + 0.4) / 2)
+    assert summary["per_family"]["background"]["mpc"] == pytest.approx(0.6)
+    assert summary["per_perturbation"]["rotation"]["mean"] == pytest.approx(0.4)
+    assert math.isnan(summary["per_perturbation"]["no_fg"]["mean"])
+    assert [(w["perturbation"], w["severity"]) for w in summary["worst"]] == [("rotation", 1), ("mixed_rand", 1)]
+    only_undefined = robustness_summary(rows[:2], {"no_fg": "background"}, "AP")
+    assert math.isnan(only_undefined["mpc"])
+
+
 def test_evaluator_rows_feed_the_summary():
     labels, logits = _fake_model(60)
     ev = ClassificationEvaluator(K, NAMES, bootstrap=50)

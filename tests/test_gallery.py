@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from visionstress.batch import Batch
 from visionstress.gallery import PALETTE, PREDICTION_COLOUR, TRUTH_COLOUR, Boxes, FailureGallery, LabelMap
 
 
@@ -195,3 +196,24 @@ def test_offer_on_cuda_matches_cpu():
     assert [e.sample_id for e in out[0]] == [e.sample_id for e in out[1]] == [1, 4, 3]
     for a, b in zip(*out):
         assert np.abs(a.clean.astype(int) - b.clean.astype(int)).max() <= 1
+
+
+def test_detection_images_whose_objects_left_the_frame_are_failures_only_by_confident_false_detections():
+    """zoom_in pushes objects out of the frame; with nothing left to find, the score-weighted F1 of any
+    low-score detection (real detectors keep many) is 0, which filled the gallery with crops, not failures."""
+    from types import SimpleNamespace
+
+    from visionstress.tasks.detection import DetectionGallery
+
+    offered = {}
+    gallery = SimpleNamespace(offer=lambda **kw: offered.update(kw))
+    scorer = DetectionGallery({1: "thing"}, threshold=0.5)
+    batch = Batch(torch.zeros(3, 3, 8, 8), sample_ids=torch.arange(3))
+    one = [[0], [0], [0]]
+    scorer.clean(batch, None, {"num_gt": [1, 1, 1], "dt_score": [[0.9]] * 3, "dt_match": [[1]] * 3, "dt_ignore": one,
+                               "tp": [1, 1, 1], "fp": [0, 0, 0], "fn": [0, 0, 0]})
+    # 0: objects gone, a 0.2 detection left; 1: objects gone, a confident false detection; 2: the object missed
+    records = {"num_gt": [0, 0, 1], "dt_score": [[0.2], [0.9], [0.2]], "dt_match": one, "dt_ignore": one,
+               "tp": [0, 0, 0], "fp": [0, 1, 0], "fn": [0, 0, 1]}
+    scorer.offer(gallery, SimpleNamespace(perturbation="zoom_in", severity=5), batch, None, records, ["a", "b", "c"])
+    assert offered["scores"].tolist() == pytest.approx([0.0, 1.0, 2 * 0.9 / 1.9])

@@ -181,3 +181,17 @@ def test_box_method_is_chosen_per_call_without_touching_the_registry():
     with pytest.raises(ValueError, match="box method must be one of"):
         brightness.with_box_method("tight")
     assert math.isclose(rotation.level(5), 45.0)
+
+
+@pytest.mark.parametrize("name", GEOMETRIC)
+@pytest.mark.parametrize("box_method", ["ellipse", "enclosing"])
+def test_an_image_without_objects_beside_one_with_masks_moves_fine(name, box_method):
+    """COCO images with no annotation get `[0, H, W]` instance masks under --instance-masks; a warp of
+    that empty stack must give an empty stack, not a reshape error."""
+    batch = _masked_batch()
+    h, w = batch.images.shape[-2:]
+    empty = vs.ObjectTargets(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+                             masks=torch.zeros(0, h, w, dtype=torch.bool), area=torch.zeros(0))
+    batch = vs.Batch(batch.images, sample_ids=batch.sample_ids, boxes=[batch.boxes[0], empty])
+    out = get_perturbation(name).with_box_method(box_method)(batch, severity=3, seed=0)
+    assert len(out.boxes[1]) == 0 and out.boxes[1].masks.shape == (0, h, w)

@@ -72,6 +72,11 @@ def permuted_detector():
     return _detector(lambda labels: lookup[labels])
 
 
+def far_shifted_detector():
+    """Labels no dataset category takes at all (COCO-80 indices against a subset's COCO ids look alike)."""
+    return _detector(lambda labels: labels + 100)
+
+
 def unknown_label_detector():
     return _detector(lambda labels: torch.where(labels == 1, torch.full_like(labels, 999), labels))
 
@@ -148,3 +153,13 @@ def test_resuming_a_run_the_label_check_stopped_checks_again(tmp_path, suite, ta
     assert list((tmp_path / "run" / "records.parts").glob("*.parquet")), "no batch was committed before the check"
     with pytest.raises(vs.RunError, match="labels look mismatched"):
         vs.run(f"test_label_check:{factory}", demo["data"], resume=True, **options)
+
+
+def test_a_detector_whose_labels_no_category_takes_stops_the_run(tmp_path, suite):
+    """Unmapped detections are dropped before scoring, so the on-object check never sees them: a model in
+    a numbering that misses every dataset id must still stop the run, not score AP 0 to the end."""
+    demo = demo_arguments("detection")
+    with pytest.raises(vs.RunError, match=r"detections so far carry labels no dataset category "
+                                          r"takes \(labels 101, .*--label-map"):
+        vs.run("test_label_check:far_shifted_detector", demo["data"], task="detection", suite=str(suite),
+               workers=0, bootstrap=0, out=tmp_path / "run")

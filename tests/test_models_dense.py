@@ -422,7 +422,7 @@ def test_segmenter_validation():
     images = torch.rand(2, 3, 16, 16)
     with pytest.raises(ModelOutputError, match=r"seg-net: 1 of 2 images got NaN or infinite logits"):
         SegmenterAdapter(named(FakeSegmenter("tensor", fill=float("nan")), "seg-net"), IMAGENET).predict(images)
-    with pytest.raises(ModelOutputError, match="returned 4 class channels, but the model has 6 classes"):
+    with pytest.raises(ModelOutputError, match="returned 4 class channels, but the dataset has 6 classes"):
         SegmenterAdapter(FakeSegmenter("tensor"), IMAGENET, num_classes=6).predict(images)
     with pytest.raises(ModelOutputError, match=r"a dict with keys aux"):
         SegmenterAdapter(lambda x: {"aux": x}, IMAGENET).predict(images)

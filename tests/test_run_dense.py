@@ -201,6 +201,29 @@ def test_detection_run_refuses_bad_annotations_with_the_file_named(tmp_path):
     assert "instances.json" in result.output and "7" in result.output and "99" in result.output
 
 
+
+def test_a_detection_set_with_no_annotated_object_is_refused_before_any_work(tmp_path):
+    """Every AP and AR is undefined without a single object: a run would print NaN for hours of GPU time."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32)).save(images / name)
+    annotations = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32},
+                              {"id": 2, "file_name": "b.png", "width": 32, "height": 32}],
+                   "annotations": [{"id": 7, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1}],
+                   "categories": [{"id": 1, "name": "thing"}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(annotations))
+    args = ["run", "--task", "detection", "--model", "visionstress.models.demo:tiny_detector", "--data", str(path),
+            "--images", str(images), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "instances.json: none of the 2 images has an annotated object" in result.output
+    assert not (tmp_path / "out" / "scorecard.json").exists()
+    skewed = CliRunner().invoke(app, ["skew"] + args[1:], env={"COLUMNS": "300"})
+    assert skewed.exit_code == 2 and "none of the 2 images has an annotated object" in skewed.output
+
+
 def test_dense_only_options_are_refused_for_classification(tmp_path):
     with pytest.raises(ValueError, match=r"--canvas does not apply to --task classification \(it is for detection\)"):
         vs.run(canvas=(64, 64), out=tmp_path)

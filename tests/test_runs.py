@@ -203,6 +203,23 @@ def test_a_factory_model_that_changed_is_not_resumed(tmp_path, suite, monkeypatc
         vs.run("resume_nets:build", demo_arguments()["data"], resume=True, **options)
 
 
+def test_a_resume_with_other_scoring_options_is_refused(tmp_path, suite):
+    """Preprocessing (--mean), detection's box moving and score threshold decide what each batch's records
+    mean: a resume that changed them would mix two runs in one scorecard (and record only the second)."""
+    out = tmp_path / "run"
+    vs.run(suite=str(suite), limit=4, bootstrap=0, workers=0, out=out)
+    with pytest.raises(ValueError, match=r"cannot resume: .*mean"):
+        vs.run(suite=str(suite), limit=4, bootstrap=0, workers=0, out=out, resume=True, mean=(0.4, 0.4, 0.4))
+    detection = tmp_path / "detection"
+    vs.run(task="detection", suite=str(suite), limit=4, bootstrap=0, workers=0, gallery=0, out=detection)
+    with pytest.raises(ValueError, match=r"cannot resume: .*box_warp"):
+        vs.run(task="detection", suite=str(suite), limit=4, bootstrap=0, workers=0, gallery=0, out=detection,
+               resume=True, box_warp="enclosing")
+    card = vs.run(task="detection", suite=str(suite), limit=4, bootstrap=0, workers=0, gallery=0, out=detection,
+                  resume=True)  # the same command still resumes
+    assert card.data_config["box_warp"] == "ellipse"
+
+
 def test_ctrl_c_stops_after_the_batch_and_says_how_to_resume(tmp_path, suite, reference):
     out = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, "-m", "visionstress", "run", "--suite", str(suite), *ARGS, "--out",

@@ -88,3 +88,30 @@ def test_paired_bootstrap_of_a_ratio_of_sums():
     assert down.deltas["mIoU"] == pytest.approx(expected)
     assert down.delta_intervals["mIoU"][1] < 0 and down.p_value == pytest.approx(2 / 301)
     assert paired_bootstrap(reference, worse, metrics, ("mIoU",), bootstrap=0, seed=0).p_value is None
+
+
+def test_a_factory_without_num_classes_is_skewed_as_it_is_run(tmp_path, monkeypatch):
+    """`def build(): ...` works for `visionstress run --task segmentation`, so it must for skew too: the
+    dataset's class count is not forced on a factory that takes none."""
+    (tmp_path / "plain_segmenter.py").write_text(
+        "from visionstress.models.demo import tiny_segmenter\n\n\ndef build():\n    return tiny_segmenter()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    demo = vs.demo.demo_arguments("segmentation")
+    result = skew(model="plain_segmenter:build", weights=demo["weights"], data=demo["data"], task="segmentation",
+                  masks=demo["masks"], class_names=demo["class_names"], limit=2, workers=0, bootstrap=0,
+                  knobs="channel_order", out=tmp_path / "skew", device="cpu")
+    assert result.row("reference")["metrics"]["mIoU"] > 0
+
+
+def test_too_few_resamples_for_any_significant_cell_is_said(tmp_path):
+    """A bootstrap p-value is at least 2 / (resamples + 1); after Holm over the cells it can stay above
+    alpha however large the change, and "0 cells significant" would then read as evidence of no skew."""
+    result = skew(task="segmentation", limit=2, workers=0, bootstrap=20, seed=0, out=tmp_path / "skew",
+                  knobs="channel_order", device="cpu")
+    detectable = result.section()["summary"]["detectable"]
+    assert detectable == {"resamples": 20, "smallest_p": pytest.approx(2 / 21), "cells": 1, "resamples_needed": 40}
+    assert "With 20 bootstrap resamples no cell can be significant" in (tmp_path / "skew" / "summary.md").read_text()
+    assert "--bootstrap 40 or more" in (tmp_path / "skew" / "summary.md").read_text()
+    enough = skew(task="segmentation", limit=2, workers=0, bootstrap=40, seed=0, out=tmp_path / "enough",
+                  knobs="channel_order", device="cpu")
+    assert enough.section()["summary"]["detectable"] is None

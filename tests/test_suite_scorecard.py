@@ -447,3 +447,12 @@ def test_worst_perturbations_list_only_losses_and_mark_the_ones_inside_noise(tmp
     assert "| fog | 1 | 77.0% | +3.0 pp | 72.0% – 82.0% (clean inside) |" in worst
     assert "| fog | 5 |" not in worst  # better than clean: not a loss
     assert "1 of these drops leave clean inside the cell's 95% interval" in worst
+
+
+def test_the_mpc_line_counts_only_perturbations_with_a_defined_metric(tmp_path):
+    """A pass whose main metric is undefined everywhere (detection's no_fg: no object left, AP NaN) is not
+    in mPC, and the headline says so instead of claiming it."""
+    rows = [_row("clean", "clean", 0, 0.8), _row("fog", "weather", 1, 0.6), _row("no_fg", "background", 1, math.nan)]
+    _card(results=rows).save(tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "(mPC): 60.0%** over 1 perturbations (1 left out: top1 undefined, e.g. no object left)" in text

@@ -496,10 +496,16 @@ def _prepare_out_dir(out_dir: Path, opts: Any, world: Any) -> None:
 
 
 def _manifest(task: Any, opts: Any, setup: Any, suite: Any, passes: Any) -> dict[str, Any]:
-    """What must match for a resume: the model's bytes, the images, the suite, the seed, the batching."""
+    """What must match for a resume: the model's bytes (for a factory or random init without a file, its
+    parameters and source), the images, the suite, the seed, the batching, and what decides each record's
+    meaning: the preprocessing and task settings (`data_config`: mean/std, detection's box moving, score
+    threshold, label map, canvas), and how background swaps grow and choose object masks."""
+    scoring = {k: v for k, v in (setup.data_config or {}).items() if not str(k).startswith("unmapped")}
+    scoring.update(mask_dilation=opts.get("mask_dilation"), background_classes=opts.get("background_classes"))
     manifest = {"task": task.name, "model": str(opts.model), "model_sha256": setup.model.sha256,
                 "dataset_fingerprint": setup.dataset.info.get("fingerprint"), "suite": suite.to_dict(),
-                "seed": opts.seed, "batch_size": opts.batch_size, "limit": opts.limit}
+                "seed": opts.seed, "batch_size": opts.batch_size, "limit": opts.limit,
+                "scoring": json.loads(json.dumps(scoring, default=str))}  # as the saved manifest reads back
     if setup.model.sha256 is None:  # no file to hash: a factory or a random init
         from visionstress.models.loading import model_state_digest
 
@@ -512,7 +518,12 @@ def _check_manifest(out_dir: Path, manifest: dict[str, Any], opts: Any, world: A
     if opts.resume and path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         differences = [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in manifest.items()
-                       if saved.get(key) != value and key != "suite" and (key in saved or key != "model_state")]
+                       if saved.get(key) != value and key not in ("suite", "scoring")
+                       and (key in saved or key != "model_state")]
+        if "scoring" in saved:  # a run started before it was recorded resumes as before
+            before, now = saved["scoring"] or {}, manifest["scoring"]
+            differences += [f"{key}: {before.get(key)!r} then, {now.get(key)!r} now"
+                            for key in sorted(set(before) | set(now), key=str) if before.get(key) != now.get(key)]
         if saved.get("suite") != manifest["suite"]:
             differences.append("suite: its perturbations, severities or seed differ")
         if differences:

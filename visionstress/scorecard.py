@@ -369,8 +369,11 @@ def _markdown(card: Scorecard) -> str:
     if len(perturbed):
         mpc = card.summaries.get("mpc")
         mean = float(mpc) if isinstance(mpc, (int, float)) else float(perturbed.groupby("perturbation")[metric].mean().mean())
+        defined = perturbed.dropna(subset=[metric]).perturbation.nunique()
+        undefined = perturbed.perturbation.nunique() - defined
+        left_out = f" ({undefined} left out: {metric} undefined, e.g. no object left)" if undefined else ""
         lines.append(f"- **Mean {metric} under perturbation (mPC): {_fmt(mean, metric, task)}** "
-                     f"over {perturbed.perturbation.nunique()} perturbations")
+                     f"over {defined} perturbations{left_out}")
         if clean > 0:
             lines.append(f"- **Relative robustness (mPC / clean, rPC): {mean / clean:.3f}**")
     lines += _mce_lines(card)

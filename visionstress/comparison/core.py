@@ -238,8 +238,12 @@ def _differences(ref: Scorecard, cand: Scorecard) -> list[str]:
         out.append(f"dataset fingerprint {str(a)[:8]}… vs {str(b)[:8]}… "
                    f"({ref.dataset.get('path')} vs {cand.dataset.get('path')})")
     out += _suite_differences(ref.suite, cand.suite)
+    out += _prepared_differences(ref.prepared or {}, cand.prepared or {})
     if int(ref.seed) != int(cand.seed):
         out.append(f"seed {ref.seed} vs {cand.seed}")
+    a, b = (card.data_config.get("score_threshold") for card in (ref, cand))
+    if a is not None and b is not None and float(a) != float(b):  # miss_rate and fp_per_image are defined by it
+        out.append(f"score threshold {a} vs {b}")
     return out
 
 
@@ -261,7 +265,23 @@ def _suite_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         table_a, table_b = items_a[name].get("table"), items_b[name].get("table")
         if table_a != table_b:
             out.append(f"suite: {name} table {table_a or 'built-in'} vs {table_b or 'built-in'}")
+        boxes_a, boxes_b = items_a[name].get("box_method"), items_b[name].get("box_method")
+        if boxes_a and boxes_b and boxes_a != boxes_b:  # other ground-truth boxes under this warp
+            out.append(f"suite: {name} moves boxes as {boxes_a} vs {boxes_b} (--box-warp)")
     return out
+
+
+def _prepared_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Settings a data-aware perturbation was prepared with that change its pixels and targets (how far
+    object masks grow, which classes are background), one phrase per setting and pair of values."""
+    found: dict[tuple[str, str, str], list[str]] = {}
+    for name in (n for n in a if n in b and isinstance(a[n], dict) and isinstance(b[n], dict)):
+        for label, flag, key in (("mask dilation", " (--mask-dilation)", "mask_dilation"),
+                                 ("background classes", " (--background-classes)", "background_classes")):
+            x, y = ((p.get(key) if key in p else (p.get("settings") or {}).get(key)) for p in (a[name], b[name]))
+            if x is not None and y is not None and x != y:
+                found.setdefault((label, f"{x} vs {y}", flag), []).append(name)
+    return [f"suite: {', '.join(names)} {label} {values}{flag}" for (label, values, flag), names in found.items()]
 
 
 def perturbation_changes(ref_suite: dict[str, Any], cand_suite: dict[str, Any]) -> dict[str, str]:

@@ -17,6 +17,8 @@ Each cell a gate covers gets one of three outcomes, and the gate the worst of th
   threshold-sized regression could have gone unseen. Inconclusive fails unless allowed, with the
   number of images that would settle it;
 - pass: within the threshold, with the power to have seen it crossed.
+A cell whose metric is undefined in either run (COCO's APl with no large object, any AP with no annotated
+object) is inconclusive: there is no change to judge.
 A cell without a paired test (no records) is judged on its change alone. Cells whose perturbation
 implementation changed between the two scorecards are left out of gates: a new implementation is not
 a model regression.
@@ -250,6 +252,11 @@ def evaluate_gate(gate: Gate, cells: list[CellComparison], summaries: list[CellC
 def _verdict(gate: Gate, cell: CellComparison, p_adjusted: float | None, mde: float | None,
              alpha: float) -> GateCell:
     limit = gate.limit(cell)
+    undefined = [side for side, value in (("the reference", cell.old), ("the candidate", cell.new))
+                 if value is None or not math.isfinite(value)]
+    if undefined:  # e.g. APl with no large object: no change to judge, so no pass either
+        where = "both runs" if len(undefined) == 2 else undefined[0]
+        return GateCell(cell, "inconclusive", None, None, f"{cell.metric} is undefined in {where}")
     if cell.p_value is None:
         if gate.exceeded(cell):
             return GateCell(cell, "fail", None, None, "beyond the threshold (untested: no paired records)")

@@ -72,6 +72,16 @@ class CocoDataset:
     coco: COCO  # the validated ground truth (boxes clipped, 'area' and 'iscrowd' filled in)
     warnings: list[str]  # what was fixed up, one line per annotation, naming the file and annotation id
 
+    def require_objects(self) -> None:
+        """Refuse a selection of images without one annotated (non-crowd) object: every AP and AR would be
+        undefined, and a run would spend its hours printing NaN."""
+        for sample in self.samples:
+            if any(not ann.get("iscrowd", 0) for ann in self.coco.imgToAnns.get(sample.image_id, [])):
+                return
+        raise DatasetError(f"{self.annotation_file}: none of the {len(self.samples)} images has an annotated object "
+                           "(iscrowd 0), so every AP and AR would be undefined; give images with annotations "
+                           "(or a larger --limit)")
+
 
 def load_coco_dataset(data: str | Path, images: str | Path | None = None, *, with_masks: bool = False,
                       allow_outside_paths: bool = False) -> CocoDataset:

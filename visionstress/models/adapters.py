@@ -75,6 +75,7 @@ class _LogitsAdapter:
         self.device = torch.device(device)
         self.spec, self.model, known = _unwrap(model, self.device)
         self._num_classes = num_classes if num_classes is not None else known
+        self._width_of = "the dataset" if num_classes is not None else "the model"  # who fixed the width
         self.data_config = data_config
         self.amp = amp
         self._pixels = _Pixels(data_config, self.device)
@@ -136,7 +137,8 @@ class ClassifierAdapter(_LogitsAdapter):
                 f"{self.spec}: expected logits of shape [{batch}, num_classes], got {list(logits.shape)}"
             )
         logits = logits.to(torch.float32)
-        self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image")
+        self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "logits per image",
+                                         self._width_of)
         return self._as_logits(logits)
 
     def _as_logits(self, out: Tensor) -> Tensor:
@@ -387,7 +389,8 @@ class SegmenterAdapter(_LogitsAdapter):
                 f"{self.spec}: expected logits of shape [{batch}, num_classes, H, W], got {list(logits.shape)}"
             )
         logits = logits.to(torch.float32)
-        self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "class channels")
+        self._num_classes = _class_width(self._num_classes, logits.shape[1], self.spec, "class channels",
+                                         self._width_of)
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
@@ -493,8 +496,11 @@ def _check_finite_flags(bad: Tensor, spec: str, amp: bool, what: str) -> None:
         )
 
 
-def _class_width(known: int | None, width: int, spec: str, what: str) -> int:
-    """The first batch fixes the width when nobody said it; a later batch may not change it."""
+def _class_width(known: int | None, width: int, spec: str, what: str, source: str = "the model") -> int:
+    """The first batch fixes the width when nobody said it; a later batch may not change it. `source`
+    says who fixed `known` (the dataset's class list, or the model), so the user knows what to change."""
     if known is not None and width != known:
-        raise ModelOutputError(f"{spec}: returned {width} {what}, but the model has {known} classes")
+        hint = ("; the model and the dataset's class list must have the same classes in the same order"
+                if source == "the dataset" else "")
+        raise ModelOutputError(f"{spec}: returned {width} {what}, but {source} has {known} classes{hint}")
     return width

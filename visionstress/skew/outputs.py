@@ -107,6 +107,11 @@ def detectable_line(detectable: dict[str, Any] | None) -> str | None:
     """What the number of images allows, in one sentence (None when the test gives no such count)."""
     if not detectable:
         return None
+    if "resamples" in detectable:
+        adjusted = min(1.0, detectable["smallest_p"] * detectable["cells"])
+        return (f"With {detectable['resamples']} bootstrap resamples no cell can be significant: the smallest p "
+                f"is {detectable['smallest_p']:.3f}, {adjusted:.3f} after Holm over {detectable['cells']} cells; "
+                f"rerun with --bootstrap {detectable['resamples_needed']} or more.")
     k, n, cells = detectable["images_changed"], detectable["images"], detectable["cells"]
     if detectable["change"] is None:
         return (f"On {n} images no cell can be significant (Holm over {cells} cells needs at least {k} images "

@@ -10,6 +10,7 @@ and runs every cell on them: channel order and normalisation on the device, then
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ class SkewResult:
     timing: dict[str, Any]
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # what the writer records about model and data
+    resamples: int = 0  # bootstrap resamples behind the intervals and bootstrap p-values
 
     def row(self, cell: str) -> dict[str, Any]:
         for row in self.rows:
@@ -67,7 +69,8 @@ class SkewResult:
         return {"task": self.task, "metric": self.metric, "alpha": self.alpha,
                 "test": f"{self.test}, Holm-adjusted over the cells", "interval": self.interval,
                 "reference": self.reference.to_dict(), "images": len(self.paths), "rows": self.rows,
-                "summary": _summary(self.rows, self.metric, self.alpha, self.test, len(self.paths)),
+                "summary": _summary(self.rows, self.metric, self.alpha, self.test, len(self.paths), self.task,
+                                    self.resamples),
                 "notes": self.notes,
                 "parity": None if self.parity is None else self.parity.to_dict(), "timing": self.timing}
 
@@ -324,7 +327,7 @@ def _load_segmentation(model: str, data: Path, weights: Any, trust_model: bool, 
         dataset.samples = dataset.samples[:limit]
     names = list(dataset.class_names)
     loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
-                        num_classes=num_classes or len(names), task="segmentation")
+                        num_classes=num_classes, task="segmentation", dataset_classes=len(names))
     config, source = resolve_data_config(loaded.data_config, None if data_config is None else str(data_config),
                                          overrides)
     samples = [_Masked(str(Path(dataset.images_root) / s.image_path), str(Path(dataset.masks_root) / s.mask_path))
@@ -351,6 +354,7 @@ def _load_detection(model: str, data: Path, weights: Any, trust_model: bool, num
     dataset = load_coco_dataset(data, images)
     if limit is not None:
         dataset.samples = dataset.samples[:limit]
+    dataset.require_objects()
     loaded = load_model(model, weights=None if weights is None else str(weights), trust_model=trust_model,
                         num_classes=num_classes, task="detection")
     config, source = loaded.data_config, "the model" if loaded.data_config is not None else \
@@ -647,7 +651,8 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
                       reference=matrix.reference, rows=rows, notes=list(matrix.notes),
                       parity=None if parity is None else parity.check.result(), clean_row=evaluator.row(),
                       paths=paths, records=records, skipped=skipped,
-                      timing={k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()})
+                      timing={k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()},
+                      resamples=bootstrap)
 
 
 def _predict(task: SkewTask, adapter: Any, pixels: list[Any], targets: list[Any], recipe: Recipe,
@@ -697,9 +702,11 @@ def _rows(task: SkewTask, cells: list[tuple[Cell | None, Recipe]], accumulators:
     return rows, records
 
 
-def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, images: int) -> dict[str, Any]:
-    """The knobs ranked by their worst cell's delta, the cells whose change is significant, and (exact
-    McNemar) how many images must change one way before any cell can be significant here."""
+def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, images: int, task: str = "",
+             resamples: int = 0) -> dict[str, Any]:
+    """The knobs ranked by their worst cell's delta, the cells whose change is significant, and what
+    limits significance here (exact McNemar: how many images must change one way; segmentation's bootstrap:
+    too few resamples)."""
     worst: dict[str, dict[str, Any]] = {}
     for row in rows[1:]:
         group = row["group"]
@@ -711,16 +718,27 @@ def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, i
         "knobs": [{"knob": group, "worst_cell": row["cell"], "label": row["label"], "delta": row["delta"][metric],
                    "p_adjusted": row["p_adjusted"], "significant": row["significant"]} for group, row in ranked],
         "significant": [r["cell"] for r in significant],
-        "detectable": _detectable(rows, alpha, test, images),
+        "detectable": _detectable(rows, alpha, test, images, task, resamples),
     }
 
 
-def _detectable(rows: list[dict[str, Any]], alpha: float, test: str, images: int) -> dict[str, Any] | None:
+def _detectable(rows: list[dict[str, Any]], alpha: float, test: str, images: int, task: str = "",
+                resamples: int = 0) -> dict[str, Any] | None:
     """The fewest images that must flip one way for a cell to be significant: the exact McNemar p-value of
-    k one-way discordant images is 2 / 2**k, and Holm's first threshold is alpha / cells. None for the
-    bootstrap tests (their smallest p depends on the spread, not only on the count)."""
+    k one-way discordant images is 2 / 2**k, and Holm's first threshold is alpha / cells. Segmentation's
+    bootstrap p-value is at least 2 / (resamples + 1) (every resampled difference on one side of 0), so
+    too few resamples make every cell insignificant whatever its change: then the fewest that would not.
+    None otherwise (detection's smoothed bootstrap p has no such floor)."""
     cells = sum(1 for r in rows[1:] if r["p_value"] is not None)
-    if not test.startswith("exact McNemar") or cells == 0:
+    if cells == 0:
+        return None
+    if task == "segmentation" and resamples:
+        smallest = 2.0 / (resamples + 1)
+        if smallest >= alpha / cells:
+            return {"resamples": resamples, "smallest_p": smallest, "cells": cells,
+                    "resamples_needed": math.floor(2 * cells / alpha + 1e-9)}
+        return None
+    if not test.startswith("exact McNemar"):
         return None
     k = 1
     while 2.0 * 0.5 ** k >= alpha / cells:

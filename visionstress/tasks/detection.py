@@ -154,6 +154,7 @@ class DetectionTask(Task):
                                     allow_outside_paths=options.allow_outside_paths)
         if options.limit is not None:
             dataset.samples = dataset.samples[:options.limit]
+        dataset.require_objects()
         loaded = load_model(options.model, weights=None if options.weights is None else str(options.weights),
                             trust_model=options.trust_model, num_classes=options.num_classes, task=NAME)
         mapping, mapping_source = resolve_label_map(options.label_map, dataset.categories, loaded.categories), \
@@ -229,7 +230,11 @@ class DetectionTask(Task):
 
         images = [{name: record[name][i] for name in ("gt_boxes", "gt_labels", "pred_boxes", "pred_labels", "pred_scores")}
                   for record in clean_records for i in range(len(record["gt_boxes"]))]
-        return detection_mismatch(images, run.dataset.info["category_ids"], run.data_config["label_map_source"])
+        source = run.data_config["label_map_source"]
+        mismatch = detection_mismatch(images, run.dataset.info["category_ids"], source)
+        if mismatch is not None:
+            return mismatch
+        return _unmapped_mismatch(run.adapter, sum(len(image["pred_labels"]) for image in images), source)
 
     def breakdowns(self, results: Any, run: TaskRun, keep: set[str]) -> dict[str, Any]:
         worst = worst_key(results.rows, "AP")
@@ -237,6 +242,24 @@ class DetectionTask(Task):
         return {"per_class_ap": results.per_class_ap, "size": results.size,
                 "error_types": {k: v for k, v in results.error_types.items() if k in kept},
                 "occlusion": results.occlusion}
+
+
+def _unmapped_mismatch(adapter: Any, mapped: int, mapping_source: str) -> str | None:
+    """The adapter drops detections whose label no dataset category takes, so the on-object check never
+    sees them: when every detection so far was dropped under an assumed identity map, the numbering is
+    wrong, not the model. A model that shares a class with the dataset keeps a mapped detection and passes
+    (a model scored on a few of its classes drops most detections by design); a map by name or given by
+    the user is left alone."""
+    from visionstress.label_check import MIN_EVIDENCE
+
+    dropped = getattr(adapter, "unmapped", 0)
+    if not mapping_source.startswith("identity") or dropped < MIN_EVIDENCE or mapped > 0:
+        return None
+    shown = ", ".join(str(label) for label in sorted(adapter.unmapped_labels))
+    return (f"labels look mismatched: {dropped} detections so far carry labels no dataset "
+            f"category takes (labels {shown}) and none carries one that does (label map: {mapping_source}); "
+            "the model's label numbering differs from the dataset's category ids: pass --label-map (coco80 for "
+            "contiguous COCO indices 0..79, or a file {model_label: category_id}) (--skip-label-check runs anyway)")
 
 
 def _unmapped_warning(adapter: Any, mapping_source: str) -> list[str]:
@@ -274,7 +297,10 @@ def coco_fingerprint(dataset: Any) -> str:
 
 class DetectionGallery(GalleryScorer):
     """A failure is a drop of the image's score-weighted F1 from its clean pass: a detection that vanishes
-    (0.9 -> nothing) is worse than one that dips just under the threshold (0.51 -> 0.49)."""
+    (0.9 -> nothing) is worse than one that dips just under the threshold (0.51 -> 0.49). An image whose
+    objects all left the frame (zoom, rotation) has nothing to find, and any low-score detection would
+    make its score-weighted F1 0: there only the F1 at the score threshold counts (a confident false
+    detection)."""
 
     def __init__(self, names: Mapping[int, str], threshold: float) -> None:
         super().__init__()
@@ -283,6 +309,7 @@ class DetectionGallery(GalleryScorer):
 
     def offer(self, gallery: Any, key: Any, batch: Any, predictions: Any, records: Mapping[str, Any],
               paths: Sequence[str]) -> None:
+        import numpy as np
         import torch
 
         positions, clean_batch, clean_predictions, clean_records = self.clean_of(batch)
@@ -293,8 +320,10 @@ class DetectionGallery(GalleryScorer):
             return (f"F1@0.5 {clean_f1[i]:.2f} → {now_f1[i]:.2f}, score-weighted {clean_soft[i]:.2f} → "
                     f"{now_soft[i]:.2f} ({records['fn'][i]} missed, {records['fp'][i]} false)")
 
+        emptied = (np.asarray(records["num_gt"]) == 0) & (np.asarray(clean_records["num_gt"])[positions] > 0)
+        drop = np.where(emptied, clean_f1 - now_f1, clean_soft - now_soft)
         gallery.offer(perturbation=key.perturbation, severity=key.severity, sample_ids=batch.sample_ids, paths=paths,
-                      scores=torch.from_numpy(clean_soft - now_soft), clean_images=clean_batch.images[positions],
+                      scores=torch.from_numpy(drop), clean_images=clean_batch.images[positions],
                       perturbed_images=batch.images, captions=caption,
                       clean_overlays=self._overlays(clean_batch, clean_predictions, positions),
                       perturbed_overlays=self._overlays(batch, predictions, list(range(len(batch)))))
