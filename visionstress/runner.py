@@ -57,6 +57,7 @@ def run(model: str | None = None, data: str | Path | None = None, **options: Any
     nor `data`, runs the bundled demo of `task` and writes reports/demo[-task]/. `progress(done, total)`
     is called as predictions are scored. Under torchrun, ranks other than 0 return None.
     """
+    from visionstress.allocator import keep_large_blocks
     from visionstress.options import resolve_options
     from visionstress.tasks import get_task
 
@@ -78,6 +79,7 @@ def run(model: str | None = None, data: str | Path | None = None, **options: Any
         raise RunError("give both --model and --data, or neither to run the bundled demo")
     if not Path(opts.data).exists():
         raise RunError(f"{opts.data}: --data not found")
+    keep_large_blocks()
     return _Run(task, opts, name).execute()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from visionstress.allocator import keep_large_blocks
 from visionstress.images import ImageReadError
 from visionstress.skew.cells import (Cell, Matrix, Recipe, SkewError, build_matrix, default_cells, parse_cell,
                                      parse_knobs, read_cells_file, reference_knobs)
@@ -100,6 +101,7 @@ def run_skew(loaded: Any, config: Any, samples: Sequence[Any], class_names: Sequ
     checked before the first image is read: cells, the model on every fixed input size, the serving path
     on the first image.
     """
+    keep_large_blocks()
     settings = {"num_classes": len(class_names), "ignore_index": ignore_index} if task == "segmentation" else {}
     settings |= task_settings or {}
     skew_task = get_skew_task(task, **settings)
