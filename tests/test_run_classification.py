@@ -207,12 +207,14 @@ def test_cli_run_without_bootstrap_has_no_intervals(tmp_path):
     assert all(row["ci"] == {} for row in card["results"]) and "nan" not in result.output
 
 
-def test_cli_run_bad_inputs_get_clear_errors(tmp_path):
+def test_cli_run_bad_inputs_get_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is reports/<name> under the working folder
     runner = CliRunner()
     result = runner.invoke(app, ["run", "--model", "torchvision:resnet18"])
     assert result.exit_code == 2 and "--data" in result.output
     result = runner.invoke(app, ["run", "--model", "nope.module:factory", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "error" in result.output
+    assert not list((tmp_path / "reports").glob("*")), "a run that failed before writing left its folder behind"
 
 
 def test_cli_run_names_a_device_it_cannot_use(tmp_path):

@@ -459,6 +459,7 @@ def _locked(out_dir: Path, world: Any):
         return
     from filelock import FileLock, Timeout
 
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -473,6 +474,19 @@ def _locked(out_dir: Path, world: Any):
         yield lock
     finally:
         lock.release()
+        if created:
+            _remove_if_unused(out_dir)
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """A folder this run created and left holding only its lock (it failed before writing anything: a
+    model that would not load) is removed, so failed attempts do not pile up empty folders in reports/."""
+    try:
+        if {p.name for p in out_dir.iterdir()} <= {LOCK}:
+            (out_dir / LOCK).unlink(missing_ok=True)
+            out_dir.rmdir()
+    except OSError:
+        pass  # another process wrote there meanwhile, or it is gone: leave it as it is
 
 
 def _prepare_out_dir(out_dir: Path, opts: Any, world: Any) -> None:
