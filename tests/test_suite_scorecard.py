@@ -456,3 +456,19 @@ def test_the_mpc_line_counts_only_perturbations_with_a_defined_metric(tmp_path):
     _card(results=rows).save(tmp_path)
     text = (tmp_path / "summary.md").read_text()
     assert "(mPC): 60.0%** over 1 perturbations (1 left out: top1 undefined, e.g. no object left)" in text
+
+
+def test_family_summaries_get_their_own_section_with_intervals(tmp_path):
+    """A family summary (background reliance) is listed under its own heading, each change with its 95%
+    interval and a mark where 0 lies inside it, instead of twenty bare `background.*` lines in the headline."""
+    background = {"metric": "top1", "clean": 0.875, "mixed_same": 0.75, "mixed_rand": 0.625, "bg_gap": 0.125,
+                  "bg_gap_ci": [-0.05, 0.3], "no_fg_vs_clean": -0.83, "no_fg_vs_clean_ci": [-0.92, -0.73],
+                  "images": 48, "mask_dilation": 0, "variants": ["mixed_same", "mixed_rand"]}
+    _card(summaries={"mce": 1.2, "background": background}).save(tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    headline = text.split("## ")[0]
+    assert "background" not in headline
+    section = text.split("## background summary (top1)")[1].split("## ")[0]
+    assert "- bg\\_gap: 0.125 (95% CI -0.05 – 0.3) (0 inside)" in section
+    assert "- no\\_fg\\_vs\\_clean: -0.83 (95% CI -0.92 – -0.73)\n" in section
+    assert "- mixed\\_rand: 0.625\n" in section and "- images 48, mask\\_dilation 0" in section

@@ -38,6 +38,8 @@ _V1_SUMMARY_KEYS = {"clean_accuracy": "clean", "mean_accuracy_under_perturbation
 _V1_NESTED_KEYS = {"mean_accuracy": "mpc", "relative_robustness": "rpc"}
 _HEADLINE_SUMMARIES = frozenset({"metric", "clean", "mpc", "rpc"})
 """Summaries the headline already states (computed from the rows), so they are not listed twice."""
+_LEVELS = frozenset({"clean", "chance"})
+"""Family-summary numbers that are levels, not changes: an interval holding 0 says nothing about them."""
 _SKIPPED_SHOWN = 20
 _WORST_SHOWN = 5
 
@@ -377,8 +379,7 @@ def _markdown(card: Scorecard) -> str:
         if clean > 0:
             lines.append(f"- **Relative robustness (mPC / clean, rPC): {mean / clean:.3f}**")
     lines += _mce_lines(card)
-    for key, value in _scalar_summaries(card.summaries):
-        lines.append(f"- {md(key)}: {value:.4g}")
+    lines += [f"- {md(key)}: {value:.4g}" for key, value in _scalar_summaries(card.summaries)]
     lines += ["", f"Task {md(task)}; model {md(model.get('spec'))} (format {md(model.get('format'))}, sha256 "
               f"{md((model.get('sha256') or 'n/a')[:12])}); {dataset.get('num_samples')} images, "
               f"{dataset.get('num_classes')} classes (fingerprint {md(str(dataset.get('fingerprint'))[:12])}); "
@@ -400,6 +401,7 @@ def _markdown(card: Scorecard) -> str:
         for family, group in perturbed.groupby("family", sort=True):
             value = group.groupby("perturbation")[metric].mean().mean()
             lines.append(f"| {md(family)} | {_fmt(float(value), metric, task)} |")
+        lines += _family_summary_lines(card.summaries)
         lines += _worst_lines(perturbed, clean, metric, task)
 
     warnings = dataset.get("warnings") or []
@@ -461,16 +463,39 @@ def _classes_with_images(card: Scorecard) -> int | None:
 
 
 def _scalar_summaries(summaries: dict[str, Any]) -> list[tuple[str, float]]:
-    """Numeric summaries at the top level or one level down, for the headline list (mCE has its own lines)."""
-    out = []
-    for key, value in summaries.items():
-        if key in _HEADLINE_SUMMARIES or key in ("mce", "relative_mce", "corruption_errors", "per_perturbation"):
+    """Numeric top-level summaries for the headline list (mCE has its own lines; the families' summaries,
+    dicts, their own section)."""
+    return [(key, float(value)) for key, value in summaries.items()
+            if key not in _HEADLINE_SUMMARIES and key not in ("mce", "relative_mce") and _is_number(value)]
+
+
+def _family_summary_lines(summaries: dict[str, Any]) -> list[str]:
+    """A section per family summary (background reliance, cue conflict, patches...): each number with its
+    95% interval where the summary has one (`<key>_ci`), so a gap that the images cannot tell from zero
+    says so; counts and settings on one line."""
+    lines = []
+    skip = _HEADLINE_SUMMARIES | {"mce", "relative_mce", "corruption_errors", "per_family", "per_perturbation", "worst"}
+    for family, summary in summaries.items():
+        if family in skip or not isinstance(summary, dict):
             continue
-        if isinstance(value, dict):
-            out += [(f"{key}.{k}", float(v)) for k, v in value.items() if _is_number(v)]
-        elif _is_number(value):
-            out.append((key, float(value)))
-    return out
+        metric = summary.get("metric")
+        lines += ["", f"## {md(family)} summary" + (f" ({md(metric)})" if isinstance(metric, str) else ""), ""]
+        counts = []
+        for key, value in summary.items():
+            if not _is_number(value) or key.endswith("_ci"):
+                continue
+            if isinstance(value, (int, np.integer)):
+                counts.append(f"{md(key)} {int(value)}")
+                continue
+            ci = summary.get(f"{key}_ci")
+            interval = ""
+            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_number(v) for v in ci):
+                inside = " (0 inside)" if ci[0] <= 0 <= ci[1] and key not in _LEVELS else ""
+                interval = f" (95% CI {ci[0]:.4g} – {ci[1]:.4g}){inside}"
+            lines.append(f"- {md(key)}: {value:.4g}{interval}")
+        if counts:
+            lines.append(f"- {', '.join(counts)}")
+    return lines
 
 
 def _is_number(value: Any) -> bool:
