@@ -472,3 +472,16 @@ def test_family_summaries_get_their_own_section_with_intervals(tmp_path):
     assert "- bg\\_gap: 0.125 (95% CI -0.05 – 0.3) (0 inside)" in section
     assert "- no\\_fg\\_vs\\_clean: -0.83 (95% CI -0.92 – -0.73)\n" in section
     assert "- mixed\\_rand: 0.625\n" in section and "- images 48, mask\\_dilation 0" in section
+
+
+def test_the_adversarial_summary_is_a_table_by_patch_area(tmp_path):
+    area = {"severity": 4, "area": 0.1, "images": 44, "clean": {"value": 0.841, "ci": [0.727, 0.966]},
+            "adversarial_patch": {"metric": {"value": 0.0, "ci": [0.0, 0.0]}, "success": {"value": 1.0}},
+            "random_patch": {"metric": {"value": 0.455, "ci": [0.295, 0.58]}, "success": {"value": 0.514}},
+            "effect": {"value": 0.455, "ci": [0.295, 0.58]}}
+    _card(summaries={"adversarial": {"metric": "top1", "areas": [area], "held_out_images": 44, "fit_images": 16}}
+          ).save(tmp_path)
+    section = (tmp_path / "summary.md").read_text().split("## adversarial summary (top1)")[1].split("## ")[0]
+    assert "- held\\_out\\_images 44, fit\\_images 16" in section
+    assert ("| 10% | 44 | 0.841 [0.727, 0.966] | 0.000 [0.000, 0.000] | 0.455 [0.295, 0.580] | 1.000 | 0.514 "
+            "| 0.455 [0.295, 0.580] |") in section

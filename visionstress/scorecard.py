@@ -495,6 +495,33 @@ def _family_summary_lines(summaries: dict[str, Any]) -> list[str]:
             lines.append(f"- {md(key)}: {value:.4g}{interval}")
         if counts:
             lines.append(f"- {', '.join(counts)}")
+        if isinstance(summary.get("areas"), list):
+            lines += _patch_area_lines(summary["areas"])
+    return lines
+
+
+def _patch_area_lines(areas: list[Any]) -> list[str]:
+    """The adversarial family's rows, one per patch area: the metric clean, under the attack and under its
+    random control, attack success, and the patch effect (control - attack), each with its 95% interval."""
+
+    def cell(entry: Any) -> str:
+        if not isinstance(entry, dict) or not _is_number(entry.get("value")):
+            return "—"
+        ci = entry.get("ci")
+        interval = (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2
+                    and all(_is_number(v) for v in ci) else "")
+        return f"{entry['value']:.3f}{interval}"
+
+    lines = ["", "| area | images | clean | adversarial_patch | random_patch | success (attack) | success (control) "
+             "| effect |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in areas:
+        if not isinstance(row, dict):
+            continue
+        attack, control = row.get("adversarial_patch") or {}, row.get("random_patch") or {}
+        area = f"{100 * row['area']:g}%" if _is_number(row.get("area")) else f"severity {row.get('severity')}"
+        lines.append(f"| {area} | {row.get('images')} | {cell(row.get('clean'))} | {cell(attack.get('metric'))} | "
+                     f"{cell(control.get('metric'))} | {cell(attack.get('success'))} | {cell(control.get('success'))} "
+                     f"| {cell(row.get('effect'))} |")
     return lines
 
 
