@@ -155,6 +155,26 @@ def test_a_limit_that_cuts_off_whole_classes_says_so(tmp_path):
     assert not card.dataset.get("warnings")
 
 
+def tiny_factory():
+    """A model factory that declares no preprocessing (no weights metadata, as most users' factories)."""
+    return _Tiny()
+
+
+def test_preprocessing_nobody_declared_is_a_warning(tmp_path, monkeypatch):
+    """A factory without a data config runs on the ImageNet defaults: the scorecard and summary say that it was
+    an assumption; a flag that sets any of it means the user chose, and the warning goes."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = _image_folder(tmp_path / "data")
+    common = dict(suite=str(_tiny_suite(tmp_path)), workers=0, device="cpu", bootstrap=0, skip_label_check=True)
+    card = vs.run("test_run_classification:tiny_factory", data, out=tmp_path / "assumed", **common)
+    [warning] = card.dataset["warnings"]
+    assert "nothing declared its preprocessing" in warning and "resize 256, centre crop 224" in warning
+    assert "nothing declared its preprocessing" in (tmp_path / "assumed" / "summary.md").read_text()
+    card = vs.run("test_run_classification:tiny_factory", data, out=tmp_path / "chosen", input_size=32, resize=32,
+                  **common)
+    assert not card.dataset.get("warnings")
+
+
 def _r18_3(tmp_path: Path) -> Path:
     from torchvision.models import resnet18
 

@@ -72,7 +72,7 @@ class SegmentationTask(Task):
         from visionstress.datasets import SegmentationImages, load_segmentation_dataset
         from visionstress.evaluators import SegmentationEvaluator
         from visionstress.models import SegmenterAdapter, load_model
-        from visionstress.tasks.classification import data_config
+        from visionstress.tasks.classification import assumed_preprocessing, data_config
 
         data = Path(options.data)
         if options.masks is not None:  # --data is then the images folder
@@ -93,6 +93,9 @@ class SegmentationTask(Task):
                                           bootstrap=options.bootstrap, seed=options.seed)
         info = {"path": data.name, "fingerprint": segmentation_fingerprint(dataset), "num_listed": len(dataset.samples),
                 "num_classes": num, "class_names": list(dataset.class_names), "ignore_index": dataset.ignore_index}
+        assumed = assumed_preprocessing(options.model, source, "ImageNet mean/std", "--mean/--std")
+        if assumed:
+            info["warnings"] = assumed
         paths = [s.display_path for s in dataset.samples]
         return TaskRun(
             dataset=RunDataset(SegmentationImages(dataset, strict=options.strict, max_pixels=options.max_pixels,
