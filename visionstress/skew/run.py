@@ -59,6 +59,7 @@ class SkewResult:
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # what the writer records about model and data
     resamples: int = 0  # bootstrap resamples behind the intervals and bootstrap p-values
+    smallest_p: float | None = None  # the task's test cannot go below it with these resamples
 
     def row(self, cell: str) -> dict[str, Any]:
         for row in self.rows:
@@ -70,8 +71,8 @@ class SkewResult:
         return {"task": self.task, "metric": self.metric, "alpha": self.alpha,
                 "test": f"{self.test}, Holm-adjusted over the cells", "interval": self.interval,
                 "reference": self.reference.to_dict(), "images": len(self.paths), "rows": self.rows,
-                "summary": _summary(self.rows, self.metric, self.alpha, self.test, len(self.paths), self.task,
-                                    self.resamples),
+                "summary": _summary(self.rows, self.metric, self.alpha, self.test, len(self.paths),
+                                    self.resamples, self.smallest_p),
                 "notes": self.notes,
                 "parity": None if self.parity is None else self.parity.to_dict(), "timing": self.timing}
 
@@ -654,7 +655,7 @@ def _loop(task: SkewTask, matrix: Matrix, adapters: dict, parity: _Parity | None
                       parity=None if parity is None else parity.check.result(), clean_row=evaluator.row(),
                       paths=paths, records=records, skipped=skipped,
                       timing={k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()},
-                      resamples=bootstrap)
+                      resamples=bootstrap, smallest_p=task.smallest_p(bootstrap))
 
 
 def _predict(task: SkewTask, adapter: Any, pixels: list[Any], targets: list[Any], recipe: Recipe,
@@ -704,11 +705,11 @@ def _rows(task: SkewTask, cells: list[tuple[Cell | None, Recipe]], accumulators:
     return rows, records
 
 
-def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, images: int, task: str = "",
-             resamples: int = 0) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, images: int, resamples: int = 0,
+             smallest_p: float | None = None) -> dict[str, Any]:
     """The knobs ranked by their worst cell's delta, the cells whose change is significant, and what
-    limits significance here (exact McNemar: how many images must change one way; segmentation's bootstrap:
-    too few resamples)."""
+    limits significance here (exact McNemar: how many images must change one way; a bootstrap whose p has a
+    floor: too few resamples)."""
     worst: dict[str, dict[str, Any]] = {}
     for row in rows[1:]:
         group = row["group"]
@@ -720,24 +721,23 @@ def _summary(rows: list[dict[str, Any]], metric: str, alpha: float, test: str, i
         "knobs": [{"knob": group, "worst_cell": row["cell"], "label": row["label"], "delta": row["delta"][metric],
                    "p_adjusted": row["p_adjusted"], "significant": row["significant"]} for group, row in ranked],
         "significant": [r["cell"] for r in significant],
-        "detectable": _detectable(rows, alpha, test, images, task, resamples),
+        "detectable": _detectable(rows, alpha, test, images, resamples, smallest_p),
     }
 
 
-def _detectable(rows: list[dict[str, Any]], alpha: float, test: str, images: int, task: str = "",
-                resamples: int = 0) -> dict[str, Any] | None:
+def _detectable(rows: list[dict[str, Any]], alpha: float, test: str, images: int, resamples: int = 0,
+                smallest_p: float | None = None) -> dict[str, Any] | None:
     """The fewest images that must flip one way for a cell to be significant: the exact McNemar p-value of
-    k one-way discordant images is 2 / 2**k, and Holm's first threshold is alpha / cells. Segmentation's
-    bootstrap p-value is at least 2 / (resamples + 1) (every resampled difference on one side of 0), so
-    too few resamples make every cell insignificant whatever its change: then the fewest that would not.
-    None otherwise (detection's smoothed bootstrap p has no such floor)."""
+    k one-way discordant images is 2 / 2**k, and Holm's first threshold is alpha / cells. A bootstrap
+    p-value with a floor (`SkewTask.smallest_p`: segmentation's, 2 / (resamples + 1), every resampled
+    difference on one side of 0) makes every cell insignificant whatever its change when the floor is at
+    least alpha / cells: then the fewest resamples that would not. None otherwise."""
     cells = sum(1 for r in rows[1:] if r["p_value"] is not None)
     if cells == 0:
         return None
-    if task == "segmentation" and resamples:
-        smallest = 2.0 / (resamples + 1)
-        if smallest >= alpha / cells:
-            return {"resamples": resamples, "smallest_p": smallest, "cells": cells,
+    if smallest_p is not None:
+        if smallest_p >= alpha / cells:
+            return {"resamples": resamples, "smallest_p": smallest_p, "cells": cells,
                     "resamples_needed": math.floor(2 * cells / alpha + 1e-9)}
         return None
     if not test.startswith("exact McNemar"):

@@ -89,6 +89,10 @@ class SkewTask(Protocol):
                    seed: int, alpha: float) -> CellStatistics:
         """The cell against the reference on the same images (`reference`/`scores` stacked per image)."""
 
+    def smallest_p(self, resamples: int) -> float | None:
+        """The smallest p-value the paired test can give with `resamples` bootstrap resamples (None: no such
+        floor), so the summary can say when too few resamples leave no cell able to be significant."""
+
 
 class ClassificationSkew:
     """Top-1 per cell; agreement is the share of images whose top-1 class is the reference's (1 - flip
@@ -102,6 +106,9 @@ class ClassificationSkew:
     test = "exact McNemar on per-image top-1"
     interval = ("top1: percentile bootstrap over images; change: Clopper-Pearson on the discordant images "
                 "(95% each, not adjusted over the cells)")
+
+    def smallest_p(self, resamples: int) -> float | None:
+        return None  # exact McNemar: its limit is the number of images (see skew.run._detectable)
 
     def reference(self, config: Any) -> Recipe:
         return reference_recipe(config)
@@ -188,6 +195,9 @@ class SegmentationSkew:
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
+
+    def smallest_p(self, resamples: int) -> float | None:
+        return 2.0 / (resamples + 1) if resamples else None  # skew.stats.paired_bootstrap's share of resamples
 
     def reference(self, config: Any) -> Recipe:
         return reference_recipe(config, native_size=True)
@@ -354,6 +364,9 @@ class DetectionSkew:
         resized = () if self.canvas is None else ("resize_backend", "interpolation", "crop")
         self.catalogue = ("decoder", *resized, "input_size", "channel_order", "normalization", "jpeg", "exif")
         self.values = {"crop": ("letterbox", "squash")}
+
+    def smallest_p(self, resamples: int) -> float | None:
+        return None  # the smoothed bootstrap (comparison.statistics.bootstrap_test) has no floor
 
     def reference(self, config: Any) -> Recipe:
         zero, one = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
