@@ -48,10 +48,10 @@ from .statistics import bootstrap_mde, bootstrap_test, exchange_p_value, holm, m
 
 BACKGROUND_GAP = "bg_gap"
 GAP_PASSES = ("mixed_same", "mixed_rand")
+"""`bg_gap` = main metric under the first minus under the second (Xiao et al. 2020's BG-Gap)."""
 ROUNDING_NOISE = 1e-6
 """A change of a metric no larger than this is float32 rounding (the same model exported, or on another
 device), never "significant", however consistently every image shows it."""
-"""`bg_gap` = main metric under the first minus under the second (Xiao et al. 2020's BG-Gap)."""
 CUE_CONFLICT, SHAPE_BIAS = "texture_fill", "shape_bias"
 """The cue-conflict pass and its summary: shape decisions / (shape + texture decisions), Geirhos et al. 2019."""
 
@@ -420,23 +420,23 @@ def _test_shape_bias(paired: _Paired, ref: Scorecard, cand: Scorecard, probes: l
             texture = texture_classes(card.seed, cell.severity, ids, labels, members)
             by_shape, by_texture = shape_bias(frame["prediction"].to_numpy(), labels, texture)
             decisions.append((by_shape.astype(np.float64), (by_shape | by_texture).astype(np.float64)))
-        values: list[list[np.ndarray]] = [[], []]
+        (ref_shape, ref_decided), (cand_shape, cand_decided) = decisions
+
+        def bias(from_ref: np.ndarray, from_cand: np.ndarray) -> np.ndarray:
+            """Shape bias of a run made of the reference's decisions weighted `from_ref` and the candidate's
+            weighted `from_cand` (image weights `[r, n]`)."""
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return (from_ref @ ref_shape + from_cand @ cand_shape) / (from_ref @ ref_decided
+                                                                          + from_cand @ cand_decided)
+
+        changes, swaps = [], []
         for weights in resample_weights(paired.num_images, bootstrap, seed):
             w = weights[:, paired.positions[key]]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                for run, (by_shape, decided) in enumerate(decisions):
-                    values[run].append((w @ by_shape) / (w @ decided))
-        old, new = (np.concatenate(v) for v in values)
-        (ref_shape, ref_decided), (cand_shape, cand_decided) = decisions
-        swaps = []
+            changes.append(bias(0 * w, w) - bias(w, 0 * w))
         for flips in _exchange_flips(paired.num_images, exchanges(bootstrap), seed):
             swapped = flips[:, paired.positions[key]]
-            kept = 1.0 - swapped
-            with np.errstate(invalid="ignore", divide="ignore"):
-                as_cand = (swapped @ ref_shape + kept @ cand_shape) / (swapped @ ref_decided + kept @ cand_decided)
-                as_ref = (kept @ ref_shape + swapped @ cand_shape) / (kept @ ref_decided + swapped @ cand_decided)
-            swaps.append(as_cand - as_ref)
-        _bootstrap_cell(cell, new - old, alpha, paired.num_images, np.concatenate(swaps))
+            swaps.append(bias(swapped, 1.0 - swapped) - bias(1.0 - swapped, swapped))
+        _bootstrap_cell(cell, np.concatenate(changes), alpha, paired.num_images, np.concatenate(swaps))
 
 
 def _summary_values(perturbed: dict[tuple[str, int], Any], clean: Any, families: dict[str, str]) -> dict[str, Any]:
