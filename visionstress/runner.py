@@ -172,9 +172,10 @@ class _Run:
         checking: list[Any] = [] if opts.skip_label_check else [None]
         self._label_check_images = min(LABEL_CHECK_IMAGES, sum(len(batch) for batch in mine))
         # A resumed run checks the clean records it already has: a run the check stopped must not pass by resuming.
-        for records in journal.records(done_parts, 0) if checking else ():
-            if checking:  # emptied once the check has decided
-                self._check_labels(checking, records, setup)
+        for records in journal.records(done_parts, 0):
+            if not checking:  # skipped, or emptied once the check has decided
+                break
+            self._check_labels(checking, records, setup)
 
         def batches() -> Iterator[tuple[int, list[Any], list[Any]]]:
             loaded = load_planned(setup.dataset.images, [b for _, b in todo], opts.workers,

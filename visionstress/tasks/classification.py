@@ -121,7 +121,7 @@ class ClassificationTask(Task):
         loaded = load_model(options.model, weights=_str(options.weights), trust_model=options.trust_model,
                             num_classes=options.num_classes)
         config, source = data_config(loaded.data_config, options)
-        warnings += assumed_preprocessing(options.model, source)
+        warnings += assumed_preprocessing(options.model, loaded.data_config, options)
         adapter = ClassifierAdapter(loaded, config, device=device, amp=options.amp)
         width = adapter.num_classes
         if names is None and width > len(class_list) and class_list == [str(i) for i in range(len(class_list))]:
@@ -265,17 +265,20 @@ def data_config(base: Any, options: Any) -> tuple[Any, str]:
     """The run's DataConfig: the model's own, then --data-config, then the flags (later wins)."""
     from visionstress.models import resolve_data_config
 
-    overrides = {name: options.get(name) for name in ("input_size", "resize", "interpolation", "mean", "std",
-                                                       "channel_order")}
-    return resolve_data_config(base, _str(options.data_config), overrides)
+    return resolve_data_config(base, _str(options.data_config), {name: options.get(name) for name in _FLAGS})
 
 
-def assumed_preprocessing(model: Any, source: str, assumed: str = "resize 256, centre crop 224, ImageNet mean/std",
+_FLAGS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order")
+"""The preprocessing flags, which override the model's config and --data-config."""
+
+
+def assumed_preprocessing(model: Any, base: Any, options: Any,
+                          assumed: str = "resize 256, centre crop 224, ImageNet mean/std",
                           flags: str = "--input-size/--resize/--mean/--std") -> list[str]:
-    """A warning when nothing declared the preprocessing (no weights metadata, --data-config or flag): the
-    ImageNet defaults were assumed, and a model trained otherwise loses accuracy for that reason alone,
-    clean and perturbed alike, which no perturbation explains."""
-    if not source.startswith("defaults") or "overridden" in source:
+    """A warning when nothing declared the preprocessing (`base`, the model's own config, is None, and no
+    --data-config or flag was given): the ImageNet defaults were assumed, and a model trained otherwise
+    loses accuracy for that reason alone, clean and perturbed alike, which no perturbation explains."""
+    if base is not None or options.data_config is not None or any(options.get(f) is not None for f in _FLAGS):
         return []
     return [f"{model}: nothing declared its preprocessing (no weights metadata, --data-config or flags), so the "
             f"ImageNet defaults were assumed: {assumed}; if the model was trained otherwise, give --data-config "

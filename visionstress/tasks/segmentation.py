@@ -93,7 +93,7 @@ class SegmentationTask(Task):
                                           bootstrap=options.bootstrap, seed=options.seed)
         info = {"path": data.name, "fingerprint": segmentation_fingerprint(dataset), "num_listed": len(dataset.samples),
                 "num_classes": num, "class_names": list(dataset.class_names), "ignore_index": dataset.ignore_index}
-        assumed = assumed_preprocessing(options.model, source, "ImageNet mean/std", "--mean/--std")
+        assumed = assumed_preprocessing(options.model, loaded.data_config, options, "ImageNet mean/std", "--mean/--std")
         if assumed:
             info["warnings"] = assumed
         paths = [s.display_path for s in dataset.samples]
