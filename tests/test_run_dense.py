@@ -265,3 +265,27 @@ def test_mixed_sizes_and_the_letterbox_canvas_map_predictions_back(monkeypatch, 
         expected = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                     for a in originals if a["image_id"] == sample_id + 1]
         np.testing.assert_allclose(np.stack(list(boxes)), np.array(expected), atol=1e-3)
+
+
+def bare_segmenter(num_classes: int = 7):
+    """The demo segmenter's architecture without the preprocessing the demo factory declares."""
+    from visionstress.models.demo import tiny_segmenter
+
+    model = tiny_segmenter(num_classes)
+    model.__dict__.pop("data_config", None)
+    return model
+
+
+def test_a_segmenter_whose_preprocessing_nobody_declared_is_warned_about(tmp_path, one_pass_suite, monkeypatch):
+    from visionstress.demo import demo_arguments
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    demo = demo_arguments("segmentation")
+    common = dict(task="segmentation", masks=demo["masks"], class_names=demo["class_names"], suite=str(one_pass_suite),
+                  limit=4, workers=0, device="cpu", bootstrap=0, skip_label_check=True)
+    card = vs.run("test_run_dense:bare_segmenter", demo["data"], out=tmp_path / "assumed", **common)
+    [warning] = card.dataset["warnings"]
+    assert "the ImageNet defaults were assumed: ImageNet mean/std" in warning and "--mean/--std" in warning
+    card = vs.run("test_run_dense:bare_segmenter", demo["data"], out=tmp_path / "chosen", mean=(0.5, 0.5, 0.5),
+                  std=(0.5, 0.5, 0.5), **common)
+    assert not card.dataset.get("warnings")
