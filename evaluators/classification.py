@@ -240,6 +240,7 @@ class ClassificationEvaluator:
         n = len(data["sample_id"])
         metrics, ci = row_estimates(classification_statistics(columns, ece_bins=self.ece_bins), n, self.bootstrap,
                                     self.seed)
+        ci = _exact_shares(metrics, ci, n)
         order = [m for m in METRICS if m in metrics]
         row = MetricRow(name, int(severity), {m: metrics[m] for m in order}, {m: ci[m] for m in order if m in ci})
         positions = subset_positions(data["sample_id"], clean["sample_id"])
@@ -248,6 +249,7 @@ class ClassificationEvaluator:
             subset = on_subset(classification_statistics(clean_columns, ece_bins=self.ece_bins), positions,
                                len(clean["sample_id"]))
             values, intervals = row_estimates(subset, n, self.bootstrap, self.seed)
+            intervals = _exact_shares(values, intervals, n)
             row.clean_same_images = {m: values[m] for m in METRICS if m in values}
             row.clean_same_images_ci = {m: intervals[m] for m in METRICS if m in intervals}
         return row
@@ -306,6 +308,32 @@ class ClassificationEvaluator:
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{where}: logits contain NaN or inf")
         return ids, y, z
+
+
+EXACT_SHARES = ("top1", "top5")
+"""Shares of images answered right: their interval is Clopper-Pearson's, not the bootstrap's."""
+
+
+def _exact_shares(metrics: Mapping[str, float], ci: dict[str, tuple[float, float]],
+                  n: int) -> dict[str, tuple[float, float]]:
+    """`ci` with the exact (Clopper-Pearson) 95% interval of each share of right answers. The percentile
+    bootstrap of a share collapses at 0% and 100%: twelve images all right gave "100% [100%, 100%]", while
+    twelve right of twelve is compatible with a true top-1 of 74%. Intervals are only replaced where the
+    bootstrap gave one (`ci` is empty without resamples)."""
+    out = dict(ci)
+    for name in EXACT_SHARES:
+        if name in ci and n > 0 and np.isfinite(metrics.get(name, np.nan)):
+            out[name] = exact_share_interval(int(round(metrics[name] * n)), n)
+    return out
+
+
+def exact_share_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Clopper-Pearson interval at level 1 - alpha of a share of `k` images in `n`."""
+    from scipy.stats import beta
+
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
 
 
 def classification_statistics(columns: Mapping[str, Any], *, ece_bins: int = ECE_BINS) -> StatFn:

@@ -322,3 +322,19 @@ def test_bad_input_is_a_clear_error(call, message):
 def test_constructor_checks_the_class_names():
     with pytest.raises(ValueError, match="3 class names for 7 classes"):
         ClassificationEvaluator(K, ["a", "b", "c"])
+
+
+def test_a_share_of_right_answers_has_the_exact_interval_even_at_100_percent():
+    """Twelve images all right: the percentile bootstrap says [100%, 100%]; Clopper-Pearson says a true top-1
+    as low as 73.5% fits them."""
+    from scipy.stats import beta
+
+    labels = np.arange(12) % K
+    logits = np.full((12, K), -5.0)
+    logits[np.arange(12), labels] = 5.0
+    ev = ClassificationEvaluator(K, NAMES, bootstrap=200, seed=0)
+    _feed(ev, "clean", 0, labels, logits, batch=12)
+    row = ev.finalize().rows[0]
+    assert row.metrics["top1"] == 1.0
+    assert row.ci["top1"] == pytest.approx((float(beta.ppf(0.025, 12, 1)), 1.0))
+    assert row.ci["top1"][0] == pytest.approx(0.735, abs=1e-3)

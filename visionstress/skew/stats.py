@@ -23,6 +23,7 @@ import numpy as np
 
 from visionstress.comparison.statistics import mcnemar_test
 from visionstress.evaluators.bootstrap import bootstrap_ci
+from visionstress.evaluators.classification import exact_share_interval
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class PairedBinary:
     """A cell's per-image yes/no outcome against the reference's on the same images."""
 
     value: float  # the cell's rate (e.g. top-1)
-    interval: tuple[float, float] | None  # its 95% bootstrap interval (None without resamples)
+    interval: tuple[float, float] | None  # its exact (Clopper-Pearson) interval (None without resamples)
     delta: float  # cell minus reference
     delta_interval: tuple[float, float]  # Clopper-Pearson on the discordant pairs, as a difference
     p_value: float  # exact two-sided McNemar
@@ -45,8 +46,7 @@ def paired_binary(reference: np.ndarray, cell: np.ndarray, *, bootstrap: int, se
         raise ValueError(f"paired_binary: need two equal non-empty vectors, got {ref.shape} and {hit.shape}")
     n = ref.size
     values = hit.astype(np.float64)
-    interval = None if bootstrap == 0 else bootstrap_ci(lambda weights: {"mean": weights @ values / weights.sum(1)},
-                                                        n, bootstrap, seed, alpha)["mean"]
+    interval = None if bootstrap == 0 else exact_share_interval(int(hit.sum()), n, alpha)  # as the run's top-1
     reference_only, cell_only = int((ref & ~hit).sum()), int((~ref & hit).sum())
     test = mcnemar_test(reference_only, cell_only, n, alpha)  # compare's test: p and interval agree
     p_value, delta_interval = test.p_value, test.interval

@@ -104,7 +104,7 @@ class ClassificationSkew:
     catalogue = tuple(KNOBS)
     values: dict[str, tuple[str, ...]] = {}
     test = "exact McNemar on per-image top-1"
-    interval = ("top1: percentile bootstrap over images; change: Clopper-Pearson on the discordant images "
+    interval = ("top1: Clopper-Pearson; change: Clopper-Pearson on the discordant images "
                 "(95% each, not adjusted over the cells)")
 
     def smallest_p(self, resamples: int) -> float | None:
