@@ -69,8 +69,7 @@ def test_fused_cpu_path_is_bit_identical_to_the_torch_path():
     from visionstress import rng
 
     keys = sample_keys(3, "glass_blur", 5, torch.arange(5, 12))
-    shape = (3, 61, 67)  # large enough for the fused path
-    assert keys.shape[0] * 3 * 61 * 67 >= rng._FUSED_MIN_ELEMENTS
+    shape = (3, 61, 67)
     fused = uniform_field(keys, shape, counter=4)
     plain = rng._to_unit(rng._bits(keys, 4, 3 * 61 * 67)).reshape(7, *shape)
     assert torch.equal(fused, plain)
@@ -93,10 +92,38 @@ def test_normals_are_finite_where_the_uniform_rounds_to_one():
     keys = sample_keys(0, "top-bin", 1, torch.tensor([279]))  # found by search: draw 2816 of counter 1
     assert int(rng._bits(keys, 1, 4096)[0, 2816] >> 8) == 2**24 - 1
     assert float(uniform_field(keys, (4096,), counter=1)[0, 2816]) == 1.0
-    small = normal_field(keys, (4096,), counter=1)  # the torch path
-    fused = normal_field(keys.expand(8), (4096,), counter=1)  # 8 x 4096 draws: the fused CPU loop
-    assert rng._use_fused(keys.expand(8), 4096) or not rng.numba_available()
+    small = torch.special.ndtri(rng._to_unit(rng._bits(keys, 1, 4096)).clamp_(max=rng._BELOW_ONE))  # the torch path
+    fused = normal_field(keys.expand(8), (4096,), counter=1)  # the fused CPU loop
+    assert rng._compiled(keys) or not rng.numba_available()
     for z in (small, fused):
         assert torch.isfinite(z).all()
         assert 5.2 < float(z[0, 2816]) < 5.4  # the largest float32 below 1, not 1
     torch.testing.assert_close(fused[0], small[0], atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.skipif(not __import__("visionstress.rng", fromlist=["x"]).numba_available(), reason="needs numba")
+def test_compiled_keys_and_seeds_equal_the_torch_ops_bit_for_bit():
+    """On the CPU keys, stream seeds and sub-keys come from compiled loops; the torch ops (CUDA's path) are
+    the definition. Ids past 2**32 and seeds past 2**32 or below 0 exercise both halves of each."""
+    from visionstress import rng
+
+    ids = torch.tensor([0, 1, 7, 2**31 - 1, 2**32 + 3, 2**40 + 5, 2**62 + 11])
+    for seed, name, severity in ((0, "fog", 3), (2**33 + 9, "glass_blur", 5), (-4, "x", 0), (123, "", 2**31)):
+        mixes = (rng._name_code(name), severity & rng._MASK32, seed & rng._MASK32, (seed >> 32) & rng._MASK32)
+        keys = sample_keys(seed, name, severity, ids)
+        assert torch.equal(keys, rng._sample_keys_torch(ids, mixes))
+        for counter in (0, 1, 17, 2**20):
+            assert torch.equal(rng.stream_seed(keys, counter), rng._stream_seed_torch(keys, counter))
+        plain_key = (rng._stream_seed_torch(keys, 1) & rng._MASK31) << 31 | (
+            rng.hash32(rng._stream_seed_torch(keys, 1) ^ rng._GOLDEN) & rng._MASK31)
+        assert torch.equal(SampleRNG(keys).key(), plain_key)  # a fresh stream's first sub-key: counter 1
+    assert sample_keys(0, "fog", 3, ids[:0]).shape == (0,)
+
+
+def test_a_sample_replayed_alone_draws_what_it_drew_in_its_batch():
+    """The normals of a batch and of one of its samples alone take the same path (they once switched from the
+    fused loop to torch's ndtri below 32,768 draws, 2e-6 apart)."""
+    keys = sample_keys(0, "gaussian_noise", 3, torch.arange(64))
+    batch = normal_field(keys, (3, 32, 32), counter=2)
+    alone = normal_field(keys[5:6], (3, 32, 32), counter=2)
+    assert torch.equal(batch[5], alone[0])

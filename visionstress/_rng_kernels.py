@@ -2,7 +2,9 @@
 
 `unit(stream_seed(keys, counter)[i], j)` equals `rng.uniform_field(keys, shape, counter)[i].flatten()[j]`
 bit for bit, and `lowbias32` is `rng.hash32`; other kernels (glass blur's shuffle) call them to draw
-inline. Tests check every loop against the torch path.
+inline. The per-sample keys and stream seeds are computed here too on the CPU: in torch ops they are
+some two hundred elementwise calls on a [B] tensor, microseconds each, for every perturbation call.
+Tests check every loop against the torch path.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import numpy as np
 from numba import prange
 
 from visionstress._numba import kernel
-from visionstress.rng import _BELOW_ONE, _C1, _C2
+from visionstress.rng import _BELOW_ONE, _C1, _C2, _GOLDEN, _MASK31, _MASK32
+
+_LANE_MIXES = (np.uint32(_GOLDEN & _MASK32), np.uint32((2 * _GOLDEN) & _MASK32))
 
 _MASK = np.uint64(0xFFFFFFFF)
 _BELOW_ONE_64 = np.float64(_BELOW_ONE)
@@ -34,6 +38,52 @@ def lowbias32(x):  # pragma: no cover - compiled
     x = np.uint32(x ^ (x >> np.uint32(15)))
     x = np.uint32((np.uint64(x) * np.uint64(_C2)) & _MASK)
     return np.uint32(x ^ (x >> np.uint32(16)))
+
+
+@kernel()
+def sample_key_rows(ids, mixes):  # pragma: no cover - compiled
+    """`rng.sample_keys` of int64 `ids`; `mixes` (uint32) are the name code, severity and seed halves."""
+    out = np.empty(ids.shape[0], np.int64)
+    for i in range(ids.shape[0]):
+        id_lo = np.uint32(ids[i] & _MASK32)
+        id_hi = np.uint32((ids[i] >> 32) & _MASK32)
+        key = np.int64(0)
+        for lane in range(2):
+            h = lowbias32(np.uint32(id_lo ^ _LANE_MIXES[lane]))
+            h = lowbias32(np.uint32(h ^ id_hi))
+            for m in range(mixes.shape[0]):
+                h = lowbias32(np.uint32(h ^ mixes[m]))
+            key = (key << np.int64(31)) | np.int64(h & np.uint32(_MASK31))
+        out[i] = key
+    return out
+
+
+@kernel(inline="always")
+def stream_seed_of(key, counter_mix):  # pragma: no cover - compiled
+    """`rng.stream_seed` of one key; `counter_mix` is (counter * golden ratio) mod 2**32."""
+    hi = np.uint32((key >> np.int64(31)) & _MASK31)
+    lo = np.uint32(key & _MASK31)
+    return lowbias32(np.uint32(lowbias32(np.uint32(hi ^ counter_mix)) ^ lo))
+
+
+@kernel()
+def stream_seeds(keys, counter_mix):  # pragma: no cover - compiled
+    """`rng.stream_seed` of int64 `keys`, as uint32."""
+    out = np.empty(keys.shape[0], np.uint32)
+    for i in range(keys.shape[0]):
+        out[i] = stream_seed_of(keys[i], np.uint32(counter_mix))
+    return out
+
+
+@kernel()
+def sub_keys(keys, counter_mix):  # pragma: no cover - compiled
+    """`rng.SampleRNG.key` of int64 `keys`."""
+    out = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        seed = stream_seed_of(keys[i], np.uint32(counter_mix))
+        lo = lowbias32(np.uint32(seed ^ _LANE_MIXES[0])) & np.uint32(_MASK31)
+        out[i] = (np.int64(seed & np.uint32(_MASK31)) << np.int64(31)) | np.int64(lo)
+    return out
 
 
 @kernel(inline="always")

@@ -11,8 +11,9 @@ sample_id_i) and a draw counter, computed with an integer hash in torch ops. Con
 The hash is Chris Wellons' "lowbias32" integer finaliser, evaluated on int64 tensors holding 32-bit
 values. Products are split into 16-bit halves so no intermediate exceeds 2**63 (signed overflow is
 undefined in the C++ kernels beneath torch). On the GPU those ~25 elementwise passes cost little; on
-the CPU they are memory-bound, so large CPU fields are filled by one fused numba loop computing the
-same integers (tested to be bit-identical).
+the CPU they are memory-bound on large fields and call-bound on small ones (a perturbation's keys and
+per-sample parameters), so on the CPU every key, seed and field comes from fused numba loops computing
+the same integers (tested to be bit-identical).
 """
 
 from __future__ import annotations
@@ -54,26 +55,47 @@ def _name_code(name: str) -> int:
 def sample_keys(seed: int, name: str, severity: int, sample_ids: Tensor) -> Tensor:
     """One 62-bit key per sample: int64 `[B]`, a function of (seed, name, severity, sample id) only."""
     ids = sample_ids.to(torch.int64)
+    mixes = (_name_code(name), int(severity) & _MASK32, int(seed) & _MASK32, (int(seed) >> 32) & _MASK32)
+    if _compiled(ids):
+        from visionstress import _rng_kernels
+
+        return torch.from_numpy(_rng_kernels.sample_key_rows(ids.contiguous().numpy(), np.array(mixes, np.uint32)))
+    return _sample_keys_torch(ids, mixes)
+
+
+def _sample_keys_torch(ids: Tensor, mixes: tuple[int, ...]) -> Tensor:
+    """`sample_keys` in torch ops (any device): each of two 31-bit lanes hashes the id's halves, then the
+    name code, severity and seed halves, one after the other."""
     id_lo = ids & _MASK32
     id_hi = (ids >> 32) & _MASK32
-    seed_lo, seed_hi = int(seed) & _MASK32, (int(seed) >> 32) & _MASK32
     lanes = []
     for lane in (0, 1):
         h = hash32(id_lo ^ ((_GOLDEN * (lane + 1)) & _MASK32))
         h = hash32(h ^ id_hi)
-        h = hash32(h ^ _name_code(name))
-        h = hash32(h ^ (int(severity) & _MASK32))
-        h = hash32(h ^ seed_lo)
-        h = hash32(h ^ seed_hi)
+        for mix in mixes:
+            h = hash32(h ^ mix)
         lanes.append(h & _MASK31)
     return (lanes[0] << 31) | lanes[1]
 
 
 def stream_seed(keys: Tensor, counter: int) -> Tensor:
-    """A 32-bit seed per sample for draw number `counter` of that sample's stream."""
+    """A 32-bit seed per sample for draw number `counter` of that sample's stream (int64 `[B]`)."""
+    if _compiled(keys):
+        return torch.from_numpy(_stream_seeds(keys, counter).astype(np.int64))
+    return _stream_seed_torch(keys, counter)
+
+
+def _stream_seed_torch(keys: Tensor, counter: int) -> Tensor:
     hi = (keys >> 31) & _MASK31
     lo = keys & _MASK31
     return hash32(hash32(hi ^ ((counter * _GOLDEN) & _MASK32)) ^ lo)
+
+
+def _stream_seeds(keys: Tensor, counter: int) -> np.ndarray:
+    """`stream_seed` of CPU keys by the compiled loop, as uint32."""
+    from visionstress import _rng_kernels
+
+    return _rng_kernels.stream_seeds(keys.contiguous().numpy(), (counter * _GOLDEN) & _MASK32)
 
 
 def _bits(keys: Tensor, counter: int, n: int) -> Tensor:
@@ -94,9 +116,6 @@ _BELOW_ONE = 1.0 - 2.0**-24
 that a standard normal draw is finite (at most 5.29) instead of infinite (torch) or NaN (the fused loop)."""
 
 
-_FUSED_MIN_ELEMENTS = 1 << 15  # below this the torch path is as fast as calling the fused loop
-
-
 
 @lru_cache(maxsize=1)
 def numba_available() -> bool:
@@ -113,7 +132,7 @@ def uniform_field(keys: Tensor, shape: tuple[int, ...], counter: int = 0) -> Ten
     n = 1
     for s in shape:
         n *= int(s)
-    if _use_fused(keys, n):
+    if _compiled(keys):
         return _fused(0, keys, counter, n).reshape(keys.shape[0], *shape)
     return _to_unit(_bits(keys, counter, n)).reshape(keys.shape[0], *shape)
 
@@ -124,19 +143,22 @@ def normal_field(keys: Tensor, shape: tuple[int, ...], counter: int = 0) -> Tens
     n = 1
     for s in shape:
         n *= int(s)
-    if _use_fused(keys, n):
+    if _compiled(keys):
         return _fused(1, keys, counter, n).reshape(keys.shape[0], *shape)
     return torch.special.ndtri(uniform_field(keys, shape, counter).clamp_(max=_BELOW_ONE))
 
 
-def _use_fused(keys: Tensor, n: int) -> bool:
-    return keys.device.type == "cpu" and keys.shape[0] * n >= _FUSED_MIN_ELEMENTS and numba_available()
+def _compiled(keys: Tensor) -> bool:
+    """Whether draws from `keys` use the compiled CPU loops: on the CPU whenever numba is there, whatever
+    the size, so a sample replayed alone takes the same path as in its batch (the fused normals differ
+    from torch's `ndtri` by up to 2e-6)."""
+    return keys.device.type == "cpu" and numba_available()
 
 
 def _fused(which: int, keys: Tensor, counter: int, n: int) -> Tensor:
     from visionstress import _rng_kernels
 
-    seeds = stream_seed(keys, counter).numpy().astype(np.uint32)
+    seeds = _stream_seeds(keys, counter)
     rows = _rng_kernels.normal_rows if which else _rng_kernels.uniform_rows
     return torch.from_numpy(rows(seeds, n))
 
@@ -179,6 +201,11 @@ class SampleRNG:
     def key(self) -> Tensor:
         """A fresh 62-bit sub-key per sample, for kernels that generate noise fields in `apply`."""
         counter = self._next()
+        if _compiled(self.keys):
+            from visionstress import _rng_kernels
+
+            mix = (counter * _GOLDEN) & _MASK32
+            return torch.from_numpy(_rng_kernels.sub_keys(self.keys.contiguous().numpy(), mix))
         hi = stream_seed(self.keys, counter) & _MASK31
         lo = hash32(stream_seed(self.keys, counter) ^ _GOLDEN) & _MASK31
         return (hi << 31) | lo
