@@ -338,3 +338,13 @@ def test_a_share_of_right_answers_has_the_exact_interval_even_at_100_percent():
     assert row.metrics["top1"] == 1.0
     assert row.ci["top1"] == pytest.approx((float(beta.ppf(0.025, 12, 1)), 1.0))
     assert row.ci["top1"][0] == pytest.approx(0.735, abs=1e-3)
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 12), (5, 12), (11, 12), (97, 144), (9_000, 10_000), (1, 50_000)])
+def test_exact_share_interval_is_scipys_exact_binomial_interval(k, n):
+    from scipy.stats import binomtest
+
+    from visionstress.evaluators.classification import exact_share_interval
+
+    reference = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert exact_share_interval(k, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
