@@ -89,6 +89,20 @@ def test_white_balance_cast_grows_with_severity():
     assert spreads == sorted(spreads) and spreads[0] > 0.01
 
 
+def test_srgb_curves_pick_their_branch_exactly():
+    """The curves select their branch with `lerp` (a 0/1 weight), faster on the CPU than `torch.where`, and
+    equal to it bit for bit, at the thresholds too; gradients still flow through the branch taken."""
+    x = torch.cat([torch.linspace(-0.1, 1.1, 200_001), torch.tensor([0.04045, 0.0031308, 0.0, 1.0])])
+    c = x.clamp(0, 1)
+    linear = torch.where(c <= 0.04045, c * (1.0 / 12.92), (c + 0.055).mul_(1.0 / 1.055).pow_(2.4))
+    srgb = torch.where(c <= 0.0031308, c * 12.92, c.clamp_min(0.0031308).pow_(1.0 / 2.4).mul_(1.055).sub_(0.055))
+    assert torch.equal(_to_linear(x), linear) and torch.equal(_to_srgb(x), srgb)
+    dark = torch.tensor([0.01, 0.5], requires_grad=True)
+    _to_linear(dark).sum().backward()
+    assert dark.grad[0] == pytest.approx(1 / 12.92)
+    assert dark.grad[1] == pytest.approx(2.4 / 1.055 * (0.555 / 1.055) ** 1.4)
+
+
 def test_srgb_round_trip():
     x = torch.linspace(0, 1, 1001)
     torch.testing.assert_close(_to_srgb(_to_linear(x)), x, atol=1e-5, rtol=0)
