@@ -318,7 +318,7 @@ def _to_working_form(batch: Batch, name: str) -> tuple[Batch, Callable[[Batch], 
             f"perturbation {name!r}: images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, "
             f"got {channels}; convert them to RGB first"
         )
-    x = images.float() / 255.0 if dtype == torch.uint8 else images.float()
+    x = images.float().div_(255.0) if dtype == torch.uint8 else images.float()
     alpha = x[:, 3:4] if channels == 4 else None
     rgb = x[:, :3] if channels >= 3 else x.expand(-1, 3, -1, -1)
 
@@ -328,8 +328,8 @@ def _to_working_form(batch: Batch, name: str) -> tuple[Batch, Callable[[Batch], 
             y = y.mean(dim=1, keepdim=True)
         elif channels == 4:
             y = torch.cat([y[:, :3], y[:, 3:4] if y.shape[1] == 4 else alpha], dim=1)
-        y = y.clamp(0.0, 1.0)
-        y = (y * 255.0).round().to(torch.uint8) if dtype == torch.uint8 else y.to(dtype)
+        y = y.clamp(0.0, 1.0)  # a new tensor: the in-place steps below touch nothing the kernel returned
+        y = y.mul_(255.0).round_().to(torch.uint8) if dtype == torch.uint8 else y.to(dtype)
         return result.replace(images=y)
 
     return batch.replace(images=rgb.contiguous(), params={}), restore
