@@ -30,6 +30,9 @@ import pyarrow.parquet as pq
 from visionstress.records import RecordWriter, record_table
 
 PARTS_DIR = "records.parts"
+PART_COMPRESSION = "snappy"
+"""Parts are written inside the loop (inline on the CPU): zstd took 47 ms for a part of the demo (66 row
+groups of 64 rows), snappy 15 ms for 5% more bytes. The merged `records.parquet` is zstd."""
 _PART = re.compile(r"^(?P<rank>\d{3})-(?P<first>\d{10})\.parquet$")
 
 
@@ -98,7 +101,7 @@ class Journal:
         schema = self.schema.with_metadata({b"visionstress.part": json.dumps(meta).encode("utf-8")})
 
         def write(f: Any) -> None:
-            with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+            with pq.ParquetWriter(f, schema, compression=PART_COMPRESSION) as writer:
                 for pass_index in order:
                     table = pa.concat_tables(part.tables[pass_index])
                     writer.write_table(table.sort_by("sample_id").replace_schema_metadata(schema.metadata))
