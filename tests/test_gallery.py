@@ -106,6 +106,18 @@ def test_thumbnails_keep_aspect_and_colour_for_uint8_float_grey_and_rgba():
     assert (c.clean == 128).all()
 
 
+def test_images_smaller_than_a_thumbnail_are_kept_pixel_for_pixel():
+    gallery = FailureGallery(size=3, per_perturbation=3, thumbnail=40)
+    noise = torch.randint(0, 256, (1, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    _offer(gallery, "a", 1, [0], [1.0], images=noise)
+    _offer(gallery, "b", 1, [1], [0.9], images=noise.float() / 255)
+    _offer(gallery, "c", 1, [2], [0.8], images=noise[:, :1])
+    a, b, c = gallery.entries()
+    np.testing.assert_array_equal(a.clean, noise[0].permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(b.perturbed, a.perturbed)
+    np.testing.assert_array_equal(c.clean, noise[0, :1].expand(3, -1, -1).permute(1, 2, 0).numpy())
+
+
 def test_box_overlays_scale_to_the_thumbnail_truth_green_prediction_red():
     gallery = FailureGallery(size=1, thumbnail=50)
     images = torch.zeros(1, 3, 100, 100)

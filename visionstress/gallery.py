@@ -194,10 +194,14 @@ class FailureGallery:
         h, w = images.shape[-2:]
         scale = min(1.0, self.thumbnail / max(h, w))  # never enlarged: that adds pixels, not detail
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = images[:, :3].float() / (255.0 if images.dtype == torch.uint8 else 1.0)
+        x = images[:, :3]
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        if size != (h, w) or x.dtype != torch.uint8:  # uint8 images kept at their size are their own thumbnail
+            x = x.float() / (255.0 if x.dtype == torch.uint8 else 1.0)
+            if size != (h, w):
+                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        pixels = x.permute(0, 2, 3, 1).cpu().numpy()
         if overlays is None:
             return list(pixels)
         return [_draw(pixels[j], overlays(i), (size[0] / h, size[1] / w)) for j, i in enumerate(positions)]
