@@ -153,7 +153,7 @@ class ClassificationEvaluator:
         """Reduce one batch of one pass given as plain arrays; return its per-sample record columns.
 
         Columns: `sample_id`, `label`, `prediction`, `confidence` (max softmax probability), `correct`,
-        `top5` (lists of the top min(5, K) class indices), `nll`, and `flipped` (prediction differs
+        `top5` (`[n, min(5, K)]`, the top class indices), `nll`, and `flipped` (prediction differs
         from this sample's clean prediction; None on the clean pass).
         """
         return self._score(perturbation, severity, sample_ids, labels, logits).records
@@ -170,7 +170,7 @@ class ClassificationEvaluator:
         records = {
             "sample_id": ids, "label": chunk["label"], "prediction": pred,
             "confidence": chunk["confidence"].astype(np.float32), "correct": chunk["correct"],
-            "top5": chunk["top5"].tolist(), "nll": chunk["nll"].astype(np.float32),
+            "top5": chunk["top5"], "nll": chunk["nll"].astype(np.float32),
             "flipped": [None] * len(ids) if flipped is None else flipped.tolist(),
         }
         return Update(records, chunk)

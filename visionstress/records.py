@@ -45,6 +45,11 @@ def _column(values: Any, field: pa.Field) -> pa.Array:
     if field.name == "flipped":
         return _flipped(values, len(values))
     if pa.types.is_list(field.type):
+        if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
+            # A regular [n, k] block (top-5 indices): offsets and flat values, without a Python list per row.
+            offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32) * values.shape[1])
+            return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), field.type.value_type),
+                                            type=field.type)
         return pa.array([_plain_list(v) for v in values], field.type)
     return pa.array(np.asarray(values), field.type, from_pandas=True)
 
