@@ -246,9 +246,11 @@ class ClassificationGallery(GalleryScorer):
         import numpy as np
         import torch
 
+        correct = np.asarray(records["correct"], bool)
+        if correct.all():  # nothing wrong under the perturbation: no failure to offer
+            return
         positions, clean_batch, _, clean_records = self.clean_of(batch)
         clean_correct = np.asarray(clean_records["correct"], bool)[positions]
-        correct = np.asarray(records["correct"], bool)
         confidence = np.asarray(records["confidence"], np.float64)
 
         def caption(i: int) -> str:
