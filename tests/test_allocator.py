@@ -37,9 +37,9 @@ def test_a_freed_large_tensor_is_reused_instead_of_faulted_in_again():
     pages = (48 << 20) // 4096
     default, kept = _passes("default"), _passes("kept")
     assert default["faults"] > 15 * pages  # every pass maps and faults its 12,288 pages afresh
-    # The block stays in the heap. Some machines still fault it in once after the warm-up (CI's did: exactly
-    # 12,288 faults in 20 passes, where this VM counts 0); what must not happen is a fault on every pass.
-    assert kept["kept"] and kept["faults"] <= 2 * pages
+    # The block stays in the heap. Some machines still fault it in now and then (CI's did once: exactly 12,288
+    # faults in 20 passes, where this VM counts 0); what must not happen is a fault on every pass.
+    assert kept["kept"] and kept["faults"] < 5 * pages  # fewer than a quarter of the passes
 
 
 def test_the_users_own_glibc_setting_wins(monkeypatch):
