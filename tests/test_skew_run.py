@@ -24,7 +24,8 @@ from visionstress.models import DataConfig, LoadedModel
 from visionstress.records import read_records
 from visionstress.scorecard import validate_scorecard
 from visionstress.skew import SkewError, run_skew, skew
-from visionstress.skew.stats import holm, paired_binary
+from visionstress.comparison.statistics import holm
+from visionstress.skew.stats import paired_binary
 
 DEMO_CLASSES = demo_dir() / "classes.txt"
 OVERRIDES = {"input_size": "48", "resize": "56", "interpolation": "bicubic"}

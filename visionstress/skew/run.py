@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from visionstress.allocator import keep_large_blocks
+from visionstress.comparison.statistics import holm
 from visionstress.images import ImageReadError
 from visionstress.skew.cells import (Cell, Matrix, Recipe, SkewError, build_matrix, default_cells, parse_cell,
                                      parse_knobs, read_cells_file, reference_knobs)
@@ -30,7 +31,6 @@ from visionstress.skew.decode import decode, reencode_jpeg
 from visionstress.skew.parity import (ParityCheck, ParityResult, call_serving, check_serving_model_shape,
                                       serving_function)
 from visionstress.skew.preprocess import model_input
-from visionstress.skew.stats import holm
 from visionstress.skew.tasks import SkewTask, get_skew_task
 
 REFERENCE = "reference"

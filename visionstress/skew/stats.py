@@ -98,16 +98,3 @@ def paired_bootstrap(reference: np.ndarray, cell: np.ndarray, metrics: Callable[
     below, above = (int((differences <= 0).sum()) + 1) / (count + 1), (int((differences >= 0).sum()) + 1) / (count + 1)
     return PairedBootstrap(values, {m: list(ci[m]) for m in names}, deltas,
                            {m: list(ci[f"delta {m}"]) for m in names}, min(1.0, 2 * min(below, above)))
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment (family-wise error over the cells): the i-th smallest p-value times
-    (m - i), made monotone and capped at 1."""
-    order = np.argsort(np.asarray(p_values, dtype=np.float64), kind="stable")
-    m = len(order)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
-        adjusted[i] = running
-    return adjusted.tolist()
