@@ -15,7 +15,8 @@ from numba import prange
 from visionstress._numba import kernel
 from visionstress.rng import _BELOW_ONE, _C1, _C2, _GOLDEN, _MASK31, _MASK32
 
-_LANE_MIXES = (np.uint32(_GOLDEN & _MASK32), np.uint32((2 * _GOLDEN) & _MASK32))
+_GOLDEN32 = np.uint32(_GOLDEN & _MASK32)
+_LANE_MIXES = (_GOLDEN32, np.uint32((2 * _GOLDEN) & _MASK32))  # what `sample_keys` mixes into its two lanes
 
 _MASK = np.uint64(0xFFFFFFFF)
 _BELOW_ONE_64 = np.float64(_BELOW_ONE)
@@ -81,7 +82,7 @@ def sub_keys(keys, counter_mix):  # pragma: no cover - compiled
     out = np.empty(keys.shape[0], np.int64)
     for i in range(keys.shape[0]):
         seed = stream_seed_of(keys[i], np.uint32(counter_mix))
-        lo = lowbias32(np.uint32(seed ^ _LANE_MIXES[0])) & np.uint32(_MASK31)
+        lo = lowbias32(np.uint32(seed ^ _GOLDEN32)) & np.uint32(_MASK31)
         out[i] = (np.int64(seed & np.uint32(_MASK31)) << np.int64(31)) | np.int64(lo)
     return out
 

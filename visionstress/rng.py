@@ -116,7 +116,6 @@ _BELOW_ONE = 1.0 - 2.0**-24
 that a standard normal draw is finite (at most 5.29) instead of infinite (torch) or NaN (the fused loop)."""
 
 
-
 @lru_cache(maxsize=1)
 def numba_available() -> bool:
     """Whether the compiled CPU loops can be used (numba is a dependency, but may be absent)."""
