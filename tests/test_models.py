@@ -235,6 +235,28 @@ def test_pickled_module_refused_naming_unsafe_globals(tmp_path):
     assert loaded.format == "pickle" and isinstance(loaded.module, nn.Sequential)
 
 
+class _Payload:
+    """A pickle whose loading runs code: it writes the file named by `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_pickle_that_runs_code_runs_nothing_unless_trusted(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save(_Payload(str(marker)), tmp_path / "evil.pt")
+    for spec, weights in ((str(tmp_path / "evil.pt"), None), ("torchvision:resnet18", str(tmp_path / "evil.pt"))):
+        with pytest.raises(UntrustedModelError, match="builtins.exec"):
+            load_model(spec, weights=weights)
+        assert not marker.exists()
+    with pytest.warns(UserWarning, match="weights_only=False"), pytest.raises(ModelLoadError):
+        load_model(str(tmp_path / "evil.pt"), trust_model=True)  # trusted, it is unpickled: the code runs
+    assert marker.exists()
+
+
 def test_trusted_pickle_finds_its_class_in_the_current_directory(tmp_path, monkeypatch):
     """As for a factory (`mymodels:build`), a whole pickled module whose class lives in a local file loads
     when run from that folder; elsewhere the message says the class's module must be importable."""
